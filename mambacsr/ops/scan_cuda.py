@@ -1,0 +1,5 @@
+"""CUDA kernel binding for SelectiveScan (placeholder until the kernel lands: always unavailable)."""
+
+
+def selective_scan_cuda(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus):
+    return None
