@@ -1,0 +1,402 @@
+"""MambaCSR (arXiv 2408.11758) in PyTorch, with the official parameter names.
+
+`MambaCSR(**network_g)` takes the `network_g` block of the official option files, so an
+official checkpoint loads with strict=True and gives the official output. Every selective
+scan goes through `mambacsr.ops.selective_scan` (one custom op, one ONNX node); the token
+re-ordering around it is plain tensor code in `scan_order`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import scan_order
+from .ops import selective_scan
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (per sample); identity in eval mode."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x):
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+
+class ChannelAttention(nn.Module):
+    def __init__(self, num_feat: int, squeeze_factor: int = 16):
+        super().__init__()
+        self.attention = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Conv2d(num_feat, num_feat // squeeze_factor, 1),
+            nn.ReLU(inplace=True), nn.Conv2d(num_feat // squeeze_factor, num_feat, 1), nn.Sigmoid())
+
+    def forward(self, x):
+        return x * self.attention(x)
+
+
+class CAB(nn.Module):
+    """Convolutional channel-attention branch of each block."""
+
+    def __init__(self, num_feat: int, compress_ratio: int = 3, squeeze_factor: int = 30):
+        super().__init__()
+        self.cab = nn.Sequential(
+            nn.Conv2d(num_feat, num_feat // compress_ratio, 3, 1, 1), nn.GELU(),
+            nn.Conv2d(num_feat // compress_ratio, num_feat, 3, 1, 1),
+            ChannelAttention(num_feat, squeeze_factor))
+
+    def forward(self, x):
+        return self.cab(x)
+
+
+class Mlp(nn.Module):
+    def __init__(self, in_features: int, hidden_features: int):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_features, in_features)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class BiAttn(nn.Module):
+    """Channel gate applied to each direction's scan output before the directions are summed."""
+
+    def __init__(self, in_channels: int, act_ratio: float = 0.125):
+        super().__init__()
+        reduce_channels = int(in_channels * act_ratio)
+        self.norm = nn.LayerNorm(in_channels)
+        self.global_reduce = nn.Linear(in_channels, reduce_channels)
+        self.act_fn = nn.GELU()
+        self.channel_select = nn.Linear(reduce_channels, in_channels)
+        self.gate_fn = nn.Sigmoid()
+
+    def forward(self, x):  # (B, L, C)
+        pooled = self.norm(x).mean(1, keepdim=True)
+        return x * self.gate_fn(self.channel_select(self.act_fn(self.global_reduce(pooled))))
+
+
+class MultiScan(nn.Module):
+    """Holds the shared BiAttn of one SS2D module (official name: `multi_scan.attn`)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.attn = BiAttn(dim)
+
+
+class SS2D(nn.Module):
+    """Selective-scan core shared by the local-window (LW_SS2D) and cross-scale (Cross_SS2D)
+    modules: projections, the scan over K directions, per-direction un-scan, gate, sum, norm."""
+
+    def __init__(self, d_model: int, d_state: int, directions: Sequence[str], d_conv: int = 3,
+                 dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4):
+        super().__init__()
+        d_inner = 2 * d_model
+        self.directions = list(directions)
+        self.K = len(self.directions)
+        self.d_state = d_state
+        self.dt_rank = math.ceil(d_model / 16)
+        self.out_norm = nn.LayerNorm(d_inner)
+        self.in_proj = nn.Linear(d_model, d_inner * 2, bias=False)
+        self.act = nn.SiLU()
+        self.conv2d = nn.Conv2d(d_inner, d_inner, d_conv, padding=(d_conv - 1) // 2, groups=d_inner)
+        x_proj = torch.empty(self.K, self.dt_rank + 2 * d_state, d_inner)
+        nn.init.uniform_(x_proj, -d_inner ** -0.5, d_inner ** -0.5)
+        self.x_proj_weight = nn.Parameter(x_proj)
+        std = self.dt_rank ** -0.5
+        self.dt_projs_weight = nn.Parameter(torch.empty(self.K, d_inner, self.dt_rank).uniform_(-std, std))
+        dt = torch.exp(torch.rand(self.K, d_inner) * (math.log(dt_max) - math.log(dt_min))
+                       + math.log(dt_min)).clamp(min=dt_init_floor)
+        self.dt_projs_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        a = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(self.K * d_inner, 1)
+        self.A_logs = nn.Parameter(torch.log(a))
+        self.Ds = nn.Parameter(torch.ones(self.K * d_inner))
+        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+        self.multi_scan = MultiScan(d_inner)
+
+    def scan_core(self, xs: torch.Tensor) -> torch.Tensor:
+        """xs (B, K, D, L) in scan order -> ys (B, K, D, L) in scan order."""
+        b, k, d, length = xs.shape
+        n, r = self.d_state, self.dt_rank
+        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
+        dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=2)
+        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
+        ys = selective_scan(
+            xs.reshape(b, k * d, length), dts.reshape(b, k * d, length), -torch.exp(self.A_logs.float()),
+            Bs.contiguous(), Cs.contiguous(), self.Ds.float(), self.dt_projs_bias.reshape(-1).float(),
+            True)
+        return ys.reshape(b, k, d, length)
+
+    def merge(self, ys_image_order: list[torch.Tensor], h: int, w: int) -> torch.Tensor:
+        """Per-direction (B, D, HW) -> gated sum -> out_norm -> (B, H, W, D)."""
+        y = sum(self.multi_scan.attn(t.transpose(1, 2)) for t in ys_image_order)
+        return self.out_norm(y).reshape(y.shape[0], h, w, -1)
+
+    def project_in(self, x: torch.Tensor, in_proj: nn.Linear, conv: nn.Conv2d, act: nn.Module):
+        """(B,H,W,C) -> x (B, D, H, W) after depthwise conv + SiLU, and the gate z (B,H,W,D)."""
+        x, z = in_proj(x).chunk(2, dim=-1)
+        return act(conv(x.permute(0, 3, 1, 2).contiguous())), act(z)
+
+
+class LW_SS2D(SS2D):
+    """Local-window selective scan (the attention part of each RLMB block)."""
+
+    def forward(self, x):  # (B, H, W, C)
+        h, w = x.shape[1:3]
+        x, z = self.project_in(x, self.in_proj, self.conv2d, self.act)
+        parsed = [scan_order.parse_direction(d) for d in self.directions]
+        xs = [scan_order.window_scan(x, win, col, flip) for win, col, flip in parsed]
+        lengths = [t.shape[-1] for t in xs]  # equal for MambaCSR's direction sets
+        xs = torch.stack([F.pad(t, (0, max(lengths) - n)) for t, n in zip(xs, lengths)], dim=1)
+        ys = self.scan_core(xs)
+        ys = [scan_order.window_unscan(ys[:, i, :, :n], win, h, w, col, flip)
+              for i, ((win, col, flip), n) in enumerate(zip(parsed, lengths))]
+        y = self.merge(ys, h, w).to(x.dtype)
+        return self.out_proj(y * z)
+
+
+class RLMBlock(nn.Module):
+    """Residual local Mamba block: LN -> (local-window SS2D + 0.01 * CAB) -> LN -> MLP."""
+
+    def __init__(self, hidden_dim: int, drop_path: float, d_state: int, mlp_ratio: float,
+                 directions: Sequence[str]):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(hidden_dim)
+        self.self_attention = LW_SS2D(hidden_dim, d_state, directions)
+        self.skip_scale = nn.Parameter(torch.ones(hidden_dim))
+        self.drop_path = DropPath(drop_path)
+        self.conv_block = CAB(hidden_dim, compress_ratio=24, squeeze_factor=24)
+        self.ln_2 = nn.LayerNorm(hidden_dim)
+        self.skip_scale2 = nn.Parameter(torch.ones(hidden_dim))
+        self.mlp = Mlp(hidden_dim, int(mlp_ratio * hidden_dim))
+
+    def forward(self, x, x_size):  # (B, L, C)
+        b, _, c = x.shape
+        inp = x.reshape(b, *x_size, c)
+        x = self.ln_1(inp)
+        conv_x = self.conv_block(x.permute(0, 3, 1, 2).contiguous()).permute(0, 2, 3, 1)
+        x = inp * self.skip_scale + self.drop_path(self.self_attention(x)) + conv_x * 0.01
+        x = x * self.skip_scale2 + self.drop_path(self.mlp(self.ln_2(x)))
+        return x.reshape(b, -1, c)
+
+
+class Cross_SS2D(SS2D):
+    """Position-aligned cross-scale fusion of the full- and half-resolution branches."""
+
+    def __init__(self, d_model: int, directions: Sequence[str], d_state: int = 16):
+        super().__init__(d_model, d_state, directions)
+        d_inner = 2 * d_model
+        self.in_proj_down = nn.Linear(d_model, d_inner * 2, bias=False)
+        self.ln_1 = nn.LayerNorm(d_model)
+        self.ln_2 = nn.LayerNorm(d_model)
+        self.act_down = nn.SiLU()
+        self.conv2d2 = nn.Conv2d(d_inner, d_inner, 3, padding=1, groups=d_inner)
+        self.mlp = Mlp(d_model, 4 * d_model)
+        self.skip_scale = nn.Parameter(torch.ones(d_model))
+        self.skip_scale2 = nn.Parameter(torch.ones(d_model))
+
+    def forward(self, x, x_down, x_size):  # (B, L, C), (B, L/4, C)
+        b, _, c = x.shape
+        h, w = x_size
+        inp = x.reshape(b, h, w, c)
+        x, z = self.project_in(self.ln_1(inp), self.in_proj, self.conv2d, self.act)
+        x_down = x_down.reshape(b, h // 2, w // 2, c)  # not normalised: as in the official code
+        x_down, _ = self.project_in(x_down, self.in_proj_down, self.conv2d2, self.act_down)
+        parsed = [scan_order.parse_direction(d) for d in self.directions]
+        xs = torch.stack([scan_order.cross_scale_scan(x, x_down, win, col, flip)
+                          for win, col, flip in parsed], dim=1)
+        ys = self.scan_core(xs)
+        ys = [scan_order.cross_scale_unscan(ys[:, i], win, h, w, col, flip)
+              for i, (win, col, flip) in enumerate(parsed)]
+        y = self.merge(ys, h, w).to(x.dtype)
+        out = inp * self.skip_scale + self.out_proj(y * z)
+        out = out * self.skip_scale2 + self.mlp(self.ln_2(out))
+        return out.reshape(b, -1, c)
+
+
+def block_directions(depth: int, scan_size: int, dual_interleaved_scan: bool,
+                     cross_scale_scan: bool) -> list[list[str]]:
+    """The scan directions of each block of a group (official rules, quirks included: with
+    cross-scale scanning a group shallower than 6 blocks uses 32-wide windows throughout)."""
+    if cross_scale_scan or dual_interleaved_scan:
+        if cross_scale_scan and depth < 6:
+            cycle = [["w32", "w32_flip"], ["c_w32", "c_w32_flip"], ["w32", "w32_flip"], ["c_w32", "c_w32_flip"]]
+        else:
+            s = scan_size
+            cycle = [[f"w{s}", f"w{s}_flip"], [f"c_w{s}", f"c_w{s}_flip"], ["w64", "w64_flip"],
+                     ["c_w64", "c_w64_flip"]]
+        return [cycle[i % 4] for i in range(depth)]
+    s = scan_size
+    return [[f"w{s}", f"w{s}_flip", f"c_w{s}", f"c_w{s}_flip"] for _ in range(depth)]
+
+
+class BasicLayer(nn.Module):
+    def __init__(self, dim, depth, d_state, mlp_ratio, drop_path, directions):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            RLMBlock(dim, drop_path[i] if isinstance(drop_path, (list, tuple)) else drop_path,
+                     d_state, mlp_ratio, directions[i]) for i in range(depth))
+
+    def forward(self, x, x_size):
+        for blk in self.blocks:
+            x = blk(x, x_size)
+        return x
+
+
+def _resi_conv(dim: int, resi_connection: str) -> nn.Module:
+    if resi_connection == "1conv":
+        return nn.Conv2d(dim, dim, 3, 1, 1)
+    if resi_connection == "3conv":
+        return nn.Sequential(
+            nn.Conv2d(dim, dim // 4, 3, 1, 1), nn.LeakyReLU(negative_slope=0.2, inplace=True),
+            nn.Conv2d(dim // 4, dim // 4, 1, 1, 0), nn.LeakyReLU(negative_slope=0.2, inplace=True),
+            nn.Conv2d(dim // 4, dim, 3, 1, 1))
+    raise ValueError(f"resi_connection must be '1conv' or '3conv', got {resi_connection!r}")
+
+
+class ResidualLocalGroup(nn.Module):
+    """Residual local Mamba group: blocks, a conv, and a long skip."""
+
+    def __init__(self, dim, depth, d_state, mlp_ratio, drop_path, resi_connection, directions):
+        super().__init__()
+        self.residual_group = BasicLayer(dim, depth, d_state, mlp_ratio, drop_path, directions)
+        self.conv = _resi_conv(dim, resi_connection)
+
+    def forward(self, x, x_size):  # (B, L, C)
+        b, _, c = x.shape
+        y = self.residual_group(x, x_size).transpose(1, 2).reshape(b, c, *x_size)
+        return self.conv(y).flatten(2).transpose(1, 2) + x
+
+
+class PatchEmbed(nn.Module):
+    """(B, C, H, W) -> (B, HW, C), optionally layer-normed (official name keeps `.norm`)."""
+
+    def __init__(self, embed_dim: int, norm: bool):
+        super().__init__()
+        self.norm = nn.LayerNorm(embed_dim) if norm else None
+
+    def forward(self, x):
+        x = x.flatten(2).transpose(1, 2)
+        return self.norm(x) if self.norm is not None else x
+
+
+class Upsample(nn.Sequential):
+    def __init__(self, scale: int, num_feat: int):
+        m = []
+        if scale & (scale - 1) == 0:
+            for _ in range(int(math.log2(scale))):
+                m += [nn.Conv2d(num_feat, 4 * num_feat, 3, 1, 1), nn.PixelShuffle(2)]
+        elif scale == 3:
+            m += [nn.Conv2d(num_feat, 9 * num_feat, 3, 1, 1), nn.PixelShuffle(3)]
+        else:
+            raise ValueError(f"upscale {scale} is not supported: use a power of 2 or 3")
+        super().__init__(*m)
+
+
+class MambaCSR(nn.Module):
+    """MambaCSR. Keyword arguments are the official `network_g` options; unknown options that
+    the official constructor also ignores (e.g. `type`, `patch_size`) are accepted."""
+
+    def __init__(self, img_size=64, patch_size=1, in_chans=3, upscale=4, embed_dim=180, d_state=16,
+                 depths=(6, 6, 6, 6, 6, 6), depths2=(6,), mlp_ratio=2.0, img_range=1.0, upsampler="",
+                 resi_connection="1conv", dual_interleaved_scan=True, cross_scale_scan=False,
+                 scan_size=8, drop_rate=0.0, drop_path_rate=0.1, patch_norm=True, use_checkpoint=False,
+                 **kwargs):
+        super().__init__()
+        if embed_dim < 24:
+            raise ValueError(f"embed_dim must be >= 24 (each block's CAB divides channels by 24), got {embed_dim}")
+        if isinstance(depths2, int):
+            depths2 = (depths2,)
+        depths, depths2 = list(depths), list(depths2)
+        self.config = dict(img_size=img_size, in_chans=in_chans, upscale=upscale, embed_dim=embed_dim,
+                           d_state=d_state, depths=depths, depths2=depths2, mlp_ratio=mlp_ratio,
+                           img_range=img_range, upsampler=upsampler, resi_connection=resi_connection,
+                           dual_interleaved_scan=dual_interleaved_scan, cross_scale_scan=cross_scale_scan,
+                           scan_size=scan_size, patch_norm=patch_norm)
+        self.img_range = img_range
+        self.upscale = upscale
+        self.upsampler = upsampler
+        self.cross_scale_scan = cross_scale_scan
+        self.in_chans = in_chans
+        mean = (0.4488, 0.4371, 0.4040) if in_chans == 3 else (0.0,)
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        num_feat = 64
+
+        self.conv_first = nn.Conv2d(in_chans, embed_dim, 3, 1, 1)
+        self.patch_embed = PatchEmbed(embed_dim, patch_norm)
+        dpr = [x.item() for x in torch.linspace(0, drop_path_rate, sum(depths))]
+        self.layers = nn.ModuleList(
+            ResidualLocalGroup(embed_dim, depth, d_state, mlp_ratio, dpr[sum(depths[:i]):sum(depths[:i + 1])],
+                               resi_connection,
+                               block_directions(depth, scan_size, dual_interleaved_scan, cross_scale_scan))
+            for i, depth in enumerate(depths))
+        if cross_scale_scan:
+            self.patch_embed2 = PatchEmbed(embed_dim, patch_norm)
+            # The half-resolution groups ignore scan_size (always 8) and reuse the drop-path
+            # slices of the main groups: both as in the official code.
+            self.layers2 = nn.ModuleList(
+                ResidualLocalGroup(embed_dim, depth, d_state, mlp_ratio, dpr[sum(depths[:i]):sum(depths[:i + 1])],
+                                   resi_connection, block_directions(depth, 8, dual_interleaved_scan, True))
+                for i, depth in enumerate(depths2))
+            self.layers3 = nn.ModuleList(
+                Cross_SS2D(embed_dim, ["w16", "w16_flip", "c_w16", "c_w16_flip"]) for _ in depths2)
+        self.norm = nn.LayerNorm(embed_dim)
+        self.conv_after_body = _resi_conv(embed_dim, resi_connection)
+        if upsampler == "pixelshuffle":
+            self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, num_feat, 3, 1, 1),
+                                                      nn.LeakyReLU(inplace=True))
+            self.upsample = Upsample(upscale, num_feat)
+            self.conv_last = nn.Conv2d(num_feat, in_chans, 3, 1, 1)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    @property
+    def size_multiple(self) -> int:
+        """Input height and width must be multiples of this (cross-scale windows of 16)."""
+        return 16 if self.cross_scale_scan else 1
+
+    def forward_features(self, x):
+        x_size = (x.shape[2], x.shape[3])
+        if self.cross_scale_scan:
+            x_down = F.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False)
+            down_size = (x_down.shape[2], x_down.shape[3])
+            x_down = self.patch_embed2(x_down)
+        x = self.patch_embed(x)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, x_size)
+            if self.cross_scale_scan and i < len(self.layers2):
+                x_down = self.layers2[i](x_down, down_size)
+                x = self.layers3[i](x, x_down, x_size)
+        x = self.norm(x)
+        return x.transpose(1, 2).reshape(x.shape[0], -1, *x_size)
+
+    def forward(self, x):
+        if self.cross_scale_scan and (x.shape[-2] % 16 or x.shape[-1] % 16):
+            raise ValueError(f"this MambaCSR (cross_scale_scan) needs height and width divisible by 16, "
+                             f"got {tuple(x.shape[-2:])}: pad the input (the runtime's tiler does)")
+        mean = self.mean.to(x.dtype)
+        x = (x - mean) * self.img_range
+        if self.upsampler == "pixelshuffle":
+            x = self.conv_first(x)
+            x = self.conv_after_body(self.forward_features(x)) + x
+            x = self.conv_before_upsample(x)
+            x = self.conv_last(self.upsample(x))
+        return x / self.img_range + mean
