@@ -1,0 +1,448 @@
+/*
+ * SelectiveScan on the CPU: plain C11 + OpenMP, built on first use by mambacsr/ops/scan_cpu.py.
+ *
+ * Contract (DESIGN.md), for every batch b, channel c (group g = c / C), state n, h = 0 at start:
+ *     dt        = softplus(delta[b,c,t] + delta_bias[c])     (no softplus if delta_softplus == 0)
+ *     h[n]      = exp(dt * A[c,n]) * h[n] + dt * Bs[b,g,n,t] * u[b,c,t]
+ *     y[b,c,t]  = sum_n Cs[b,g,n,t] * h[n] + D[c] * u[b,c,t]
+ * Layouts (all contiguous float32): u, delta, y (batch, K*C, L); A (K*C, N); Bs, Cs
+ * (batch, K, N, L); D, delta_bias (K*C,).
+ *
+ * Work split: one work item = (batch, group, tile of up to TILE_C channels of that group), spread
+ * over OpenMP threads. An item walks the tokens in blocks; for each block it transposes the
+ * group's B and C rows into small token-major buffers (N contiguous floats per token, shared by
+ * the tile's channels and hot in L1), then runs each channel's sequential scan over the block
+ * with its N states in a short array that the compiler vectorises (any N; N = 16/32/64 get
+ * fully specialised loops).
+ *
+ * exp: Cephes-style (range reduction by ln 2, degree-6 polynomial, ~1 ulp), branch-free so it
+ * vectorises; exp(x) = 0 for x < ~-87 (below FLT_MIN), +inf for x > ln(FLT_MAX), NaN stays NaN.
+ * softplus: like mamba-ssm / torch (x > 20 -> x, else log1p(exp(x))), computed as
+ * max(x, 0) + log1p(exp(-|x|)) with a Cephes log1p polynomial, vectorised over tokens.
+ * No -ffast-math needed: reductions are vectorised through `omp simd reduction`.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define MAMBACSR_SCAN_ABI 1
+#define TILE_LG 8            /* lane-groups (of VL channels) per work item */
+#define TOKENS_PER_BLOCK 128 /* tokens per block: the group's B/C block stays in L1 */
+
+#if defined(__GNUC__) || defined(__clang__)
+#define INLINE static inline __attribute__((always_inline))
+#else
+#define INLINE static inline
+#endif
+
+#if defined(_OPENMP)
+#define SIMD _Pragma("omp simd")
+#define SIMD_SUM_ACC _Pragma("omp simd reduction(+:acc)")
+#else
+#define SIMD
+#define SIMD_SUM_ACC
+#endif
+
+typedef union { uint32_t i; float f; } f32bits;
+
+/* exp(x) in float32 (~1 ulp), branch-free so that it vectorises.
+ * x is clamped to [-87.5, 88.8]; n = round(x / ln 2) lands in the low mantissa bits of t
+ * (the 1.5 * 2^23 trick); r = x - n ln 2 (Cody-Waite, two constants), |r| <= ln(2)/2;
+ * 2 e^r = 2 + 2r + r^2 P(r) (Cephes expf polynomial, coefficients doubled: exact); the result
+ * is 2 e^r * 2^(n-1), with the biased exponent n + 126 in [0, 254]. Below ~-87 the exponent
+ * field is 0 and the result 0 (values under ~1.2e-38 flush to zero); above ln(FLT_MAX) the
+ * product overflows to +inf; NaN stays NaN. The AVX2 path below computes the same thing. */
+#define EXP_LO -87.5f
+#define EXP_HI 88.8f
+#define EXP_LOG2E 1.44269504088896341f
+#define EXP_MAGIC 12582912.0f          /* 1.5 * 2^23 */
+#define EXP_C1 0.693359375f
+#define EXP_C2 -2.12194440e-4f
+#define EXP_P0 3.9751383000e-4f         /* 2 x Cephes expf coefficients */
+#define EXP_P1 2.7963999014e-3f
+#define EXP_P2 1.66669038146e-2f
+#define EXP_P3 8.3331591788e-2f
+#define EXP_P4 3.3333330918e-1f
+#define EXP_P5 1.00000002402f
+#define EXP_BIAS (126u - 0x4B400000u)  /* magic's bit pattern removed, exponent bias 126 */
+
+INLINE float fast_expf(float x)
+{
+    float xc = x < EXP_LO ? EXP_LO : x;   /* NaN passes both tests unchanged */
+    xc = xc > EXP_HI ? EXP_HI : xc;
+    f32bits t, s;
+    t.f = xc * EXP_LOG2E + EXP_MAGIC;
+    const float n = t.f - EXP_MAGIC;
+    float r = xc - n * EXP_C1;
+    r = r - n * EXP_C2;
+    float p = EXP_P0;
+    p = p * r + EXP_P1;
+    p = p * r + EXP_P2;
+    p = p * r + EXP_P3;
+    p = p * r + EXP_P4;
+    p = p * r + EXP_P5;
+    p = p * (r * r) + (r * 2.0f + 2.0f);  /* 2 e^r */
+    s.i = (t.i + EXP_BIAS) << 23;           /* 2^(n-1) */
+    return p * s.f;
+}
+
+/* log1p(z) for z in [0, 1] (Cephes logf polynomial on [sqrt(.5)-1, sqrt(2)-1]), branch-free. */
+INLINE float log1p_unit(float z)
+{
+    const int big = z > 0.41421356237f;
+    /* 1 + z = 2^e (1 + x) with e = 1 when z is big: x = (z - 1) / 2, else x = z exactly. */
+    const float xbig = (z - 1.0f) * 0.5f;  /* computed unconditionally: a select, not a branch */
+    const float x = big ? xbig : z;
+    const float e = big ? 1.0f : 0.0f;
+    const float xx = x * x;
+    float y = 7.0376836292e-2f;
+    y = y * x - 1.1514610310e-1f;
+    y = y * x + 1.1676998740e-1f;
+    y = y * x - 1.2420140846e-1f;
+    y = y * x + 1.4249322787e-1f;
+    y = y * x - 1.6668057665e-1f;
+    y = y * x + 2.0000714765e-1f;
+    y = y * x - 2.4999993993e-1f;
+    y = y * x + 3.3333331174e-1f;
+    y = y * x * xx;
+    y = y + e * -2.12194440e-4f;
+    y = y - 0.5f * xx;
+    return (x + y) + e * 0.693359375f;
+}
+
+/* softplus with mamba-ssm's threshold: x > 20 -> x, else log1p(exp(x)). */
+INLINE float softplus_f(float x)
+{
+    const float nx = -x;
+    const float nax = x < 0.0f ? x : nx;  /* -|x| */
+    const float pos = x > 0.0f ? x : 0.0f;
+    const float sp = pos + log1p_unit(fast_expf(nax));
+    return x > 20.0f ? x : sp;
+}
+
+/* Lanes: VL channels of one group are scanned together, one channel per SIMD lane, so the
+ * sum over states is a plain vector FMA chain (no horizontal reduction) and B/C values are
+ * broadcast scalars. Lanes past the group's last channel run with dt = 0 (state stays 0). */
+#define VL 8
+
+/* VL channels over one token block. Inputs are lane-interleaved: dtv/duv [t][VL], AT [n][VL],
+ * h [n][VL] (carried across blocks); B/C point at the group's rows (stride L between states)
+ * at the block's first token; the output yv is [t][VL]. */
+INLINE void scan_lanes_generic(const int64_t N, const int64_t tb,
+                       const float* restrict AT, const float* restrict Bt,
+                       const float* restrict Ct, const float* restrict dtv,
+                       const float* restrict duv, float* restrict h, float* restrict yv)
+{
+    for (int64_t t = 0; t < tb; ++t) {
+        const float* restrict d = dtv + t * VL;
+        const float* restrict du = duv + t * VL;
+        float acc[VL];
+        for (int l = 0; l < VL; ++l) acc[l] = 0.0f;
+        for (int64_t n = 0; n < N; ++n) {
+            const float bn = Bt[t * N + n], cn = Ct[t * N + n];
+            const float* restrict an = AT + n * VL;
+            float* restrict hn = h + n * VL;
+            SIMD
+            for (int l = 0; l < VL; ++l) {
+                const float a = fast_expf(d[l] * an[l]);
+                const float hv = a * hn[l] + du[l] * bn;
+                hn[l] = hv;
+                acc[l] += hv * cn;
+            }
+        }
+        for (int l = 0; l < VL; ++l) yv[t * VL + l] = acc[l];
+    }
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+/* x86-64 with AVX2 + FMA (the -march=native build on any recent x86 CPU): the same
+ * computation with explicit 8-wide intrinsics, which gives tighter code than the compiler's
+ * if-converted clamps, and two accumulators to shorten the dependency chain of the sum. */
+#include <immintrin.h>
+#define SCAN_IMPL "avx2"
+
+/* exp of G independent vectors, stage by stage: the G dependency chains (~50 cycles each)
+ * are interleaved in the instruction stream, so the out-of-order core overlaps them. */
+#define G 4
+INLINE void exp_avx2_g(__m256* x)
+{
+    const __m256 lo = _mm256_set1_ps(EXP_LO), hi = _mm256_set1_ps(EXP_HI);
+    const __m256 magic = _mm256_set1_ps(EXP_MAGIC), log2e = _mm256_set1_ps(EXP_LOG2E);
+    const __m256 two = _mm256_set1_ps(2.0f);
+    __m256 t[G], r[G], p[G];
+    for (int k = 0; k < G; ++k) x[k] = _mm256_max_ps(lo, x[k]);  /* operand order keeps NaN */
+    for (int k = 0; k < G; ++k) x[k] = _mm256_min_ps(hi, x[k]);
+    for (int k = 0; k < G; ++k) t[k] = _mm256_fmadd_ps(x[k], log2e, magic);
+    for (int k = 0; k < G; ++k) r[k] = _mm256_sub_ps(t[k], magic);           /* n */
+    for (int k = 0; k < G; ++k) p[k] = _mm256_fnmadd_ps(r[k], _mm256_set1_ps(EXP_C1), x[k]);
+    for (int k = 0; k < G; ++k) r[k] = _mm256_fnmadd_ps(r[k], _mm256_set1_ps(EXP_C2), p[k]);
+    for (int k = 0; k < G; ++k) p[k] = _mm256_fmadd_ps(_mm256_set1_ps(EXP_P0), r[k],
+                                                       _mm256_set1_ps(EXP_P1));
+    for (int k = 0; k < G; ++k) p[k] = _mm256_fmadd_ps(p[k], r[k], _mm256_set1_ps(EXP_P2));
+    for (int k = 0; k < G; ++k) p[k] = _mm256_fmadd_ps(p[k], r[k], _mm256_set1_ps(EXP_P3));
+    for (int k = 0; k < G; ++k) p[k] = _mm256_fmadd_ps(p[k], r[k], _mm256_set1_ps(EXP_P4));
+    for (int k = 0; k < G; ++k) p[k] = _mm256_fmadd_ps(p[k], r[k], _mm256_set1_ps(EXP_P5));
+    for (int k = 0; k < G; ++k)
+        p[k] = _mm256_fmadd_ps(p[k], _mm256_mul_ps(r[k], r[k]), _mm256_fmadd_ps(r[k], two, two));
+    for (int k = 0; k < G; ++k)
+        x[k] = _mm256_mul_ps(p[k], _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_add_epi32(_mm256_castps_si256(t[k]), _mm256_set1_epi32((int)EXP_BIAS)), 23)));
+}
+
+/* States n0 .. n0+cnt-1 (cnt <= G) of the VL lanes for one token; returns the updated sum. */
+INLINE __m256 scan_states_avx2(const int cnt, const __m256 d, const __m256 du,
+                               const float* restrict an, float* restrict hn,
+                               const float* restrict bp, const float* restrict cp, __m256 acc)
+{
+    __m256 a[G];
+    for (int k = 0; k < G; ++k)
+        a[k] = k < cnt ? _mm256_mul_ps(d, _mm256_loadu_ps(an + k * VL)) : _mm256_setzero_ps();
+    exp_avx2_g(a);
+    for (int k = 0; k < cnt; ++k) {
+        const __m256 hv = _mm256_fmadd_ps(a[k], _mm256_loadu_ps(hn + k * VL),
+                                          _mm256_mul_ps(du, _mm256_set1_ps(bp[k])));
+        _mm256_storeu_ps(hn + k * VL, hv);
+        acc = _mm256_fmadd_ps(hv, _mm256_set1_ps(cp[k]), acc);
+    }
+    return acc;
+}
+
+INLINE void scan_lanes_avx2(const int64_t N, const int64_t tb,
+                            const float* restrict AT, const float* restrict Bt,
+                            const float* restrict Ct, const float* restrict dtv,
+                            const float* restrict duv, float* restrict h, float* restrict yv)
+{
+    for (int64_t t = 0; t < tb; ++t) {
+        const __m256 d = _mm256_loadu_ps(dtv + t * VL);
+        const __m256 du = _mm256_loadu_ps(duv + t * VL);
+        __m256 acc = _mm256_setzero_ps();
+        int64_t n = 0;
+        for (; n + G <= N; n += G)
+            acc = scan_states_avx2(G, d, du, AT + n * VL, h + n * VL, Bt + t * N + n,
+                                   Ct + t * N + n, acc);
+        if (n < N)
+            acc = scan_states_avx2((int)(N - n), d, du, AT + n * VL, h + n * VL, Bt + t * N + n,
+                                   Ct + t * N + n, acc);
+        _mm256_storeu_ps(yv + t * VL, acc);
+    }
+}
+#define scan_lanes scan_lanes_avx2
+#else
+#define SCAN_IMPL "generic"
+#define scan_lanes scan_lanes_generic
+#endif
+
+static void scan_lanes_any(const int64_t N, const int64_t tb, const float* AT,
+                           const float* Bt, const float* Ct, const float* dtv, const float* duv,
+                           float* h, float* yv)
+{
+    switch (N) {  /* constant N: the state loop is unrolled */
+    case 16: scan_lanes(16, tb, AT, Bt, Ct, dtv, duv, h, yv); break;
+    case 32: scan_lanes(32, tb, AT, Bt, Ct, dtv, duv, h, yv); break;
+    case 64: scan_lanes(64, tb, AT, Bt, Ct, dtv, duv, h, yv); break;
+    default: scan_lanes(N, tb, AT, Bt, Ct, dtv, duv, h, yv); break;
+    }
+}
+
+/* dst[j][i] = src[i][j] for i < rows, j < cols (row strides ss, ds), by 8x8 blocks. */
+#if defined(__AVX2__) && defined(__FMA__)
+INLINE void transpose8x8(const float* src, int64_t ss, float* dst, int64_t ds)
+{
+    const __m256 r0 = _mm256_loadu_ps(src), r1 = _mm256_loadu_ps(src + ss),
+                 r2 = _mm256_loadu_ps(src + 2 * ss), r3 = _mm256_loadu_ps(src + 3 * ss),
+                 r4 = _mm256_loadu_ps(src + 4 * ss), r5 = _mm256_loadu_ps(src + 5 * ss),
+                 r6 = _mm256_loadu_ps(src + 6 * ss), r7 = _mm256_loadu_ps(src + 7 * ss);
+    const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1),
+                 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3),
+                 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
+                 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE),
+                 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE),
+                 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE),
+                 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    _mm256_storeu_ps(dst, _mm256_permute2f128_ps(s0, s4, 0x20));
+    _mm256_storeu_ps(dst + ds, _mm256_permute2f128_ps(s1, s5, 0x20));
+    _mm256_storeu_ps(dst + 2 * ds, _mm256_permute2f128_ps(s2, s6, 0x20));
+    _mm256_storeu_ps(dst + 3 * ds, _mm256_permute2f128_ps(s3, s7, 0x20));
+    _mm256_storeu_ps(dst + 4 * ds, _mm256_permute2f128_ps(s0, s4, 0x31));
+    _mm256_storeu_ps(dst + 5 * ds, _mm256_permute2f128_ps(s1, s5, 0x31));
+    _mm256_storeu_ps(dst + 6 * ds, _mm256_permute2f128_ps(s2, s6, 0x31));
+    _mm256_storeu_ps(dst + 7 * ds, _mm256_permute2f128_ps(s3, s7, 0x31));
+}
+#else
+INLINE void transpose8x8(const float* src, int64_t ss, float* dst, int64_t ds)
+{
+    for (int i = 0; i < 8; ++i)
+        for (int j = 0; j < 8; ++j) dst[j * ds + i] = src[i * ss + j];
+}
+#endif
+
+static void transpose(const float* src, int64_t ss, float* dst, int64_t ds, int64_t rows,
+                      int64_t cols)
+{
+    const int64_t r8 = rows - rows % 8, c8 = cols - cols % 8;
+    for (int64_t i = 0; i < r8; i += 8)
+        for (int64_t j = 0; j < c8; j += 8) transpose8x8(src + i * ss + j, ss, dst + j * ds + i, ds);
+    for (int64_t i = 0; i < rows; ++i) {
+        const int64_t j0 = i < r8 ? c8 : 0;  /* the column tail, or whole rows past r8 */
+        for (int64_t j = j0; j < cols; ++j) dst[j * ds + i] = src[i * ss + j];
+    }
+}
+
+int mambacsr_scan_cpu_abi(void) { return MAMBACSR_SCAN_ABI; }
+
+const char* mambacsr_scan_cpu_impl(void) { return SCAN_IMPL; }
+
+int mambacsr_scan_cpu_openmp(void)
+{
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* Returns 0 on success, 1 on bad arguments, 2 when scratch memory could not be allocated. */
+int mambacsr_scan_cpu_f32(const float* u, const float* delta, const float* A, const float* Bs,
+                          const float* Cs, const float* D, const float* delta_bias, float* y,
+                          int64_t batch, int64_t K, int64_t C, int64_t N, int64_t L,
+                          int delta_softplus, int num_threads)
+{
+    if (batch < 0 || K < 0 || C < 0 || N < 0 || L < 0) return 1;
+    if (batch == 0 || K == 0 || C == 0 || L == 0) return 0;
+    const int64_t KC = K * C;
+
+    const int64_t tblock = L < TOKENS_PER_BLOCK ? L : TOKENS_PER_BLOCK;
+
+    int nt = num_threads;
+#ifdef _OPENMP
+    if (nt <= 0) nt = omp_get_max_threads();
+#endif
+    if (nt <= 0) nt = 1;
+
+    /* Work item = (batch, group, tile of lane-groups). Tiles share the B/C block in L1; make
+     * them small enough that every thread gets several items. */
+    const int64_t lgroups = (C + VL - 1) / VL;           /* lane-groups per group */
+    int64_t tile = batch * K * lgroups / (4 * (int64_t)nt);
+    if (tile > TILE_LG) tile = TILE_LG;
+    if (tile < 1) tile = 1;
+    const int64_t tiles_per_group = (lgroups + tile - 1) / tile;
+    const int64_t n_items = batch * K * tiles_per_group;
+    if ((int64_t)nt > n_items) nt = (int)n_items;
+
+    int status = 0;
+    const int64_t Nb = N > 0 ? N : 1;
+
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt)
+#endif
+    {
+        /* Per-thread scratch. Lane-interleaved [t][VL]: dt, dt*u, y of one lane-group;
+         * [tile][n][VL]: A and the states of the tile; row-major [VL][t]: dt, dt*u, y rows;
+         * token-major [t][n]: the group's B and C block (B/C rows are L floats apart: reading
+         * them in place would put 2N lines in one L1 set). */
+        const size_t nflt = (size_t)(6 * tblock * VL + 2 * tile * Nb * VL + 2 * tblock * Nb);
+        float* scratch = (float*)malloc(nflt * sizeof(float));
+        if (!scratch) {
+#ifdef _OPENMP
+#pragma omp atomic write
+#endif
+            status = 2;
+        }
+        float* dtv = scratch;
+        float* duv = dtv + tblock * VL;
+        float* yv = duv + tblock * VL;
+        float* drows = yv + tblock * VL;
+        float* urows = drows + tblock * VL;
+        float* yrows = urows + tblock * VL;
+        float* AT = yrows + tblock * VL;             /* [tile][n][VL] */
+        float* hs = AT + tile * Nb * VL;             /* [tile][n][VL] */
+        float* Bt = hs + tile * Nb * VL;             /* [t][n] */
+        float* Ct = Bt + tblock * Nb;
+
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (int64_t item = 0; item < n_items; ++item) {
+            if (!scratch) continue;
+            const int64_t b = item / (K * tiles_per_group);
+            const int64_t rem = item % (K * tiles_per_group);
+            const int64_t g = rem / tiles_per_group;
+            const int64_t lg0 = (rem % tiles_per_group) * tile;
+            const int64_t lg1 = lg0 + tile < lgroups ? lg0 + tile : lgroups;
+            const float* Bg = Bs + (b * K + g) * N * L;
+            const float* Cg = Cs + (b * K + g) * N * L;
+
+            /* A of the tile's channels, lane-interleaved (0 for padding lanes); states = 0 */
+            for (int64_t lg = lg0; lg < lg1; ++lg) {
+                float* at = AT + (lg - lg0) * Nb * VL;
+                for (int l = 0; l < VL; ++l) {
+                    const int64_t cl = lg * VL + l;
+                    for (int64_t n = 0; n < N; ++n)
+                        at[n * VL + l] = cl < C ? A[(g * C + cl) * N + n] : 0.0f;
+                }
+            }
+            memset(hs, 0, (size_t)((lg1 - lg0) * Nb * VL) * sizeof(float));
+
+            for (int64_t t0 = 0; t0 < L; t0 += tblock) {
+                const int64_t tb = t0 + tblock < L ? tblock : L - t0;
+                transpose(Bg + t0, L, Bt, N, N, tb);
+                transpose(Cg + t0, L, Ct, N, N, tb);
+                for (int64_t lg = lg0; lg < lg1; ++lg) {
+                    const int64_t nl = C - lg * VL < VL ? C - lg * VL : VL;  /* real lanes */
+                    /* dt and dt*u rows of the lane-group's channels, then lane-interleaved */
+                    for (int l = 0; l < VL; ++l) {
+                        float* dw = drows + l * tblock;
+                        float* uw = urows + l * tblock;
+                        if (l >= nl) {  /* padding lane: dt = 0 keeps its state at 0 */
+                            memset(dw, 0, (size_t)tb * sizeof(float));
+                            memset(uw, 0, (size_t)tb * sizeof(float));
+                            continue;
+                        }
+                        const int64_t ch = g * C + lg * VL + l;
+                        const int64_t row = (b * KC + ch) * L + t0;
+                        const float* ur = u + row;
+                        const float* dr = delta + row;
+                        const float bias = delta_bias ? delta_bias[ch] : 0.0f;
+                        if (delta_softplus) {
+                            SIMD
+                            for (int64_t t = 0; t < tb; ++t) {
+                                const float d = softplus_f(dr[t] + bias);
+                                dw[t] = d;
+                                uw[t] = d * ur[t];
+                            }
+                        } else {
+                            SIMD
+                            for (int64_t t = 0; t < tb; ++t) {
+                                const float d = dr[t] + bias;
+                                dw[t] = d;
+                                uw[t] = d * ur[t];
+                            }
+                        }
+                    }
+                    transpose(drows, tblock, dtv, VL, VL, tb);
+                    transpose(urows, tblock, duv, VL, VL, tb);
+                    scan_lanes_any(N, tb, AT + (lg - lg0) * Nb * VL, Bt, Ct, dtv,
+                                   duv, hs + (lg - lg0) * Nb * VL, yv);
+                    transpose(yv, VL, yrows, tblock, tb, VL);
+                    for (int64_t l = 0; l < nl; ++l) {
+                        const int64_t ch = g * C + lg * VL + l;
+                        const int64_t row = (b * KC + ch) * L + t0;
+                        const float* ur = u + row;
+                        const float* yw = yrows + l * tblock;
+                        float* yr = y + row;
+                        const float Dc = D ? D[ch] : 0.0f;
+                        SIMD
+                        for (int64_t t = 0; t < tb; ++t) yr[t] = yw[t] + Dc * ur[t];
+                    }
+                }
+            }
+        }
+        free(scratch);
+    }
+    return status;
+}
