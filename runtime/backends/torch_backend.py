@@ -1,0 +1,77 @@
+"""PyTorch eager backend (CPU, or GPU with the project's CUDA scan kernel)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from runtime.backends import Backend
+from runtime.errors import UserError
+
+
+def _model_scale(model) -> int | None:
+    for attr in ("upscale", "scale"):
+        v = getattr(model, attr, None)
+        if isinstance(v, (int, np.integer)) and v > 0:
+            return int(v)
+    cfg = getattr(model, "config", None) or {}
+    v = cfg.get("upscale") if isinstance(cfg, dict) else None
+    return int(v) if v else None
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self, model, device: str = "cpu", precision: str = "fp32", scale: int | None = None,
+                 size_multiple: int | None = None, threads: int | None = None):
+        import torch
+        if precision not in ("fp32", "fp16"):
+            raise UserError(f"the torch backend runs fp32 or fp16, not {precision}: use --precision fp32")
+        if precision == "fp16" and not str(device).startswith("cuda"):
+            raise UserError("fp16 needs a CUDA device with the torch backend: use --precision fp32 on CPU")
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.torch = torch
+        self.device = str(device)
+        self.precision = precision
+        self.dtype = torch.float16 if precision == "fp16" else torch.float32
+        self.model = model.to(self.device, self.dtype).eval()
+        self.scale = int(scale or _model_scale(model) or 0)
+        if not self.scale:
+            raise UserError("cannot tell the model's scale: pass a MambaCSR model (config 'upscale')")
+        cfg = getattr(model, "config", None) or {}
+        if size_multiple is None and isinstance(getattr(model, "size_multiple", None), int):
+            size_multiple = model.size_multiple
+        if size_multiple is None:
+            size_multiple = 16 if (isinstance(cfg, dict) and cfg.get("cross_scale_scan")) else 1
+        self.size_multiple = int(size_multiple)
+        dim = int(cfg.get("embed_dim", 180)) if isinstance(cfg, dict) else 180
+        # rough peak: ~ 60 float activations of embed_dim channels per LR pixel (4 scan directions)
+        self.bytes_per_lr_pixel = float(60 * dim * (2 if precision == "fp16" else 4))
+        self.fixed_tile = None
+        self.max_batch = None
+
+    @classmethod
+    def from_checkpoint(cls, path, config=None, device="cpu", precision="fp32", threads=None):
+        try:
+            from mambacsr import load_model
+        except ImportError as e:
+            raise UserError(f"the mambacsr package is not importable ({e}): install mambacsr-deploy") from None
+        try:
+            model = load_model(str(path), config=config, device="cpu")
+        except (KeyError, ValueError, RuntimeError, OSError) as e:
+            msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+            raise UserError(f"cannot load checkpoint {path}: {msg} (check --config/--preset)") from None
+        return cls(model, device=device, precision=precision, threads=threads)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, self.dtype)
+            y = self.model(x)
+            return y.float().cpu().numpy()
+
+    def free_memory(self) -> int | None:
+        if self.device.startswith("cuda"):
+            free, _ = self.torch.cuda.mem_get_info(self.torch.device(self.device))
+            return int(free)
+        return None

@@ -1,0 +1,203 @@
+"""Build and cache TensorRT engines from exported ONNX files.
+
+Cache key: sha256 of the ONNX file, GPU name and compute capability, TensorRT version,
+precision, input shapes (tile, batch range) and the plugin library's sha256. An engine is stored
+as ``<cache>/<onnx stem>-<precision>-t<tile>-b<batch>-<key12>.engine`` with a JSON sidecar that
+the TensorRT backend checks before loading. TensorRT 11 networks are strongly typed (precision
+comes from the ONNX); TensorRT 10 gets ``FP16``/``INT8`` builder flags for fp16/int8.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from runtime.errors import UserError
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    # external ONNX weights (model.onnx.data) are part of the model
+    data = Path(str(path) + ".data")
+    if str(path).endswith(".onnx") and data.is_file():
+        h.update(file_sha256(data).encode())
+    return h.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("MAMBACSR_CACHE", Path.home() / ".cache" / "mambacsr")) / "engines"
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    onnx: str
+    tile: int
+    batch: int = 1
+    min_batch: int = 1
+    precision: str = "fp32"
+    plugin: str | None = None
+    input_name: str = "input"
+    dynamic_batch: bool = False
+    dynamic_spatial: bool = False
+
+    def shapes(self) -> dict:
+        t = self.tile
+        if self.dynamic_batch:
+            return {"min": (self.min_batch, 3, t, t), "opt": (self.batch, 3, t, t), "max": (self.batch, 3, t, t)}
+        return {"min": (self.batch, 3, t, t), "opt": (self.batch, 3, t, t), "max": (self.batch, 3, t, t)}
+
+
+def cache_key(spec: EngineSpec, *, onnx_sha: str, gpu_name: str, compute_capability: str,
+              trt_version: str, plugin_sha: str | None) -> str:
+    record = {
+        "onnx_sha256": onnx_sha, "gpu": gpu_name, "compute_capability": compute_capability,
+        "trt_version": trt_version, "precision": spec.precision, "shapes": spec.shapes(),
+        "plugin_sha256": plugin_sha,
+    }
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+
+
+def engine_path(spec: EngineSpec, key: str, cache_dir: Path) -> Path:
+    stem = Path(spec.onnx).stem
+    return Path(cache_dir) / f"{stem}-{spec.precision}-t{spec.tile}-b{spec.batch}-{key[:12]}.engine"
+
+
+def trtexec_command(spec: EngineSpec, engine: Path | str, trt_major: int | None = 10) -> str:
+    """The trtexec line that builds the same engine."""
+    args = ["trtexec", f"--onnx={spec.onnx}", f"--saveEngine={engine}"]
+    if spec.plugin:
+        args.append(f"--dynamicPlugins={spec.plugin}")
+    if spec.dynamic_batch or spec.dynamic_spatial:
+        sh = spec.shapes()
+        for k in ("min", "opt", "max"):
+            args.append(f"--{k}Shapes={spec.input_name}:{'x'.join(map(str, sh[k]))}")
+    if (trt_major or 10) >= 11:
+        pass  # strongly typed: precision is in the ONNX (fp16 tensors, Q/DQ nodes)
+    elif spec.precision == "fp16":
+        args.append("--fp16")
+    elif spec.precision == "int8":
+        args += ["--int8", "--fp16"]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def inspect_onnx(path) -> dict:
+    """Input name and shape of an ONNX file (None for symbolic dims), plus mambacsr metadata."""
+    import onnx
+    m = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in m.graph.initializer}
+    inp = next(i for i in m.graph.input if i.name not in inits)
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
+    meta = {p.key: p.value for p in m.metadata_props}
+    return {"input": inp.name, "shape": dims, "elem_type": inp.type.tensor_type.elem_type, "meta": meta}
+
+
+def make_spec(onnx_path, tile: int | None, batch: int = 1, precision: str = "fp32", plugin=None) -> EngineSpec:
+    """Validate the request against the ONNX file; one-line errors name the fix."""
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}: use fp32, fp16 or int8")
+    if not Path(onnx_path).is_file():
+        raise UserError(f"--onnx {onnx_path}: no such file (export one with `python -m export.onnx`)")
+    info = inspect_onnx(onnx_path)
+    shape = info["shape"]
+    if len(shape) != 4:
+        raise UserError(f"{onnx_path}: expected an NCHW input, got {shape}")
+    th, tw = shape[2], shape[3]
+    if th and tw:
+        if th != tw:
+            raise UserError(f"{onnx_path} has a {th}x{tw} input; only square tiles are supported")
+        if tile and tile != th:
+            raise UserError(f"{onnx_path} was exported for tile {th}: pass --tile {th} or re-export with "
+                            f"`python -m export.onnx --tile {tile}`")
+        tile = th
+    elif not tile:
+        raise UserError(f"{onnx_path} has dynamic height/width: pass --tile N")
+    if shape[0] and batch != shape[0]:
+        raise UserError(f"{onnx_path} was exported for batch {shape[0]}: pass --batch {shape[0]} or re-export "
+                        f"with a dynamic batch")
+    if batch < 1:
+        raise UserError("--batch must be >= 1")
+    return EngineSpec(onnx=str(onnx_path), tile=int(tile), batch=int(batch), precision=precision,
+                      plugin=str(plugin) if plugin else None, input_name=info["input"],
+                      dynamic_batch=shape[0] is None, dynamic_spatial=not (th and tw))
+
+
+def build_engine(spec: EngineSpec, cache_dir=None, force: bool = False, log=print,
+                 workspace_gib: float = 4.0) -> Path:
+    """Build (or reuse) the engine for ``spec``; returns its path."""
+    from runtime.backends.trt_backend import gpu_info, import_tensorrt, load_plugin, trt_major
+    cache_dir = Path(cache_dir or default_cache_dir())
+    trt = import_tensorrt()
+    import torch
+    if not torch.cuda.is_available():
+        raise UserError("building a TensorRT engine needs an NVIDIA GPU; run the printed trtexec command on one")
+    gpu = gpu_info(torch.cuda.current_device())
+    plugin_sha = file_sha256(spec.plugin) if spec.plugin else None
+    key = cache_key(spec, onnx_sha=file_sha256(spec.onnx), gpu_name=gpu[0], compute_capability=gpu[1],
+                    trt_version=trt.__version__, plugin_sha=plugin_sha)
+    out = engine_path(spec, key, cache_dir)
+    if out.is_file() and not force:
+        log(f"cached: {out}")
+        return out
+    major = trt_major(trt)
+    logger = trt.Logger(trt.Logger.WARNING)
+    if spec.plugin:
+        load_plugin(trt, spec.plugin, logger)
+    builder = trt.Builder(logger)
+    flags = 0
+    strongly = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if major >= 11:
+        flags = 0  # always strongly typed
+    elif spec.precision == "fp32" and strongly is not None:
+        flags = 1 << int(strongly)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(spec.onnx)):
+        errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        hint = " (pass --plugin libmambacsr_plugins.so)" if "SelectiveScan" in errs and not spec.plugin else ""
+        raise UserError(f"TensorRT cannot parse {spec.onnx}: {errs[:400]}{hint}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    if major < 11:
+        if spec.precision == "fp16":
+            config.set_flag(trt.BuilderFlag.FP16)
+        elif spec.precision == "int8":
+            config.set_flag(trt.BuilderFlag.INT8)
+            config.set_flag(trt.BuilderFlag.FP16)
+    elif spec.precision != "fp32":
+        log(f"TensorRT {trt.__version__} is strongly typed: {spec.precision} comes from the ONNX "
+            f"(export it with --precision {spec.precision})")
+    if spec.dynamic_batch or spec.dynamic_spatial:
+        profile = builder.create_optimization_profile()
+        sh = spec.shapes()
+        profile.set_shape(spec.input_name, sh["min"], sh["opt"], sh["max"])
+        config.add_optimization_profile(profile)
+    log(f"building {out.name} (TensorRT {trt.__version__}, {gpu[0]} sm {gpu[1]}); this takes minutes")
+    blob = builder.build_serialized_network(network, config)
+    if blob is None:
+        raise UserError(f"TensorRT failed to build {spec.onnx}; try: {trtexec_command(spec, out, major)} --verbose")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_bytes(bytes(blob))
+    os.replace(tmp, out)
+    record = dict(asdict(spec), key=key, gpu=gpu[0], compute_capability=gpu[1], trt_version=trt.__version__,
+                  plugin_sha256=plugin_sha, onnx_sha256=file_sha256(spec.onnx),
+                  rebuild=build_command(spec), trtexec=trtexec_command(spec, out, major))
+    Path(str(out) + ".json").write_text(json.dumps(record, indent=1))
+    return out
+
+
+def build_command(spec: EngineSpec) -> str:
+    args = ["mambacsr-rt", "build", "--onnx", spec.onnx, "--tile", str(spec.tile), "--batch", str(spec.batch),
+            "--precision", spec.precision]
+    if spec.plugin:
+        args += ["--plugin", spec.plugin]
+    return " ".join(shlex.quote(a) for a in args)
