@@ -47,6 +47,7 @@ _FLAG_SETS = (
 
 _lock = threading.Lock()
 _lib = None          # the loaded ctypes library, once built
+_build_info = ""     # compiler and flags of the loaded library
 _failed = False      # a build/load failed: warned once, the kernel is unavailable
 
 
@@ -88,8 +89,11 @@ def _compiler_version(cc: str) -> str:
         return ""
 
 
-def _build(cc: str) -> Path:
-    """Compile SOURCE into the cache (or reuse a cached build); return the library path."""
+def _build(cc: str) -> tuple[Path, list[str]]:
+    """Compile SOURCE into the cache (or reuse a cached build); return its path and flags.
+
+    A flag set that failed leaves a `.failed` marker next to its target, so later processes
+    go straight to the next set."""
     src = SOURCE.read_bytes()
     version = _compiler_version(cc)
     machine = _machine_id()
@@ -102,8 +106,12 @@ def _build(cc: str) -> Path:
             [src, cc.encode(), version.encode(), " ".join(flags).encode(), machine.encode(),
              str(ABI).encode()])).hexdigest()[:20]
         target = out_dir / f"selective_scan_cpu-{key}.so"
+        failed = target.with_suffix(".failed")
         if target.exists():
-            return target
+            return target, flags
+        if failed.exists():
+            errors.append(failed.read_text(errors="replace"))
+            continue
         fd, tmp = tempfile.mkstemp(prefix=".selective_scan_cpu-", suffix=".so", dir=out_dir)
         os.close(fd)
         try:
@@ -112,8 +120,12 @@ def _build(cc: str) -> Path:
             if res.returncode == 0:
                 os.replace(tmp, target)  # atomic: other processes see all or nothing
                 log.info("built %s (%s)", target, " ".join(cmd))
-                return target
+                return target, flags
             errors.append(f"$ {' '.join(cmd)}\n{res.stderr.strip()}")
+            try:
+                failed.write_text(errors[-1][-4000:])
+            except OSError:
+                pass
         except (OSError, subprocess.SubprocessError) as exc:
             errors.append(f"{cc} {' '.join(flags)}: {exc}")
         finally:
@@ -124,7 +136,7 @@ def _build(cc: str) -> Path:
 
 def _load():
     """The ctypes library, building it on first use; None (after one warning) if unavailable."""
-    global _lib, _failed
+    global _lib, _failed, _build_info
     if _lib is not None or _failed:
         return _lib
     with _lock:
@@ -136,9 +148,15 @@ def _load():
                 names = ", ".join(([os.environ["CC"]] if os.environ.get("CC") else [])
                                   + list(COMPILERS))
                 raise RuntimeError(f"no C compiler found (tried {names})")
-            lib = ctypes.CDLL(str(_build(cc)))
+            path, flags = _build(cc)
+            lib = ctypes.CDLL(str(path))
             if lib.mambacsr_scan_cpu_abi() != ABI:
                 raise RuntimeError("the cached library has a different ABI version")
+            lib.mambacsr_scan_cpu_impl.restype = ctypes.c_char_p
+            version = _compiler_version(cc).splitlines()
+            _build_info = (f"{lib.mambacsr_scan_cpu_impl().decode()} path, "
+                           f"{'OpenMP' if lib.mambacsr_scan_cpu_openmp() else 'no OpenMP'}, "
+                           f"{version[0] if version else cc} {' '.join(flags)}")
             fn = lib.mambacsr_scan_cpu_f32
             fn.restype = ctypes.c_int
             fn.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int64] * 5 + [ctypes.c_int] * 2
@@ -154,13 +172,19 @@ def _load():
 
 def reset() -> None:
     """Forget the loaded library and any failure (tests; after changing $CC or the cache)."""
-    global _lib, _failed
+    global _lib, _failed, _build_info
     with _lock:
-        _lib, _failed = None, False
+        _lib, _failed, _build_info = None, False, ""
 
 
 def available() -> bool:
     return _load() is not None
+
+
+def kernel_info() -> str:
+    """How the loaded kernel was built (SIMD path, OpenMP, compiler, flags); '' if none."""
+    _load()
+    return _build_info
 
 
 def has_openmp() -> bool:

@@ -1,0 +1,141 @@
+#!/usr/bin/env python
+"""Time the CPU SelectiveScan implementations against the reference.
+
+Default shape: K*C = 720, N = 16, K = 2, L = 4096, batch 1 -- the official model's per-block
+scan for a 64x64 low-resolution tile. Each implementation gets warm-up calls, then several
+timed calls; the median is reported, with the speed-up over the reference and the maximum
+relative error against it (max |y - y_ref| / max |y_ref|). Prints a markdown table, the
+command line that made it, the CPU and the thread count.
+
+    PYTHONPATH=. python scripts/bench_scan_cpu.py
+    PYTHONPATH=. python scripts/bench_scan_cpu.py --threads 1 --length 1024
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+
+import torch
+
+from mambacsr.ops import selective_scan_chunked, selective_scan_ref
+from mambacsr.ops import scan_cpu
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def make_inputs(batch, k, c, n, length, dtype, seed=0):
+    """Inputs shaped and scaled like the official model's (A = -(1..N), dt in [1e-3, 0.1])."""
+    g = torch.Generator().manual_seed(seed)
+    kc = k * c
+    u = torch.randn(batch, kc, length, generator=g)
+    delta = 0.5 * torch.randn(batch, kc, length, generator=g)
+    A = -torch.arange(1, n + 1, dtype=torch.float32).repeat(kc, 1)
+    Bs = torch.randn(batch, k, n, length, generator=g)
+    Cs = torch.randn(batch, k, n, length, generator=g)
+    D = torch.ones(kc)
+    dt = torch.exp(torch.rand(kc, generator=g) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+    delta_bias = dt + torch.log(-torch.expm1(-dt))  # inverse softplus
+    u, delta, Bs, Cs = (t.to(dtype) for t in (u, delta, Bs, Cs))
+    return u, delta, A, Bs, Cs, D, delta_bias
+
+
+def timeit(fn, warmup, repeats):
+    for _ in range(warmup):
+        out = fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--k", type=int, default=2, help="scan directions (groups of B/C)")
+    p.add_argument("--kc", type=int, default=720, help="K*C channels")
+    p.add_argument("--n", type=int, default=16, help="states")
+    p.add_argument("--length", type=int, default=4096, help="tokens L")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    p.add_argument("--warmup", type=int, default=3, help="warm-up calls of the fast paths")
+    p.add_argument("--repeats", type=int, default=20, help="timed calls of the fast paths")
+    p.add_argument("--slow-repeats", type=int, default=3,
+                   help="timed calls of the reference and chunked paths (1 warm-up each)")
+    p.add_argument("--no-softplus", action="store_true")
+    args = p.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.kc % args.k:
+        p.error("--kc must be divisible by --k")
+    dtype = getattr(torch, args.dtype)
+    inputs = make_inputs(args.batch, args.k, args.kc // args.k, args.n, args.length, dtype)
+    sp = not args.no_softplus
+
+    if not scan_cpu.available():
+        print("the C kernel is unavailable (see the warning above)", file=sys.stderr)
+    impls = [
+        ("reference (per-token PyTorch)", lambda: selective_scan_ref(*inputs, sp), 1,
+         args.slow_repeats),
+        ("chunked PyTorch", lambda: selective_scan_chunked(*inputs, sp), 1, args.slow_repeats),
+    ]
+    if scan_cpu.available():
+        impls.append(("C kernel (`scan_cpu`)", lambda: scan_cpu.selective_scan_cpu(*inputs, sp),
+                      args.warmup, args.repeats))
+
+        def op():
+            os.environ["MAMBACSR_SCAN"] = "native"
+            try:
+                return torch.ops.mambacsr.selective_scan(*inputs, sp)
+            finally:
+                os.environ.pop("MAMBACSR_SCAN", None)
+        impls.append(("`torch.ops.mambacsr.selective_scan` (C kernel)", op, args.warmup,
+                      args.repeats))
+
+    with torch.inference_mode():
+        results = []
+        ref = None
+        for name, fn, warmup, repeats in impls:
+            t, out = timeit(fn, warmup, repeats)
+            out = out.float()
+            if ref is None:
+                ref, t_ref = out, t
+            err = ((out - ref).abs().max() / ref.abs().max()).item()
+            results.append((name, t, t_ref / t, err, repeats))
+
+    cmd = " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    kc = args.kc
+    print(f"SelectiveScan on CPU: batch {args.batch}, K*C {kc}, K {args.k}, N {args.n}, "
+          f"L {args.length}, {args.dtype}, delta_softplus {int(sp)}")
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; C kernel: "
+          f"{scan_cpu.kernel_info() if scan_cpu.available() else 'unavailable'}")
+    print()
+    print("| implementation | median ms | speed-up vs reference | max rel err vs reference |")
+    print("|---|---:|---:|---:|")
+    for name, t, speedup, err, repeats in results:
+        print(f"| {name} | {t * 1e3:.1f} | {speedup:.1f}x | {err:.1e} |")
+    print()
+    print(f"Median of {args.slow_repeats} (reference, chunked) / {args.repeats} (C kernel) "
+          f"timed calls after warm-up. Command: `PYTHONPATH=. python {cmd}`")
+
+
+if __name__ == "__main__":
+    main()
