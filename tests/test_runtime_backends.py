@@ -1,0 +1,169 @@
+"""Backends: ONNX Runtime == PyTorch (stand-in and the real model), engine cache keys, TensorRT (skips)."""
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from runtime.backends.ort_backend import OrtBackend
+from runtime.backends.torch_backend import TorchBackend
+from runtime.engine_cache import EngineSpec, cache_key, engine_path, make_spec, trtexec_command
+from runtime.errors import UserError
+from runtime.tiling import Tiler
+from test_runtime_cli import TINY, standin_onnx
+
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+needs_trt = pytest.mark.skipif(not HAS_TRT, reason="TensorRT not installed")
+
+
+class PixelShuffleNet(torch.nn.Module):
+    def __init__(self, w, b, scale):
+        super().__init__()
+        self.upscale = scale
+        self.conv = torch.nn.Conv2d(3, w.shape[0], 3, padding=1)
+        self.conv.weight.data = torch.from_numpy(w)
+        self.conv.bias.data = torch.from_numpy(b)
+        self.ps = torch.nn.PixelShuffle(scale)
+
+    def forward(self, x):
+        return self.ps(self.conv(x))
+
+
+@pytest.mark.parametrize("tile,batch", [(None, None), (16, 2), (16, None)])
+def test_ort_equals_torch_standin(tmp_path, tile, batch):
+    path, w, b = standin_onnx(tmp_path / "m.onnx", scale=3, tile=tile, batch=batch)
+    ort_be = OrtBackend(path)
+    torch_be = TorchBackend(PixelShuffleNet(w, b, 3))
+    assert ort_be.scale == torch_be.scale == 3
+    assert ort_be.fixed_tile == ((tile, tile) if tile else None)
+    assert ort_be.max_batch == batch
+    x = np.random.default_rng(0).random((3, 3, 16, 16), dtype=np.float32)  # 3 tiles: pads a fixed batch of 2
+    np.testing.assert_allclose(ort_be.run(x), torch_be.run(x), atol=1e-5)
+    img = np.random.default_rng(1).random((3, 37, 29), dtype=np.float32)
+    tiler = Tiler(3, 16, overlap=4, batch=4, fixed=ort_be.fixed_tile is not None)
+    np.testing.assert_allclose(tiler.run(img, ort_be.run), tiler.run(img, torch_be.run), atol=1e-5)
+
+
+def _export_available():
+    try:
+        from export.onnx import export_model  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from mambacsr import MambaCSR
+    torch.manual_seed(0)
+    return MambaCSR(**TINY).eval()
+
+
+@pytest.mark.skipif(not _export_available(), reason="export.onnx not in this checkout yet")
+def test_ort_equals_torch_real_model(tmp_path, tiny_model):
+    from export.onnx import export_model
+    path = tmp_path / "tiny.onnx"
+    export_model(tiny_model, str(path), tile=32, batch=1)
+    ort_be = OrtBackend(path)
+    torch_be = TorchBackend(tiny_model)
+    assert ort_be.scale == 2 and ort_be.fixed_tile == (32, 32)
+    x = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
+    np.testing.assert_allclose(ort_be.run(x), torch_be.run(x), atol=2e-4)
+    img = np.random.default_rng(1).random((3, 40, 36), dtype=np.float32)
+    t = Tiler(2, 32, overlap=8, fixed=True)
+    np.testing.assert_allclose(t.run(img, ort_be.run), t.run(img, torch_be.run), atol=2e-4)
+
+
+def test_torch_backend_reads_model_properties(tiny_model):
+    be = TorchBackend(tiny_model)
+    assert be.scale == 2 and be.size_multiple == 1 and be.fixed_tile is None
+    from mambacsr import MambaCSR
+    final = MambaCSR(**dict(TINY, cross_scale_scan=True))
+    assert TorchBackend(final).size_multiple == 16
+
+
+# ------------------------------------------------------------------------------ engine cache
+BASE = dict(onnx_sha="a" * 64, gpu_name="NVIDIA H100 80GB HBM3", compute_capability="9.0",
+            trt_version="10.13.0", plugin_sha="b" * 64)
+
+
+def test_cache_key_covers_every_field():
+    spec = EngineSpec(onnx="m.onnx", tile=64, batch=4, precision="fp16", plugin="lib.so")
+    k0 = cache_key(spec, **BASE)
+    variants = [dict(BASE, **{k: v}) for k, v in (("onnx_sha", "c" * 64), ("gpu_name", "NVIDIA H200"),
+                                                  ("compute_capability", "8.9"), ("trt_version", "11.0.0"),
+                                                  ("plugin_sha", "d" * 64))]
+    keys = {cache_key(spec, **v) for v in variants}
+    keys |= {cache_key(EngineSpec(onnx="m.onnx", tile=t, batch=b, precision=p, plugin="lib.so"), **BASE)
+             for t, b, p in ((32, 4, "fp16"), (64, 8, "fp16"), (64, 4, "fp32"))}
+    assert k0 not in keys and len(keys) == 8
+    assert cache_key(spec, **BASE) == k0  # deterministic
+    assert engine_path(spec, k0, "/c").name == f"m-fp16-t64-b4-{k0[:12]}.engine"
+
+
+def test_trtexec_command_trt10_and_trt11():
+    spec = EngineSpec(onnx="m.onnx", tile=64, batch=8, precision="fp16", plugin="libmambacsr_plugins.so",
+                      dynamic_batch=True)
+    c10 = trtexec_command(spec, "e.engine", 10)
+    assert c10.startswith("trtexec --onnx=m.onnx --saveEngine=e.engine --dynamicPlugins=libmambacsr_plugins.so")
+    assert "--minShapes=input:1x3x64x64" in c10 and "--maxShapes=input:8x3x64x64" in c10 and "--fp16" in c10
+    c11 = trtexec_command(spec, "e.engine", 11)
+    assert "--fp16" not in c11 and "--int8" not in c11
+    assert "--int8" in trtexec_command(EngineSpec(onnx="m.onnx", tile=64, precision="int8"), "e", 10)
+
+
+def test_make_spec_checks_the_onnx(tmp_path):
+    fixed = standin_onnx(tmp_path / "f.onnx", tile=16, batch=2)[0]
+    dyn = standin_onnx(tmp_path / "d.onnx")[0]
+    s = make_spec(fixed, None, 2, "fp32")
+    assert (s.tile, s.batch, s.dynamic_batch) == (16, 2, False)
+    with pytest.raises(UserError, match="--tile 16"):
+        make_spec(fixed, 32, 2)
+    with pytest.raises(UserError, match="--batch 2"):
+        make_spec(fixed, 16, 4)
+    with pytest.raises(UserError, match="--tile N"):
+        make_spec(dyn, None)
+    s = make_spec(dyn, 64, 4, "int8")
+    assert s.dynamic_batch and s.dynamic_spatial and s.shapes()["max"] == (4, 3, 64, 64)
+    with pytest.raises(UserError, match="precision"):
+        make_spec(dyn, 64, 1, "fp8")
+
+
+def test_sidecar_mismatch_messages(tmp_path):
+    from runtime.backends.trt_backend import check_sidecar  # importable without TensorRT
+    eng = tmp_path / "e.engine"
+    eng.write_bytes(b"")
+    (tmp_path / "e.engine.json").write_text(json.dumps({
+        "trt_version": "10.13.0", "compute_capability": "9.0", "gpu": "NVIDIA H100", "plugin_sha256": "p",
+        "rebuild": "mambacsr-rt build --onnx m.onnx --tile 64"}))
+    check_sidecar(eng, "10.13.0", ("NVIDIA H200", "9.0"), "p")  # same CC and version: fine
+    with pytest.raises(UserError, match="TensorRT 10.13.0.*mambacsr-rt build"):
+        check_sidecar(eng, "11.0.0", ("NVIDIA H100", "9.0"), "p")
+    with pytest.raises(UserError, match="sm 9.0.*sm 8.9"):
+        check_sidecar(eng, "10.13.0", ("NVIDIA L4", "8.9"), "p")
+    with pytest.raises(UserError, match="another plugin"):
+        check_sidecar(eng, "10.13.0", ("NVIDIA H100", "9.0"), "q")
+    with pytest.raises(UserError, match="--plugin"):
+        check_sidecar(eng, "10.13.0", ("NVIDIA H100", "9.0"), None)
+
+
+# ------------------------------------------------------------------------------ TensorRT
+@needs_trt
+def test_trt_import_and_version():
+    from runtime.backends.trt_backend import import_tensorrt, trt_major
+    assert trt_major(import_tensorrt()) >= 10
+
+
+@pytest.mark.skipif(not HAS_TRT or not torch.cuda.is_available(),
+                    reason="TensorRT not installed" if not HAS_TRT else "TensorRT tests need a CUDA GPU")
+def test_trt_engine_matches_ort(tmp_path):
+    from runtime.backends.trt_backend import TrtBackend
+    from runtime.engine_cache import build_engine
+    path, _, _ = standin_onnx(tmp_path / "m.onnx", tile=16, batch=2)
+    engine = build_engine(make_spec(path, 16, 2, "fp32"), cache_dir=tmp_path / "cache", log=lambda m: None)
+    assert build_engine(make_spec(path, 16, 2, "fp32"), cache_dir=tmp_path / "cache") == engine  # cached
+    trt_be, ort_be = TrtBackend(engine), OrtBackend(path)
+    x = np.random.default_rng(0).random((3, 3, 16, 16), dtype=np.float32)
+    np.testing.assert_allclose(trt_be.run(x), ort_be.run(x), atol=1e-4)
