@@ -1,0 +1,79 @@
+/*
+ * mambacsr_scan.h - C ABI of the MambaCSR selective-scan CUDA kernel.
+ *
+ * One kernel, two callers: the PyTorch binding (mambacsr/ops/scan_cuda.py, through ctypes) and
+ * the TensorRT plugin (plugins/selectiveScan). Contract (DESIGN.md), for batch b, channel c of
+ * group g = c / (KC / K), state n, token t, with h = 0 at t = 0:
+ *
+ *   dt        = softplus(delta[b,c,t] + delta_bias[c])     (no softplus if delta_softplus == 0)
+ *   h[n]      = exp(dt * A[c,n]) * h[n] + dt * Bs[b,g,n,t] * u[b,c,t]
+ *   y[b,c,t]  = sum_n Cs[b,g,n,t] * h[n] + D[c] * u[b,c,t]
+ *
+ * Layouts (contiguous, row-major): u, delta, y (batch, KC, L) of `dtype`; Bs, Cs (batch, K, N, L)
+ * of `dtype`; A (KC, N) float32; D, delta_bias (KC,) float32 (either may be NULL: zero).
+ * State and sums are float32. The call only launches on `stream`: it never allocates,
+ * never synchronizes, and is safe to capture in a CUDA graph.
+ */
+#ifndef MAMBACSR_SCAN_H
+#define MAMBACSR_SCAN_H
+
+#include <stdint.h>
+#include <cuda_runtime_api.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define MAMBACSR_API __declspec(dllexport)
+#else
+#define MAMBACSR_API __attribute__((visibility("default")))
+#endif
+
+#define MAMBACSR_SCAN_ABI_VERSION 1
+#define MAMBACSR_SCAN_MAX_STATES 64
+
+typedef enum {
+    MAMBACSR_FLOAT32 = 0,
+    MAMBACSR_FLOAT16 = 1,
+    MAMBACSR_BFLOAT16 = 2
+} mambacsr_dtype_t;
+
+typedef enum {
+    MAMBACSR_OK = 0,
+    MAMBACSR_ERR_INVALID_ARGUMENT = 1, /* null pointer, negative size, KC % K != 0, ... */
+    MAMBACSR_ERR_UNSUPPORTED = 2,      /* N > MAMBACSR_SCAN_MAX_STATES, unknown dtype */
+    MAMBACSR_ERR_CUDA = 3              /* the launch failed (cudaGetLastError) */
+} mambacsr_status_t;
+
+/* The contract above. Returns a mambacsr_status_t. Empty problems (batch, KC or L == 0) are a
+ * no-op returning MAMBACSR_OK. */
+MAMBACSR_API int mambacsr_selective_scan(
+    const void* u, const void* delta, const float* A, const void* Bs, const void* Cs,
+    const float* D, const float* delta_bias, void* y,
+    int64_t batch, int64_t kc, int64_t k, int64_t n, int64_t length,
+    int dtype, int delta_softplus, cudaStream_t stream);
+
+/* Same, with an explicit kernel variant (0 = automatic choice; see mambacsr_scan_variant_name).
+ * For benchmarks and tests. */
+MAMBACSR_API int mambacsr_selective_scan_ex(
+    const void* u, const void* delta, const float* A, const void* Bs, const void* Cs,
+    const float* D, const float* delta_bias, void* y,
+    int64_t batch, int64_t kc, int64_t k, int64_t n, int64_t length,
+    int dtype, int delta_softplus, int variant, cudaStream_t stream);
+
+/* Number of variants (ids 1..count) and a short name for one ("" when out of range). */
+MAMBACSR_API int mambacsr_scan_variant_count(void);
+MAMBACSR_API const char* mambacsr_scan_variant_name(int variant);
+
+/* Human-readable text of a status code; static storage. */
+MAMBACSR_API const char* mambacsr_scan_status_string(int status);
+
+/* MAMBACSR_SCAN_ABI_VERSION of the library. */
+MAMBACSR_API int mambacsr_scan_abi_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MAMBACSR_SCAN_H */
