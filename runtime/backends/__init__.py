@@ -122,6 +122,9 @@ def open_backend(backend: str = "auto", *, engine=None, plugin=None, onnx=None, 
         return TrtBackend(engine, plugin=plugin, device=resolve_device(device))
     if engine:
         raise UserError(f"--engine needs --backend trt (or auto), not {backend}")
+    if backend == "ort" and device in (None, "", "auto"):
+        import onnxruntime as ort
+        device = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
     dev = resolve_device(device)
     if backend == "ort":
         if not onnx:
