@@ -18,8 +18,7 @@ output ``(C, H*s, W*s)``. ``fn`` maps a float32 batch ``(N, C, th, tw)`` to ``(N
 
 from __future__ import annotations
 
-import math
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 
@@ -326,8 +325,3 @@ def auto_tile(free_bytes: int | None, bytes_per_lr_pixel: float, multiple: int =
     if batch is None:
         batch = int(max(1, min(max_batch, budget // max(1.0, tile * tile * bytes_per_lr_pixel))))
     return tile, batch
-
-
-def iter_chunks(seq: list, n: int) -> Iterable[list]:
-    for i in range(0, len(seq), n):
-        yield seq[i: i + n]
