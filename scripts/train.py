@@ -1,0 +1,475 @@
+#!/usr/bin/env python3
+"""Train or fine-tune MambaCSR for compressed-image super-resolution (the official recipe where
+it fits in a short run).
+
+Recipe: L1 loss; Adam, lr 2e-4, betas (0.9, 0.99) (official; ``--lr``/``--schedule`` change it);
+EMA of the weights with decay 0.999 (warmed up as ``min(decay, (1+step)/(10+step))`` so that
+short runs are not dominated by the initial weights); random LR patches of ``--patch`` (<= 64,
+official 64) with the aligned HR patch; random horizontal/vertical flips and 90-degree rotations.
+
+Data: ``--hr-dir`` folders of high-resolution images. Each image is degraded once at start-up
+with ``mambacsr.degrade.degrade`` (bicubic x``--scale`` then JPEG at ``--qf``, the pipeline of
+``scripts/prepare_data.py``) and kept in memory; patches are cut from the whole degraded image
+(as the paper does: degrade, then crop). ``--pairs-dir`` instead reads ready pairs made by
+``prepare_data.py`` (``HR/`` and ``LR_q{QF}/``). ``--max-side 1280`` first shrinks large source
+photos (Pillow Lanczos) to wash out their own compression artefacts.
+
+Checkpoints (``--out``/state.pt: model, EMA, optimiser, step, config) are written atomically
+every ``--save-every`` seconds and at the end; ``--resume`` continues from one. At the end the
+EMA weights are saved as fp16 safetensors (config in the metadata) with
+``mambacsr.save_checkpoint`` to ``--final``. ``--time-budget`` stops training after that many
+seconds (the cosine schedule then runs over the time budget).
+
+Runs on a CUDA GPU (``--cuda-graph`` captures forward+backward+Adam in one CUDA graph, which
+removes the launch overhead of the chunked PyTorch scan) and on CPU for a smoke test::
+
+    python scripts/train.py --hr-dir photos/ --out runs/x4q10 --final model.safetensors \
+        --embed-dim 48 --depths 4 4 --d-state 8 --patch 48 --batch 16 --max-steps 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import mambacsr  # noqa: E402
+from mambacsr.degrade import center_crop, degrade, mod_crop, shrink_to_max_side, to_rgb_uint8  # noqa: E402
+from mambacsr.metrics import psnr_y, ssim_y  # noqa: E402
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
+
+
+def log(msg: str) -> None:
+    print(f"[train {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def list_images(folders) -> list[Path]:
+    out = []
+    for f in folders:
+        f = Path(f)
+        if f.is_file():
+            out.append(f)
+        else:
+            out += sorted(p for p in f.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+    return out
+
+
+def load_rgb(path: Path, max_side: int = 0) -> np.ndarray:
+    with Image.open(path) as im:
+        return shrink_to_max_side(to_rgb_uint8(im), max_side)
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+
+
+class PairSampler:
+    """Random aligned (LR, HR) patches with flips/rot90 from in-memory uint8 image pairs."""
+
+    def __init__(self, pairs: list[tuple[np.ndarray, np.ndarray]], scale: int, patch: int, seed: int = 0):
+        self.scale, self.patch = scale, patch
+        self.pairs = [(lr, hr) for lr, hr in pairs if lr.shape[0] >= patch and lr.shape[1] >= patch]
+        if not self.pairs:
+            raise ValueError(f"no training image is at least {patch * scale} px on each side")
+        w = np.array([(lr.shape[0] - patch + 1) * (lr.shape[1] - patch + 1) for lr, _ in self.pairs], dtype=np.float64)
+        self.weights = w / w.sum()
+        self.rng = np.random.default_rng(seed)
+
+    def sample(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        p, s = self.patch, self.scale
+        lrs = np.empty((batch, p, p, 3), np.uint8)
+        hrs = np.empty((batch, p * s, p * s, 3), np.uint8)
+        idx = self.rng.choice(len(self.pairs), size=batch, p=self.weights)
+        for i, j in enumerate(idx):
+            lr, hr = self.pairs[j]
+            y = int(self.rng.integers(0, lr.shape[0] - p + 1))
+            x = int(self.rng.integers(0, lr.shape[1] - p + 1))
+            a = lr[y : y + p, x : x + p]
+            b = hr[y * s : (y + p) * s, x * s : (x + p) * s]
+            if self.rng.random() < 0.5:
+                a, b = a[:, ::-1], b[:, ::-1]
+            if self.rng.random() < 0.5:
+                a, b = a[::-1], b[::-1]
+            if self.rng.random() < 0.5:
+                a, b = a.transpose(1, 0, 2), b.transpose(1, 0, 2)
+            lrs[i], hrs[i] = a, b
+        return lrs, hrs
+
+
+def load_training_pairs(args) -> list[tuple[np.ndarray, np.ndarray]]:
+    pairs = []
+    if args.hr_dir:
+        paths = list_images(args.hr_dir)
+        for p in paths:
+            img = load_rgb(p, args.max_side)
+            for qf in args.qf:
+                hr, lr = degrade(img, args.scale, qf)
+                pairs.append((lr, hr))
+        log(f"{len(paths)} HR images -> {len(pairs)} pairs (x{args.scale}, QF {args.qf}, max side {args.max_side})")
+    if args.pairs_dir:
+        root = Path(args.pairs_dir)
+        for qf in args.qf:
+            lr_dir = root / f"LR_q{qf}"
+            for hp in sorted((root / "HR").glob("*.png")):
+                lp = lr_dir / hp.name
+                if not lp.exists():
+                    continue
+                hr, lr = load_rgb(hp), load_rgb(lp)
+                hr = mod_crop(hr, args.scale)[: lr.shape[0] * args.scale, : lr.shape[1] * args.scale]
+                pairs.append((lr, hr))
+        log(f"pairs from {root}: {len(pairs)} in total")
+    if not pairs:
+        raise SystemExit("error: no training data (give --hr-dir and/or --pairs-dir)")
+    return pairs
+
+
+def to_tensor(batch: np.ndarray, device) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)
+    if device.type == "cuda":
+        t = t.pin_memory().to(device, non_blocking=True)
+    return t.float().div_(255.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def plain_state(module: torch.nn.Module) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def optimizer_state_cpu(opt: torch.optim.Optimizer) -> dict:
+    sd = opt.state_dict()
+    for st in sd["state"].values():
+        for k, v in list(st.items()):
+            if torch.is_tensor(v):
+                st[k] = v.detach().cpu().clone()
+    for g in sd["param_groups"]:
+        if torch.is_tensor(g.get("lr")):
+            g["lr"] = float(g["lr"])
+    return sd
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluation
+
+
+@torch.no_grad()
+def evaluate_model(model, images: list[np.ndarray], scale: int, qf: int, device, multiple: int) -> dict:
+    model.eval()
+    ps, ss, pb, sb = [], [], [], []
+    for img in images:
+        hr, lr = degrade(img, scale, qf)
+        x = torch.from_numpy(lr).permute(2, 0, 1)[None].float().div(255).to(device)
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % multiple, (-w) % multiple
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="reflect")
+        y = model(x)[..., : h * scale, : w * scale]
+        sr = (y.clamp(0, 1) * 255.0).round().byte()[0].permute(1, 2, 0).cpu().numpy()
+        bic = np.asarray(Image.fromarray(lr).resize((w * scale, h * scale), Image.Resampling.BICUBIC))
+        ps.append(psnr_y(hr, sr, scale))
+        ss.append(ssim_y(hr, sr, scale))
+        pb.append(psnr_y(hr, bic, scale))
+        sb.append(ssim_y(hr, bic, scale))
+    return {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss)), "bicubic_psnr": float(np.mean(pb)),
+            "bicubic_ssim": float(np.mean(sb)), "n": len(images)}
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def build_config(args) -> dict:
+    if args.config:
+        cfg = mambacsr.resolve_config(args.config)
+        cfg = dict(cfg)
+    else:
+        cfg = dict(img_size=args.patch, in_chans=3, upscale=args.scale, embed_dim=args.embed_dim,
+                   d_state=args.d_state, depths=list(args.depths), depths2=list(args.depths2 or [args.depths[0]]),
+                   mlp_ratio=args.mlp_ratio, img_range=1.0, upsampler="pixelshuffle", resi_connection="1conv",
+                   dual_interleaved_scan=True, cross_scale_scan=args.cross_scale, scan_size=args.scan_size)
+    cfg.setdefault("drop_path_rate", args.drop_path)
+    return cfg
+
+
+def lr_at(args, step: int, elapsed: float) -> float:
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    if args.schedule == "constant":
+        return args.lr
+    prog = step / max(1, args.max_steps)
+    if args.time_budget:
+        prog = max(prog, elapsed / args.time_budget)
+    prog = min(1.0, prog)
+    return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1 + math.cos(math.pi * prog))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = ap.add_argument_group("data")
+    d.add_argument("--hr-dir", nargs="*", default=[], help="folder(s)/files of HR images, degraded on the fly")
+    d.add_argument("--pairs-dir", help="output folder of prepare_data.py (HR/, LR_q{QF}/)")
+    d.add_argument("--max-side", type=int, default=0, help="first shrink HR sources to this longer side (Lanczos; 0 = off)")
+    d.add_argument("--val-dir", nargs="*", default=[], help="held-out HR images (never trained on) for PSNR-Y/SSIM-Y")
+    d.add_argument("--val-crop", type=int, default=512, help="centre crop of each held-out image (HR px; 0 = whole)")
+    d.add_argument("--scale", type=int, default=4)
+    d.add_argument("--qf", type=int, nargs="+", default=[10])
+    m = ap.add_argument_group("model")
+    m.add_argument("--config", help="network_g as a JSON/YAML file, or a preset name of mambacsr.PRESETS")
+    m.add_argument("--embed-dim", type=int, default=48)
+    m.add_argument("--depths", type=int, nargs="+", default=[4, 4])
+    m.add_argument("--depths2", type=int, nargs="+", default=None)
+    m.add_argument("--d-state", type=int, default=8)
+    m.add_argument("--scan-size", type=int, default=8)
+    m.add_argument("--mlp-ratio", type=float, default=2.0)
+    m.add_argument("--cross-scale", action="store_true", help="the 'Final' variant (needs patch % 16 == 0)")
+    m.add_argument("--drop-path", type=float, default=0.0)
+    m.add_argument("--init", help="start from these weights (fine-tuning): .safetensors/.pth")
+    o = ap.add_argument_group("optimisation")
+    o.add_argument("--patch", type=int, default=48, help="LR patch size (<= 64)")
+    o.add_argument("--batch", type=int, default=16)
+    o.add_argument("--lr", type=float, default=2e-4)
+    o.add_argument("--min-lr", type=float, default=1e-6)
+    o.add_argument("--schedule", choices=("constant", "cosine"), default="constant")
+    o.add_argument("--warmup", type=int, default=0)
+    o.add_argument("--ema", type=float, default=0.999)
+    o.add_argument("--grad-clip", type=float, default=0.0, help="clip the gradient norm (0 = off)")
+    o.add_argument("--max-steps", type=int, default=500000)
+    o.add_argument("--time-budget", type=float, default=0.0, help="stop after this many seconds of training")
+    o.add_argument("--seed", type=int, default=0)
+    r = ap.add_argument_group("run")
+    r.add_argument("--out", type=Path, required=True, help="folder for state.pt, log.jsonl, val.json")
+    r.add_argument("--final", type=Path, help="write the EMA weights here (fp16 .safetensors) at the end")
+    r.add_argument("--resume", action="store_true", help="continue from OUT/state.pt if it exists")
+    r.add_argument("--save-every", type=float, default=120.0, help="seconds between checkpoints")
+    r.add_argument("--val-every", type=float, default=0.0, help="seconds between held-out evaluations (0 = end only)")
+    r.add_argument("--log-every", type=int, default=50)
+    r.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    r.add_argument("--cuda-graph", action="store_true", help="capture each training step in a CUDA graph")
+    r.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    if args.patch > 64:
+        ap.error("--patch must be <= 64 (the official LR patch size)")
+    if args.cross_scale and args.patch % 16:
+        ap.error("--cross-scale needs --patch divisible by 16")
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    state_path = args.out / "state.pt"
+
+    # model
+    resume = torch.load(state_path, map_location="cpu", weights_only=False) if args.resume and state_path.exists() else None
+    if resume is not None:
+        cfg = resume["config"]
+    elif args.init:
+        cfg = dict(mambacsr.load_model(args.init).config)
+    else:
+        cfg = build_config(args)
+    model = mambacsr.MambaCSR(**cfg)
+    if args.init and resume is None:
+        model.load_state_dict(mambacsr.load_model(args.init).state_dict())
+    model.to(device).train()
+    ema = copy.deepcopy(model).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    nparam = sum(p.numel() for p in params)
+    log(f"config {json.dumps(model.config)}; {nparam} parameters ({nparam * 2 / 1e6:.2f} MB fp16); device {device}")
+
+    capturable = device.type == "cuda" and args.cuda_graph
+    lr_t = torch.tensor(args.lr, device=device) if capturable else args.lr
+    opt = torch.optim.Adam(params, lr=lr_t, betas=(0.9, 0.99), capturable=capturable,
+                           foreach=True if device.type == "cuda" else None)
+    step = 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        ema.load_state_dict(resume["ema"])
+        osd = resume["optimizer"]
+        for g in osd["param_groups"]:
+            g["lr"] = lr_t
+        opt.load_state_dict(osd)
+        step = int(resume["step"])
+        log(f"resumed from {state_path} at step {step}")
+
+    # data
+    t0 = time.time()
+    pairs = load_training_pairs(args)
+    sampler = PairSampler(pairs, args.scale, args.patch, seed=args.seed + step)
+    val_images = [center_crop(load_rgb(p), args.val_crop) for p in list_images(args.val_dir)] if args.val_dir else []
+    log(f"data ready in {time.time() - t0:.1f}s; {len(val_images)} held-out images")
+
+    multiple = getattr(model, "size_multiple", 16 if cfg.get("cross_scale_scan") else 1)
+    loss_hist = []
+    ema_params = [p for p in ema.parameters()]
+    ema_bufs_src = list(model.buffers())
+    ema_bufs_dst = list(ema.buffers())
+
+    def ema_update():
+        dec = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_mul_(ema_params, dec)
+            torch._foreach_add_(ema_params, params, alpha=1 - dec)
+            for a, b in zip(ema_bufs_dst, ema_bufs_src):
+                a.copy_(b)
+
+    def save_state(tag=""):
+        atomic_torch_save({"model": plain_state(model), "ema": plain_state(ema), "optimizer": optimizer_state_cpu(opt),
+                           "step": step, "config": model.config, "args": {k: str(v) for k, v in vars(args).items()}},
+                          state_path)
+        log(f"saved {state_path} at step {step}{tag}")
+
+    def run_val(tag):
+        if not val_images:
+            return None
+        q = args.qf[0]
+        res = {"step": step, "tag": tag, "qf": q, "ema": evaluate_model(ema, val_images, args.scale, q, device, multiple)}
+        if tag == "final":
+            res["raw"] = evaluate_model(model, val_images, args.scale, q, device, multiple)
+            model.train()
+        e = res["ema"]
+        log(f"val@{step} ({tag}) QF{q}: EMA PSNR-Y {e['psnr']:.3f} SSIM-Y {e['ssim']:.4f} | bicubic "
+            f"{e['bicubic_psnr']:.3f} / {e['bicubic_ssim']:.4f} | gain {e['psnr'] - e['bicubic_psnr']:+.3f} dB"
+            + (f" | raw {res['raw']['psnr']:.3f}" if "raw" in res else ""))
+        with open(args.out / "val.jsonl", "a") as f:
+            f.write(json.dumps(res) + "\n")
+        return res
+
+    # one step
+    static_lr = static_hr = graph = static_loss = None
+
+    def eager_step(lr_b, hr_b):
+        opt.zero_grad(set_to_none=True)
+        loss = F.l1_loss(model(lr_b), hr_b)
+        loss.backward()
+        if args.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, args.grad_clip, foreach=device.type == "cuda")
+        opt.step()
+        return loss
+
+    def set_lr(v):
+        if torch.is_tensor(lr_t):
+            lr_t.fill_(v)
+        else:
+            for g in opt.param_groups:
+                g["lr"] = v
+
+    if capturable:
+        try:
+            lr_np, hr_np = sampler.sample(args.batch)
+            static_lr, static_hr = to_tensor(lr_np, device), to_tensor(hr_np, device)
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s):
+                for _ in range(3):  # warm-up steps are real steps
+                    set_lr(lr_at(args, step, 0.0))
+                    lr_np, hr_np = sampler.sample(args.batch)
+                    static_lr.copy_(to_tensor(lr_np, device))
+                    static_hr.copy_(to_tensor(hr_np, device))
+                    eager_step(static_lr, static_hr)
+                    step += 1
+                    ema_update()
+            torch.cuda.current_stream().wait_stream(s)
+            graph = torch.cuda.CUDAGraph()
+            opt.zero_grad(set_to_none=True)
+            with torch.cuda.graph(graph):
+                static_out = model(static_lr)
+                static_loss = F.l1_loss(static_out, static_hr)
+                static_loss.backward()
+                if args.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, args.grad_clip, foreach=True)
+                opt.step()
+            log(f"captured the training step in a CUDA graph ({torch.cuda.max_memory_allocated() / 2**30:.1f} GiB peak)")
+        except Exception as e:  # fall back to eager steps
+            log(f"CUDA graph capture failed ({type(e).__name__}: {e}); training eagerly")
+            graph = None
+            torch.cuda.synchronize()
+
+    t_start = time.time()
+    last_save = last_val = t_start
+    t_log, step_log = time.time(), step
+    while step < args.max_steps:
+        elapsed = time.time() - t_start
+        if args.time_budget and elapsed >= args.time_budget:
+            log(f"time budget {args.time_budget:.0f}s reached")
+            break
+        set_lr(lr_at(args, step, elapsed))
+        lr_np, hr_np = sampler.sample(args.batch)
+        if graph is not None:
+            static_lr.copy_(to_tensor(lr_np, device), non_blocking=True)
+            static_hr.copy_(to_tensor(hr_np, device), non_blocking=True)
+            graph.replay()
+            loss = static_loss
+        else:
+            loss = eager_step(to_tensor(lr_np, device), to_tensor(hr_np, device))
+        step += 1
+        ema_update()
+        loss_hist.append(loss.detach().clone())
+        if step % args.log_every == 0:
+            lv = torch.stack(loss_hist).mean().item()
+            loss_hist.clear()
+            if not math.isfinite(lv):
+                log(f"loss is {lv} at step {step}: stopping")
+                break
+            now = time.time()
+            sps = (step - step_log) / (now - t_log)
+            t_log, step_log = now, step
+            mem = f", {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device.type == "cuda" else ""
+            log(f"step {step} loss {lv:.5f} lr {lr_at(args, step, elapsed):.2e} {sps:.2f} it/s{mem}")
+            with open(args.out / "log.jsonl", "a") as f:
+                f.write(json.dumps({"step": step, "loss": lv, "it_s": sps, "t": now - t_start}) + "\n")
+        now = time.time()
+        if args.val_every and now - last_val >= args.val_every:
+            run_val("periodic")
+            model.train()
+            last_val = time.time()
+        if args.save_every and now - last_save >= args.save_every:
+            save_state()
+            last_save = time.time()
+
+    train_s = time.time() - t_start
+    log(f"trained {step} steps in total ({train_s:.0f}s this run)")
+    save_state(" (final)")
+    if args.final:
+        mambacsr.save_checkpoint(ema, args.final, dtype=torch.float16)
+        log(f"EMA weights -> {args.final} ({args.final.stat().st_size / 1e6:.2f} MB)")
+    run_val("final")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
