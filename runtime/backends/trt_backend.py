@@ -124,14 +124,15 @@ class TrtBackend(Backend):
             raise UserError(f"{self.path.name}: expected one input and one output, got {ins} / {outs}")
         self.in_name, self.out_name = ins[0], outs[0]
         shape = tuple(self.engine.get_tensor_shape(self.in_name))
-        if len(shape) != 4 or shape[2] <= 0 or shape[3] <= 0:
-            raise UserError(f"{self.path.name}: input shape {shape} has no fixed tile; export with a fixed tile")
+        if len(shape) != 4:
+            raise UserError(f"{self.path.name}: expected an NCHW input, got shape {shape}")
+        self.dynamic = any(d < 0 for d in shape)
+        if self.dynamic:  # dynamic dims: the tile and the largest batch come from profile 0
+            _, _, mx = (tuple(x) for x in self.engine.get_tensor_profile_shape(self.in_name, 0))
+            shape = tuple(shape[i] if shape[i] > 0 else mx[i] for i in range(4))
         self.fixed_tile = (int(shape[2]), int(shape[3]))
-        if shape[0] > 0:
-            self.max_batch = self.fixed_batch = int(shape[0])
-        else:  # dynamic batch: profile 0's max
-            _, _, mx = self.engine.get_tensor_profile_shape(self.in_name, 0)
-            self.max_batch, self.fixed_batch = int(mx[0]), None
+        self.max_batch = int(shape[0])
+        self.fixed_batch = None if self.dynamic else self.max_batch
         self.in_dtype = torch.from_numpy(np.zeros(1, trt.nptype(self.engine.get_tensor_dtype(self.in_name)))).dtype
         self.out_dtype = torch.from_numpy(np.zeros(1, trt.nptype(self.engine.get_tensor_dtype(self.out_name)))).dtype
         self.precision = "fp16" if self.in_dtype == torch.float16 else "fp32"
@@ -165,7 +166,7 @@ class TrtBackend(Backend):
             self.h_in[:k].copy_(torch.from_numpy(part))
             if b > k:
                 self.h_in[k:b].copy_(self.h_in[k - 1: k].expand(b - k, -1, -1, -1))
-            if not self.fixed_batch:
+            if self.dynamic:
                 self.context.set_input_shape(self.in_name, (b, 3) + self.fixed_tile)
             with torch.cuda.stream(self.stream):
                 self.d_in[:b].copy_(self.h_in[:b], non_blocking=True)
