@@ -1,12 +1,14 @@
 """The CPU C kernel of SelectiveScan (`mambacsr.ops.scan_cpu`) against the reference."""
 from __future__ import annotations
 
+import ctypes
 import os
 import subprocess
 import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -127,6 +129,68 @@ def test_empty_inputs(kernel):
 def test_kernel_info(kernel):
     info = kernel.kernel_info()
     assert "path" in info and "-O3" in info
+
+
+def _call_array_fn(lib, name, x):
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty_like(x)
+    getattr(lib, name)(ctypes.c_void_p(x.ctypes.data), ctypes.c_void_p(out.ctypes.data),
+                       ctypes.c_int64(x.size))
+    return out
+
+
+def _ulp(y, ref):
+    return np.abs(y.astype(np.float64) - ref) / np.spacing(np.abs(ref).astype(np.float32))
+
+
+def test_exp_and_softplus_accuracy(kernel):
+    lib = kernel._load()
+    rng = np.random.default_rng(0)
+    x = np.concatenate([np.linspace(-86.98, 88.72, 1_000_003, dtype=np.float32),
+                        rng.uniform(-12, 0, 100_000).astype(np.float32)])
+    y = _call_array_fn(lib, "mambacsr_scan_cpu_expf", x)
+    assert _ulp(y, np.exp(x.astype(np.float64))).max() <= 2.0
+    edge = np.array([-np.inf, -1e30, -1e4, -87.4, 88.73, 1e4, 1e30, np.inf, np.nan, 0.0],
+                    dtype=np.float32)
+    e = _call_array_fn(lib, "mambacsr_scan_cpu_expf", edge)
+    assert (e[:4] == 0).all() and np.isposinf(e[4:8]).all() and np.isnan(e[8]) and e[9] == 1
+
+    x = np.linspace(-86.9, 40, 1_000_003, dtype=np.float32)
+    y = _call_array_fn(lib, "mambacsr_scan_cpu_softplus", x)
+    x64 = x.astype(np.float64)
+    ref = np.where(x64 > 20, x64, np.log1p(np.exp(x64)))
+    assert _ulp(y, ref).max() <= 2.0
+    assert (y[x > 20] == x[x > 20]).all()
+    assert torch.allclose(torch.from_numpy(y), torch.nn.functional.softplus(torch.from_numpy(x)),
+                          rtol=3e-7, atol=0)
+
+
+@pytest.mark.parametrize("flags", [["-fopenmp"], []], ids=["portable-openmp", "portable-serial"])
+def test_portable_build(monkeypatch, tmp_path, flags):
+    """Without -march=native (x86-64 baseline: no AVX2) the portable C path is built and used;
+    without -fopenmp it runs on one thread. Both must match the reference."""
+    if scan_cpu._find_compiler() is None:
+        pytest.skip("no C compiler")
+    monkeypatch.setattr(scan_cpu, "_FLAG_SETS", (flags,))
+    monkeypatch.setenv("MAMBACSR_CACHE", str(tmp_path / "cache"))
+    scan_cpu.reset()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if not scan_cpu.available():
+                pytest.skip(f"the compiler cannot build with {flags}")
+        info = scan_cpu.kernel_info()
+        assert ("no OpenMP" in info) == (not flags)
+        for shape in [(2, 4, 9, 13, 300), (1, 2, 16, 16, 129), (1, 2, 3, 64, 17)]:
+            for softplus in (True, False):
+                args = make(*shape, softplus=softplus, seed=len(flags))
+                y = scan_cpu.selective_scan_cpu(*args, softplus)
+                assert rel_err(y, selective_scan_ref(*args, softplus)) < 1e-5
+        x = np.linspace(-86.98, 88.72, 100_001, dtype=np.float32)
+        y = _call_array_fn(scan_cpu._load(), "mambacsr_scan_cpu_expf", x)
+        assert _ulp(y, np.exp(x.astype(np.float64))).max() <= 2.0
+    finally:
+        scan_cpu.reset()
 
 
 class _Spy:

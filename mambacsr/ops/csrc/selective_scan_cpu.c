@@ -8,18 +8,28 @@
  * Layouts (all contiguous float32): u, delta, y (batch, K*C, L); A (K*C, N); Bs, Cs
  * (batch, K, N, L); D, delta_bias (K*C,).
  *
- * Work split: one work item = (batch, group, tile of up to TILE_C channels of that group), spread
- * over OpenMP threads. An item walks the tokens in blocks; for each block it transposes the
- * group's B and C rows into small token-major buffers (N contiguous floats per token, shared by
- * the tile's channels and hot in L1), then runs each channel's sequential scan over the block
- * with its N states in a short array that the compiler vectorises (any N; N = 16/32/64 get
- * fully specialised loops).
+ * Work split: one work item = (batch, group, tile of up to TILE_LG lane-groups of VL = 8
+ * channels of that group), spread over OpenMP threads (dynamic schedule). A lane-group's 8
+ * channels are scanned together, one channel per SIMD lane: per token, for each state n,
+ *     a = exp(dt[lanes] * A[lanes, n]); h[n] = a * h[n] + dt*u[lanes] * B[n]; y += h[n] * C[n]
+ * with B[n], C[n] broadcast (the channels share their group's B/C), so the sum over states is
+ * a vector FMA chain with no horizontal reduction. Tokens go in blocks of TOKENS_PER_BLOCK: the
+ * group's B/C block is transposed once per tile into token-major buffers (N floats per token,
+ * hot in L1 for all the tile's lane-groups; reading the rows in place, L floats apart, would
+ * put 2N lines into one L1 set); dt (softplus, vectorised over tokens) and dt*u are computed
+ * row by row and transposed to lane-interleaved [token][8], y is transposed back and gets
+ * D*u. Channels past the group's end are padding lanes with dt = 0. Any shape works; with
+ * AVX2+FMA (x86-64 -march=native) the state loop uses intrinsics with 4 interleaved exps,
+ * elsewhere a portable loop the compiler vectorises (omp simd); N = 16/32/64 are specialised.
  *
- * exp: Cephes-style (range reduction by ln 2, degree-6 polynomial, ~1 ulp), branch-free so it
- * vectorises; exp(x) = 0 for x < ~-87 (below FLT_MIN), +inf for x > ln(FLT_MAX), NaN stays NaN.
+ * exp: Cephes-style (range reduction by ln 2, degree-7 polynomial, <= 1.25 ulp), branch-free so
+ * it vectorises; exp(x) = 0 for x < -86.99 (results below 1.7e-38), +inf for x > ln(FLT_MAX),
+ * NaN stays NaN.
  * softplus: like mamba-ssm / torch (x > 20 -> x, else log1p(exp(x))), computed as
  * max(x, 0) + log1p(exp(-|x|)) with a Cephes log1p polynomial, vectorised over tokens.
- * No -ffast-math needed: reductions are vectorised through `omp simd reduction`.
+ * No -ffast-math needed (scan_cpu.py adds only -ffp-contract=fast -fno-math-errno
+ * -fno-trapping-math, which let the selects vectorise). Results do not depend on the thread
+ * count: every channel is computed by one thread in a fixed order.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -30,8 +40,12 @@
 #endif
 
 #define MAMBACSR_SCAN_ABI 1
+#ifndef TILE_LG
 #define TILE_LG 8            /* lane-groups (of VL channels) per work item */
+#endif
+#ifndef TOKENS_PER_BLOCK
 #define TOKENS_PER_BLOCK 128 /* tokens per block: the group's B/C block stays in L1 */
+#endif
 
 #if defined(__GNUC__) || defined(__clang__)
 #define INLINE static inline __attribute__((always_inline))
@@ -41,25 +55,24 @@
 
 #if defined(_OPENMP)
 #define SIMD _Pragma("omp simd")
-#define SIMD_SUM_ACC _Pragma("omp simd reduction(+:acc)")
 #else
 #define SIMD
-#define SIMD_SUM_ACC
 #endif
 
 typedef union { uint32_t i; float f; } f32bits;
 
 /* exp(x) in float32 (~1 ulp), branch-free so that it vectorises.
- * x is clamped to [-87.5, 88.8]; n = round(x / ln 2) lands in the low mantissa bits of t
- * (the 1.5 * 2^23 trick); r = x - n ln 2 (Cody-Waite, two constants), |r| <= ln(2)/2;
+ * x is clamped to [-87.5, 88.8]; n + 126 = round(x / ln 2) + 126 lands in the low mantissa
+ * bits of t = x / ln 2 + 1.5 * 2^23 + 126; r = x - n ln 2 (Cody-Waite, two constants), |r| <= ln(2)/2;
  * 2 e^r = 2 + 2r + r^2 P(r) (Cephes expf polynomial, coefficients doubled: exact); the result
- * is 2 e^r * 2^(n-1), with the biased exponent n + 126 in [0, 254]. Below ~-87 the exponent
- * field is 0 and the result 0 (values under ~1.2e-38 flush to zero); above ln(FLT_MAX) the
- * product overflows to +inf; NaN stays NaN. The AVX2 path below computes the same thing. */
+ * is 2 e^r * 2^(n-1), with the biased exponent n + 126 in [0, 254]. Measured: <= 1.25 ulp
+ * for x >= -86.98; below, the exponent field is 0 and the result 0 (values under 1.7e-38 flush
+ * to zero); above ln(FLT_MAX) the product overflows to +inf; NaN stays NaN. The AVX2 path
+ * below computes the same thing. softplus: <= 2 ulp. */
 #define EXP_LO -87.5f
 #define EXP_HI 88.8f
 #define EXP_LOG2E 1.44269504088896341f
-#define EXP_MAGIC 12582912.0f          /* 1.5 * 2^23 */
+#define EXP_MAGIC 12583038.0f          /* 1.5 * 2^23 + 126: rounds, and biases the exponent */
 #define EXP_C1 0.693359375f
 #define EXP_C2 -2.12194440e-4f
 #define EXP_P0 3.9751383000e-4f         /* 2 x Cephes expf coefficients */
@@ -68,7 +81,6 @@ typedef union { uint32_t i; float f; } f32bits;
 #define EXP_P3 8.3331591788e-2f
 #define EXP_P4 3.3333330918e-1f
 #define EXP_P5 1.00000002402f
-#define EXP_BIAS (126u - 0x4B400000u)  /* magic's bit pattern removed, exponent bias 126 */
 
 INLINE float fast_expf(float x)
 {
@@ -86,7 +98,7 @@ INLINE float fast_expf(float x)
     p = p * r + EXP_P4;
     p = p * r + EXP_P5;
     p = p * (r * r) + (r * 2.0f + 2.0f);  /* 2 e^r */
-    s.i = (t.i + EXP_BIAS) << 23;           /* 2^(n-1) */
+    s.i = t.i << 23;                        /* 2^(n-1): the high bits shift out */
     return p * s.f;
 }
 
@@ -167,7 +179,9 @@ INLINE void scan_lanes_generic(const int64_t N, const int64_t tb,
 
 /* exp of G independent vectors, stage by stage: the G dependency chains (~50 cycles each)
  * are interleaved in the instruction stream, so the out-of-order core overlaps them. */
+#ifndef G
 #define G 4
+#endif
 INLINE void exp_avx2_g(__m256* x)
 {
     const __m256 lo = _mm256_set1_ps(EXP_LO), hi = _mm256_set1_ps(EXP_HI);
@@ -189,8 +203,8 @@ INLINE void exp_avx2_g(__m256* x)
     for (int k = 0; k < G; ++k)
         p[k] = _mm256_fmadd_ps(p[k], _mm256_mul_ps(r[k], r[k]), _mm256_fmadd_ps(r[k], two, two));
     for (int k = 0; k < G; ++k)
-        x[k] = _mm256_mul_ps(p[k], _mm256_castsi256_ps(_mm256_slli_epi32(
-            _mm256_add_epi32(_mm256_castps_si256(t[k]), _mm256_set1_epi32((int)EXP_BIAS)), 23)));
+        x[k] = _mm256_mul_ps(p[k], _mm256_castsi256_ps(
+            _mm256_slli_epi32(_mm256_castps_si256(t[k]), 23)));
 }
 
 /* States n0 .. n0+cnt-1 (cnt <= G) of the VL lanes for one token; returns the updated sum. */
@@ -291,6 +305,28 @@ static void transpose(const float* src, int64_t ss, float* dst, int64_t ds, int6
         const int64_t j0 = i < r8 ? c8 : 0;  /* the column tail, or whole rows past r8 */
         for (int64_t j = j0; j < cols; ++j) dst[j * ds + i] = src[i * ss + j];
     }
+}
+
+/* The kernel's exp and softplus over an array (for accuracy tests): the AVX2 exp where the
+ * scan uses it, the portable one otherwise and for the tail. */
+void mambacsr_scan_cpu_expf(const float* x, float* out, int64_t n)
+{
+    int64_t i = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    for (; i + G * VL <= n; i += G * VL) {
+        __m256 v[G];
+        for (int k = 0; k < G; ++k) v[k] = _mm256_loadu_ps(x + i + k * VL);
+        exp_avx2_g(v);
+        for (int k = 0; k < G; ++k) _mm256_storeu_ps(out + i + k * VL, v[k]);
+    }
+#endif
+    for (; i < n; ++i) out[i] = fast_expf(x[i]);
+}
+
+void mambacsr_scan_cpu_softplus(const float* x, float* out, int64_t n)
+{
+    SIMD
+    for (int64_t i = 0; i < n; ++i) out[i] = softplus_f(x[i]);
 }
 
 int mambacsr_scan_cpu_abi(void) { return MAMBACSR_SCAN_ABI; }
