@@ -404,6 +404,12 @@ def encode_image(img: ImageData, fmt: str = "png", quality: int = 95) -> bytes:
     return buf.getvalue()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_image(path, img: ImageData, fmt: str = "png", quality: int = 95) -> Path:
     """Encode then write atomically: a temporary file in the same folder, then ``os.replace``."""
     path = Path(path)
@@ -415,6 +421,7 @@ def write_image(path, img: ImageData, fmt: str = "png", quality: int = 95) -> Pa
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         try:

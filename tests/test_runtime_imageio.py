@@ -241,6 +241,9 @@ def test_atomic_write_leaves_no_temp_files(tmp_path, monkeypatch):
     img = ImageData(rand((8, 8, 3), np.uint8))
     write_image(tmp_path / "a.png", img)
     assert sorted(os.listdir(tmp_path)) == ["a.png"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "a.png").stat().st_mode & 0o777 == 0o666 & ~mask
 
     def boom(*a, **k):
         raise OSError("disk full")
