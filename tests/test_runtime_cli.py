@@ -230,3 +230,15 @@ def test_build_without_tensorrt_prints_trtexec(capsys, fixed_onnx):
     assert "trtexec --onnx=" in out and "--fp16" in out and "--dynamicPlugins=" in out
     code, out, err = run_cli(capsys, "build", "--onnx", fixed_onnx, "--tile", "32", "--batch", "2")
     assert code == 2 and "--tile 16" in err
+
+
+def test_official_mode_on_dynamic_onnx(tmp_path, capsys, dyn_onnx):
+    a = write_rgb(tmp_path / "a.png", 200, 30)
+    code, _, err = run_cli(capsys, "upscale", tmp_path / "a.png", "-o", tmp_path / "o", "--onnx", dyn_onnx,
+                           "--tile-mode", "official", "-q")
+    assert code == 0, err
+    from runtime.backends.ort_backend import OrtBackend
+    from runtime.tiling import Tiler
+    ref = Tiler(2, None, mode="official").run(a.transpose(2, 0, 1), OrtBackend(dyn_onnx).run)
+    expect = np.rint(np.clip(ref, 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0)
+    np.testing.assert_array_equal(read_image(tmp_path / "o" / "a.png").pixels, expect)
