@@ -74,6 +74,12 @@ def make_set(bt, kc, k, n, length, dtype):
     return u, delta, A, Bs, Cs, D, bias
 
 
+def _states(name: str) -> int:
+    """Most states a variant holds, from its name (R<r>_S<s>_W<w>_...)."""
+    parts = dict((p[0], int(p[1:])) for p in name.split("_") if p[1:].isdigit())
+    return parts.get("S", 1) * parts.get("W", 1)
+
+
 def mamba_fn():
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
@@ -138,7 +144,7 @@ def main(argv=None):
                         mfn(u, d, A, B, C, D, None, b, True)
                     mamba_ms = time_ms(run_m, args.reps)
                 for v in variants:
-                    if v and n > {1: 16, 2: 16, 3: 16, 4: 16, 5: 32}.get(v, 64):
+                    if v and n > _states(names[v]):
                         continue
 
                     def run(i, v=v):

@@ -28,6 +28,20 @@ print("variants:", scan_cuda.variant_names())
 PY
 
 set -o pipefail
+if [ "${PROFILE:-0}" = 1 ]; then
+  # Nsight Compute on one MambaCSR-shaped call per variant (fp32, batch 8, L 4096), SASS dump.
+  cuobjdump -sass "$(ls $MAMBACSR_CACHE_DIR/scan_cuda/*/libmambacsr_scan.so | head -1)" > "$OUT/sass.txt" 2>&1
+  for v in ${PROFILE_VARIANTS:-1}; do
+    timeout 200 ncu --clock-control none --section SchedulerStats --section WarpStateStats \
+      --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section Occupancy \
+      --section SpeedOfLight --section InstructionStats -k regex:scan_kernel -c 1 \
+      $PY -c "
+import torch; from mambacsr.ops import scan_cuda
+import sys; sys.path.insert(0, 'scripts'); import bench_scan as b
+s = b.make_set(8, 720, 2, 16, 4096, torch.float32)
+scan_cuda.selective_scan_cuda(*s, True, variant=$v); torch.cuda.synchronize()" 2>&1 | tee "$OUT/ncu_v$v.log" | grep -E "Duration|Issue Slots Busy|Eligible Warps|Active Warps Per|No Eligible|Stall|Warp Cycles Per Issued|Achieved Occupancy|Registers|Executed Ipc A|Pipe|L1/TEX|Shared"
+  done
+fi
 timeout 420 $PY -m pytest -q -x -rs tests/test_scan_cuda.py 2>&1 | tee "$OUT/tests.log"
 TEST_RC=$?
 timeout 300 $PY scripts/bench_scan.py --json "$OUT/bench.json" "$@" 2>&1 | tee "$OUT/bench.log"

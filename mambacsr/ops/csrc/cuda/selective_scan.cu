@@ -108,9 +108,23 @@ __device__ __forceinline__ float exp2_approx(float x) {
     return y;
 }
 
-// softplus as mamba-ssm: x > 20 -> x, else log1p(exp(x)).
+__device__ __forceinline__ float log2_approx(float x) {
+    float y;
+    asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// softplus as mamba-ssm (x > 20 -> x, else log1p(exp(x))), written as
+// max(x, 0) + log1p(e), e = exp(-|x|) in (0, 1]: log1p by its series (7 terms, < 1e-8 relative)
+// where e < 1/16, else by lg2(1 + e) (1 + e is exact to 2^-24 / e <= 1e-6 relative there).
+// Two special-function ops and ~14 others, against ~40 for log1pf(expf(x)).
 __device__ __forceinline__ float softplus(float x) {
-    return x > 20.f ? x : log1pf(__expf(x));
+    const float e = exp2_approx(-fabsf(x) * kLog2e);
+    const float series =
+        e * fmaf(e, fmaf(e, fmaf(e, fmaf(e, fmaf(e, fmaf(e, 1.f / 7.f, -1.f / 6.f), 0.2f), -0.25f),
+                                 1.f / 3.f), -0.5f), 1.f);
+    const float lg = log2_approx(1.f + e) * 0.6931471805599453f;
+    return fmaxf(x, 0.f) + (e < 0.0625f ? series : lg);
 }
 
 struct Params {
@@ -132,10 +146,10 @@ struct Params {
     int vec_ok;
 };
 
-template <typename T, int S, int W, int CB, int NT>
-__global__ void __launch_bounds__(W * CB)
+template <typename T, int R, int S, int W, int CB, int NT>
+__global__ void __launch_bounds__(W * CB / R)
 scan_kernel(const Params p) {
-    constexpr int THREADS = W * CB;
+    constexpr int THREADS = W * CB / R;
     constexpr int NMAX = S * W;
     constexpr int VEC = 16 / int(sizeof(T));
     constexpr int PA = NT + 8;  // pitch of the per-channel arrays (bank spread for the y writes)
@@ -146,7 +160,7 @@ scan_kernel(const Params p) {
     constexpr int IT_B = (NMAX * VPR + THREADS - 1) / THREADS;
     static_assert(W == 4 || W == 8 || W == 16, "W must be 4, 8 or 16");
     static_assert(NT % W == 0 && NT % VEC == 0, "tile size");
-    static_assert(THREADS % 32 == 0, "whole warps");
+    static_assert(THREADS % 32 == 0 && CB % R == 0, "whole warps, whole channel groups");
     using E = Elem<T>;
 
     __shared__ __align__(16) float sDt[CB * PA];
@@ -173,16 +187,20 @@ scan_kernel(const Params p) {
     const T* __restrict__ Bp = static_cast<const T*>(p.B) + brow0;
     const T* __restrict__ Cp = static_cast<const T*>(p.C) + brow0;
 
-    // Scan role: channel r of the block, lane w of its W, states s * W + w.
-    const int r = tid / W;
+    // Scan role: channels cg * R .. cg * R + R - 1 of the block, lane w of their W lanes,
+    // states s * W + w.
+    const int cg = tid / W;
     const int w = tid % W;
-    const bool scan_valid = r < nch;
-    float A2[S], h[S];
+    float A2[R][S], h[R][S];
 #pragma unroll
-    for (int s = 0; s < S; ++s) {
-        const int n = s * W + w;
-        A2[s] = (scan_valid && n < N) ? p.A[(int64_t)(c_first + r) * N + n] * kLog2e : 0.f;
-        h[s] = 0.f;
+    for (int r = 0; r < R; ++r) {
+        const int row = cg * R + r;
+#pragma unroll
+        for (int s = 0; s < S; ++s) {
+            const int n = s * W + w;
+            A2[r][s] = (row < nch && n < N) ? p.A[(int64_t)(c_first + row) * N + n] * kLog2e : 0.f;
+            h[r][s] = 0.f;
+        }
     }
     // Padding states (n >= N) read B = C = 0 forever.
     for (int i = tid; i < (NMAX - N) * PB; i += THREADS) {
@@ -317,20 +335,23 @@ scan_kernel(const Params p) {
         }
     };
     auto scan_tile = [&]() {
-        const float* dtRow = sDt + r * PA;
-        const float* dtuRow = sDtu + r * PA;
-#pragma unroll 1
+#pragma unroll 2
         for (int j0 = 0; j0 < NT; j0 += W) {
-            float dt[W], dtu[W], part[W];
+            float dt[R][W], dtu[R][W], part[R][W];
 #pragma unroll
-            for (int q = 0; q < W; q += 4) {
-                const float4 a = *reinterpret_cast<const float4*>(dtRow + j0 + q);
-                const float4 c = *reinterpret_cast<const float4*>(dtuRow + j0 + q);
-                dt[q] = a.x; dt[q + 1] = a.y; dt[q + 2] = a.z; dt[q + 3] = a.w;
-                dtu[q] = c.x; dtu[q + 1] = c.y; dtu[q + 2] = c.z; dtu[q + 3] = c.w;
+            for (int r = 0; r < R; ++r) {
+                const float* dtRow = sDt + (cg * R + r) * PA + j0;
+                const float* dtuRow = sDtu + (cg * R + r) * PA + j0;
+#pragma unroll
+                for (int q = 0; q < W; q += 4) {
+                    const float4 a = *reinterpret_cast<const float4*>(dtRow + q);
+                    const float4 c = *reinterpret_cast<const float4*>(dtuRow + q);
+                    dt[r][q] = a.x; dt[r][q + 1] = a.y; dt[r][q + 2] = a.z; dt[r][q + 3] = a.w;
+                    dtu[r][q] = c.x; dtu[r][q + 1] = c.y; dtu[r][q + 2] = c.z; dtu[r][q + 3] = c.w;
+                }
+#pragma unroll
+                for (int j = 0; j < W; ++j) part[r][j] = 0.f;
             }
-#pragma unroll
-            for (int j = 0; j < W; ++j) part[j] = 0.f;
 #pragma unroll
             for (int s = 0; s < S; ++s) {
                 const float* bRow = sB + (s * W + w) * PB + j0;
@@ -345,24 +366,31 @@ scan_kernel(const Params p) {
                 }
 #pragma unroll
                 for (int j = 0; j < W; ++j) {
-                    const float a = exp2_approx(dt[j] * A2[s]);
-                    h[s] = fmaf(a, h[s], dtu[j] * bb[j]);
-                    part[j] = fmaf(cc[j], h[s], part[j]);
+#pragma unroll
+                    for (int r = 0; r < R; ++r) {
+                        const float a = exp2_approx(dt[r][j] * A2[r][s]);
+                        h[r][s] = fmaf(a, h[r][s], dtu[r][j] * bb[j]);
+                        part[r][j] = fmaf(cc[j], h[r][s], part[r][j]);
+                    }
                 }
             }
-            // Transpose-reduce over the W lanes of the channel: afterwards lane w holds the
-            // sum over all N states for token j0 + w.
+            // Transpose-reduce over the W lanes of the channel group: afterwards lane w holds
+            // the sum over all N states for token j0 + w of each of its R channels.
 #pragma unroll
             for (int off = W / 2; off >= 1; off /= 2) {
                 const bool hi = (w & off) != 0;
 #pragma unroll
-                for (int i = 0; i < off; ++i) {
-                    const float send = hi ? part[i] : part[i + off];
-                    const float keep = hi ? part[i + off] : part[i];
-                    part[i] = keep + __shfl_xor_sync(kFullMask, send, off);
+                for (int r = 0; r < R; ++r) {
+#pragma unroll
+                    for (int i = 0; i < off; ++i) {
+                        const float send = hi ? part[r][i] : part[r][i + off];
+                        const float keep = hi ? part[r][i + off] : part[r][i];
+                        part[r][i] = keep + __shfl_xor_sync(kFullMask, send, off);
+                    }
                 }
             }
-            sY[r * PA + j0 + w] += part[0];
+#pragma unroll
+            for (int r = 0; r < R; ++r) sY[(cg * R + r) * PA + j0 + w] += part[r][0];
         }
     };
 
@@ -393,27 +421,27 @@ scan_kernel(const Params p) {
 }
 
 // ---- variants -------------------------------------------------------------------------------
+// R channels x S states per thread, W threads per channel group (N <= S * W), CB channels per
+// block, NT tokens per tile. Per (thread, token): 2R + 2S shared-memory reads for R * S exps.
 struct Variant {
     const char* name;
-    int states_per_thread;  // S
-    int lanes;              // W
-    int channels;           // CB
-    int tile;               // NT
+    int r, s, w, cb, nt;
 };
 
 #define MAMBACSR_VARIANTS(X)      \
-    X(1, 2, 8, 16, 64)            \
-    X(2, 2, 8, 8, 64)             \
-    X(3, 4, 4, 32, 64)            \
-    X(4, 1, 16, 8, 64)            \
-    X(5, 4, 8, 16, 64)            \
-    X(6, 8, 8, 16, 32)            \
-    X(7, 8, 8, 8, 32)
+    X(1, 1, 2, 8, 16, 64)         \
+    X(2, 2, 2, 8, 16, 32)         \
+    X(3, 2, 4, 4, 32, 32)         \
+    X(4, 4, 4, 4, 32, 32)         \
+    X(5, 1, 4, 4, 32, 64)         \
+    X(6, 1, 4, 8, 16, 64)         \
+    X(7, 1, 8, 8, 16, 32)         \
+    X(8, 2, 8, 8, 32, 32)
 
-constexpr int kNumVariants = 7;
+constexpr int kNumVariants = 8;
 const Variant kVariants[kNumVariants + 1] = {
-    {"auto", 0, 0, 0, 0},
-#define X(id, S, W, CB, NT) {"S" #S "_W" #W "_CB" #CB "_NT" #NT, S, W, CB, NT},
+    {"auto", 0, 0, 0, 0, 0},
+#define X(id, R, S, W, CB, NT) {"R" #R "_S" #S "_W" #W "_CB" #CB "_NT" #NT, R, S, W, CB, NT},
     MAMBACSR_VARIANTS(X)
 #undef X
 };
@@ -421,8 +449,8 @@ const Variant kVariants[kNumVariants + 1] = {
 template <typename T>
 cudaError_t launch_variant(int variant, const Params& p, int grid, cudaStream_t stream) {
     switch (variant) {
-#define X(id, S, W, CB, NT) \
-    case id: scan_kernel<T, S, W, CB, NT><<<grid, W * CB, 0, stream>>>(p); break;
+#define X(id, R, S, W, CB, NT) \
+    case id: scan_kernel<T, R, S, W, CB, NT><<<grid, W * CB / R, 0, stream>>>(p); break;
         MAMBACSR_VARIANTS(X)
 #undef X
         default: return cudaErrorInvalidValue;
@@ -443,10 +471,15 @@ int sm_count() {
 
 int choose_variant(int64_t batch, int64_t k, int64_t ch_per_group, int64_t n) {
     const int64_t sms = sm_count();
-    auto blocks = [&](int cb) { return batch * k * ((ch_per_group + cb - 1) / cb); };
-    if (n <= 16) return blocks(16) >= 2 * sms ? 1 : 2;
-    if (n <= 32) return 5;
-    return blocks(16) >= 2 * sms ? 6 : 7;
+    auto warps = [&](int id) {
+        const Variant& v = kVariants[id];
+        return batch * k * ((ch_per_group + v.cb - 1) / v.cb) * (v.w * v.cb / v.r) / 32;
+    };
+    // Measured on H100 (plugins/NOTES.md): one channel, 2 states per thread (most warps) wins
+    // until there are ~2 warps of the 2-channel x 4-state variant per SM sub-partition.
+    if (n <= 16) return warps(3) >= 8 * sms ? 3 : 1;
+    if (n <= 32) return 6;
+    return warps(8) >= 8 * sms ? 8 : 7;
 }
 
 bool aligned16(const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15u) == 0; }
@@ -472,7 +505,7 @@ int mambacsr_selective_scan_ex(const void* u, const void* delta, const float* A,
     const int64_t ch_per_group = kc / k;
     if (variant == 0) variant = choose_variant(batch, k, ch_per_group, n);
     const Variant& v = kVariants[variant];
-    if (n > v.states_per_thread * v.lanes) return MAMBACSR_ERR_UNSUPPORTED;
+    if (n > v.s * v.w) return MAMBACSR_ERR_UNSUPPORTED;
 
     const int vec = dtype == MAMBACSR_FLOAT32 ? 4 : 8;
     Params p;
@@ -482,7 +515,7 @@ int mambacsr_selective_scan_ex(const void* u, const void* delta, const float* A,
     p.k = (int)k;
     p.n = (int)n;
     p.ch_per_group = (int)ch_per_group;
-    p.n_cblocks = (int)((ch_per_group + v.channels - 1) / v.channels);
+    p.n_cblocks = (int)((ch_per_group + v.cb - 1) / v.cb);
     p.softplus = delta_softplus ? 1 : 0;
     p.vec_ok = (length % vec == 0) && aligned16(u) && aligned16(delta) && aligned16(Bs) &&
                aligned16(Cs) && aligned16(y);
