@@ -55,14 +55,23 @@ def make_inputs(batch, k, c, n, length, dtype, seed=0):
 
 
 def timeit(fn, warmup, repeats):
+    """Median wall time and median process CPU time (all threads) of one call, and its output."""
     for _ in range(warmup):
         out = fn()
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         out = fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+        cpu.append(time.process_time() - c0)
+    return statistics.median(times), statistics.median(cpu), out
+
+
+def loadavg() -> str:
+    try:
+        return "%.1f" % os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return "?"
 
 
 def main(argv=None):
@@ -109,16 +118,17 @@ def main(argv=None):
         impls.append(("`torch.ops.mambacsr.selective_scan` (C kernel)", op, args.warmup,
                       args.repeats))
 
+    load_start = loadavg()
     with torch.inference_mode():
         results = []
         ref = None
         for name, fn, warmup, repeats in impls:
-            t, out = timeit(fn, warmup, repeats)
+            t, cpu, out = timeit(fn, warmup, repeats)
             out = out.float()
             if ref is None:
                 ref, t_ref = out, t
             err = ((out - ref).abs().max() / ref.abs().max()).item()
-            results.append((name, t, t_ref / t, err, repeats))
+            results.append((name, t, cpu, t_ref / t, err))
 
     cmd = " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
     kc = args.kc
@@ -128,13 +138,15 @@ def main(argv=None):
           f"{torch.get_num_threads()} threads; C kernel: "
           f"{scan_cpu.kernel_info() if scan_cpu.available() else 'unavailable'}")
     print()
-    print("| implementation | median ms | speed-up vs reference | max rel err vs reference |")
-    print("|---|---:|---:|---:|")
-    for name, t, speedup, err, repeats in results:
-        print(f"| {name} | {t * 1e3:.1f} | {speedup:.1f}x | {err:.1e} |")
+    print("| implementation | median ms | CPU ms (all threads) | speed-up vs reference "
+          "| max rel err vs reference |")
+    print("|---|---:|---:|---:|---:|")
+    for name, t, cpu, speedup, err in results:
+        print(f"| {name} | {t * 1e3:.1f} | {cpu * 1e3:.1f} | {speedup:.1f}x | {err:.1e} |")
     print()
     print(f"Median of {args.slow_repeats} (reference, chunked) / {args.repeats} (C kernel) "
-          f"timed calls after warm-up. Command: `PYTHONPATH=. python {cmd}`")
+          f"timed calls after warm-up; 1-minute load average {load_start} before, "
+          f"{loadavg()} after. Command: `PYTHONPATH=. python {cmd}`")
 
 
 if __name__ == "__main__":
