@@ -464,10 +464,21 @@ def main(argv=None) -> int:
         opt.zero_grad(set_to_none=True)
         loss = F.l1_loss(model(lr_b), hr_b)
         loss.backward()
-        if args.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, args.grad_clip, foreach=device.type == "cuda")
+        sanitize_grads()
         opt.step()
         return loss
+
+    def sanitize_grads():
+        """Clip the gradient norm and zero non-finite entries (a step with an overflowing
+        gradient then changes nothing but Adam's moments), with no host sync (graph-safe)."""
+        if args.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, args.grad_clip, foreach=device.type == "cuda")
+        for p_ in params:
+            if p_.grad is not None:
+                p_.grad.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+
+    def all_finite(module) -> bool:
+        return all(bool(torch.isfinite(t).all()) for t in module.state_dict().values() if t.is_floating_point())
 
     def set_lr(v):
         if torch.is_tensor(lr_t):
@@ -498,8 +509,7 @@ def main(argv=None) -> int:
                 static_out = model(static_lr)
                 static_loss = F.l1_loss(static_out, static_hr)
                 static_loss.backward()
-                if args.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(params, args.grad_clip, foreach=True)
+                sanitize_grads()
                 opt.step()
             log(f"captured the training step in a CUDA graph ({torch.cuda.max_memory_allocated() / 2**30:.1f} GiB peak)")
         except Exception as e:  # fall back to eager steps
@@ -509,6 +519,8 @@ def main(argv=None) -> int:
 
     t_start = time.time()
     last_save = last_val = t_start
+    good = {"step": step, "ema": plain_state(ema), "model": plain_state(model)}
+    diverged = False
     t_log, step_log = time.time(), step
     while step < args.max_steps:
         elapsed = time.time() - t_start
@@ -528,11 +540,13 @@ def main(argv=None) -> int:
         ema_update()
         loss_hist.append(loss.detach().clone())
         if step % args.log_every == 0:
-            lv = torch.stack(loss_hist).mean().item()
+            lv = torch.stack(loss_hist).nanmean().item()
             loss_hist.clear()
-            if not math.isfinite(lv):
-                log(f"loss is {lv} at step {step}: stopping")
+            if not math.isfinite(lv) or not all_finite(ema):
+                log(f"non-finite loss/weights ({lv}) at step {step}: stopping, keeping the weights of step {good['step']}")
+                diverged = True
                 break
+            good = {"step": step, "ema": plain_state(ema), "model": plain_state(model)}
             now = time.time()
             sps = (step - step_log) / (now - t_log)
             t_log, step_log = now, step
@@ -545,7 +559,7 @@ def main(argv=None) -> int:
             run_val("periodic")
             model.train()
             last_val = time.time()
-        if args.save_every and now - last_save >= args.save_every:
+        if args.save_every and now - last_save >= args.save_every and all_finite(model) and all_finite(ema):
             save_state()
             last_save = time.time()
 
@@ -553,8 +567,17 @@ def main(argv=None) -> int:
     if graph is not None:
         torch.cuda.synchronize()
         graph = None  # release the captured step before evaluating
+    if diverged or not (all_finite(model) and all_finite(ema)):
+        with torch.no_grad():
+            for dst, key in ((ema, "ema"), (model, "model")):
+                for k_, v_ in dst.state_dict().items():
+                    v_.copy_(good[key][k_])
+        step = good["step"]
+        log(f"restored the last finite weights (step {step}); the optimiser state is not restored, "
+            f"state.pt keeps the last finite checkpoint")
     log(f"trained {step} steps in total ({train_s:.0f}s this run)")
-    save_state(" (final)")
+    if not diverged:
+        save_state(" (final)")
     if args.final:
         mambacsr.save_checkpoint(ema, args.final, dtype=torch.float16)
         log(f"EMA weights -> {args.final} ({args.final.stat().st_size / 1e6:.2f} MB)")
