@@ -89,16 +89,30 @@ def _compiler_version(cc: str) -> str:
         return ""
 
 
-def _build(cc: str) -> tuple[Path, list[str]]:
+def _writable_cache_dir() -> Path:
+    """cache_dir(), or a per-user temporary directory when that cannot be written."""
+    out_dir = cache_dir()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if os.access(out_dir, os.W_OK):
+            return out_dir
+    except OSError:
+        pass
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    fallback = Path(tempfile.gettempdir()) / f"mambacsr-cache-{uid}"
+    fallback.mkdir(parents=True, exist_ok=True)
+    log.info("cache directory %s is not writable: using %s", out_dir, fallback)
+    return fallback
+
+
+def _build(cc: str, version: str) -> tuple[Path, list[str]]:
     """Compile SOURCE into the cache (or reuse a cached build); return its path and flags.
 
     A flag set that failed leaves a `.failed` marker next to its target, so later processes
     go straight to the next set."""
     src = SOURCE.read_bytes()
-    version = _compiler_version(cc)
     machine = _machine_id()
-    out_dir = cache_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = _writable_cache_dir()
     errors = []
     for extra in _FLAG_SETS:
         flags = _BASE_FLAGS + extra
@@ -121,7 +135,7 @@ def _build(cc: str) -> tuple[Path, list[str]]:
                 os.replace(tmp, target)  # atomic: other processes see all or nothing
                 log.info("built %s (%s)", target, " ".join(cmd))
                 return target, flags
-            errors.append(f"$ {' '.join(cmd)}\n{res.stderr.strip()}")
+            errors.append(f"$ {' '.join(cmd)}\n{res.stderr.strip()[-800:]}")
             try:
                 failed.write_text(errors[-1][-4000:])
             except OSError:
@@ -131,7 +145,7 @@ def _build(cc: str) -> tuple[Path, list[str]]:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    raise RuntimeError("every build attempt failed:\n" + "\n".join(errors[-2:]))
+    raise RuntimeError("every build attempt failed; the last one:\n" + errors[-1])
 
 
 def _load():
@@ -148,15 +162,16 @@ def _load():
                 names = ", ".join(([os.environ["CC"]] if os.environ.get("CC") else [])
                                   + list(COMPILERS))
                 raise RuntimeError(f"no C compiler found (tried {names})")
-            path, flags = _build(cc)
+            version = _compiler_version(cc)
+            path, flags = _build(cc, version)
             lib = ctypes.CDLL(str(path))
             if lib.mambacsr_scan_cpu_abi() != ABI:
                 raise RuntimeError("the cached library has a different ABI version")
             lib.mambacsr_scan_cpu_impl.restype = ctypes.c_char_p
-            version = _compiler_version(cc).splitlines()
+            first = version.splitlines()[0] if version.strip() else cc
             _build_info = (f"{lib.mambacsr_scan_cpu_impl().decode()} path, "
                            f"{'OpenMP' if lib.mambacsr_scan_cpu_openmp() else 'no OpenMP'}, "
-                           f"{version[0] if version else cc} {' '.join(flags)}")
+                           f"{first} {' '.join(flags)}")
             fn = lib.mambacsr_scan_cpu_f32
             fn.restype = ctypes.c_int
             fn.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int64] * 5 + [ctypes.c_int] * 2
