@@ -127,9 +127,10 @@ class SS2D(nn.Module):
         """xs (B, K, D, L) in scan order -> ys (B, K, D, L) in scan order."""
         b, k, d, length = xs.shape
         n, r = self.d_state, self.dt_rank
-        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
+        # Per-direction projections as batched MatMuls (plain MatMul exports and quantises well).
+        x_dbl = torch.matmul(self.x_proj_weight, xs)               # (B, K, R+2N, L)
         dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=2)
-        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
+        dts = torch.matmul(self.dt_projs_weight, dts)              # (B, K, D, L)
         ys = selective_scan(
             xs.reshape(b, k * d, length), dts.reshape(b, k * d, length), -torch.exp(self.A_logs.float()),
             Bs.contiguous(), Cs.contiguous(), self.Ds.float(), self.dt_projs_bias.reshape(-1).float(),

@@ -86,7 +86,7 @@ def _(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus=True):
 def selective_scan(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus: bool = True):
     """SelectiveScan as the model uses it: the custom op for inference, a differentiable path
     when any input needs a gradient."""
-    needs_grad = torch.is_grad_enabled() and any(
+    needs_grad = torch.is_grad_enabled() and not torch.compiler.is_exporting() and any(
         t.requires_grad for t in (u, delta, A, Bs, Cs, D, delta_bias))
     if not needs_grad:
         return selective_scan_op(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus)

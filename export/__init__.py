@@ -1,0 +1,1 @@
+"""Export MambaCSR to ONNX (one `SelectiveScan` node per scan) and quantise it."""
