@@ -244,15 +244,19 @@ def plain_state(module: torch.nn.Module) -> dict:
 
 
 def optimizer_state_cpu(opt: torch.optim.Optimizer) -> dict:
+    """A CPU copy of the optimiser state. Builds new dicts: ``opt.state_dict()`` shares its inner
+    per-parameter dicts with the live optimiser, and replacing tensors in them would swap the
+    live state for the copies (under a CUDA graph the captured step then writes freed memory)."""
     sd = opt.state_dict()
-    for st in sd["state"].values():
-        for k, v in list(st.items()):
-            if torch.is_tensor(v):
-                st[k] = v.detach().cpu().clone()
+    state = {i: {k: (v.detach().cpu().clone() if torch.is_tensor(v) else copy.deepcopy(v)) for k, v in st.items()}
+             for i, st in sd["state"].items()}
+    groups = []
     for g in sd["param_groups"]:
+        g = dict(g)
         if torch.is_tensor(g.get("lr")):
             g["lr"] = float(g["lr"])
-    return sd
+        groups.append(g)
+    return {"state": state, "param_groups": groups}
 
 
 # ----------------------------------------------------------------------------------------------
