@@ -191,10 +191,24 @@ def test_user_errors_are_one_line(tmp_path, capsys, fixed_onnx, dyn_onnx, tiny_c
 
 def test_no_model_and_no_default_names_the_flags(tmp_path, capsys, monkeypatch):
     write_rgb(tmp_path / "a.png")
-    monkeypatch.setitem(sys.modules, "mambacsr.pretrained", None)  # import fails
+    import mambacsr.pretrained as pretrained
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path / "no-weights")  # not shipped
     code, _, err = run_cli(capsys, "upscale", tmp_path / "a.png", "-o", tmp_path / "o")
     assert code == 2
     assert "--ckpt" in err and "--onnx" in err and "--engine" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setitem(sys.modules, "mambacsr.pretrained", None)  # an install without the module
+    code, _, err = run_cli(capsys, "upscale", tmp_path / "a.png", "-o", tmp_path / "o")
+    assert code == 2
+    assert "--ckpt" in err and "--onnx" in err and "--engine" in err and len(err.strip().splitlines()) == 1
+
+
+def test_default_model_is_used_when_shipped(tmp_path, capsys, monkeypatch, tiny_ckpt):
+    write_rgb(tmp_path / "a.png", 16, 16)
+    import mambacsr.pretrained as pretrained
+    monkeypatch.setattr(pretrained, "default_checkpoint", lambda: tiny_ckpt)
+    code, _, err = run_cli(capsys, "upscale", tmp_path / "a.png", "-o", tmp_path / "o")
+    assert code == 0, err
+    assert "shipped default" in err and read_image(tmp_path / "o" / "a.png").size == (32, 32)
 
 
 def test_collect_inputs_mirrors_structure(tmp_path):

@@ -78,7 +78,10 @@ def default_checkpoint() -> Path:
     try:
         path = Path(_default())
     except (FileNotFoundError, OSError, RuntimeError) as e:
-        raise UserError(f"no model given and the default model is unavailable ({e}): {hint}") from None
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "--ckpt" in msg:
+            raise UserError(f"no model given: {msg}") from None
+        raise UserError(f"no model given and the default model is unavailable ({msg}): {hint}") from None
     if not path.is_file():
         raise UserError(f"no model given and the default model file {path} is missing: {hint}")
     return path
