@@ -46,14 +46,6 @@ def test_ort_equals_torch_standin(tmp_path, tile, batch):
     np.testing.assert_allclose(tiler.run(img, ort_be.run), tiler.run(img, torch_be.run), atol=1e-5)
 
 
-def _export_available():
-    try:
-        from export.onnx import export_model  # noqa: F401
-        return True
-    except ImportError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def tiny_model():
     from mambacsr import MambaCSR
@@ -61,19 +53,61 @@ def tiny_model():
     return MambaCSR(**TINY).eval()
 
 
-@pytest.mark.skipif(not _export_available(), reason="export.onnx not in this checkout yet")
-def test_ort_equals_torch_real_model(tmp_path, tiny_model):
+@pytest.fixture(scope="module")
+def tiny_onnx(tiny_model, tmp_path_factory):
+    """The real exporter on the tiny model: fixed 32x32 tile, dynamic batch (exported once)."""
     from export.onnx import export_model
-    path = tmp_path / "tiny.onnx"
-    export_model(tiny_model, str(path), tile=32, batch=1)
-    ort_be = OrtBackend(path)
+    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    export_model(tiny_model, str(path), tile=32, batch=2, dynamic_batch=True)
+    return path
+
+
+def test_ort_equals_torch_real_model(tiny_model, tiny_onnx):
+    ort_be = OrtBackend(tiny_onnx)
     torch_be = TorchBackend(tiny_model)
-    assert ort_be.scale == 2 and ort_be.fixed_tile == (32, 32)
-    x = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
+    assert ort_be.scale == 2 and ort_be.fixed_tile == (32, 32) and ort_be.max_batch is None
+    x = np.random.default_rng(0).random((3, 3, 32, 32), dtype=np.float32)
     np.testing.assert_allclose(ort_be.run(x), torch_be.run(x), atol=2e-4)
     img = np.random.default_rng(1).random((3, 40, 36), dtype=np.float32)
-    t = Tiler(2, 32, overlap=8, fixed=True)
+    t = Tiler(2, 32, overlap=8, batch=4, fixed=True)
     np.testing.assert_allclose(t.run(img, ort_be.run), t.run(img, torch_be.run), atol=2e-4)
+
+
+def test_cli_on_real_onnx_and_ckpt_agree(tmp_path, capsys, tiny_model, tiny_onnx):
+    """`upscale --onnx` (ort) and `upscale --ckpt` (torch) give the same image, TTA included."""
+    from mambacsr import save_checkpoint
+    from PIL import Image
+
+    from runtime.cli import main
+    from runtime.imageio import read_image
+    ckpt = tmp_path / "tiny.safetensors"
+    save_checkpoint(tiny_model, str(ckpt))
+    a = np.random.default_rng(2).integers(0, 256, (32, 40, 3), dtype=np.uint8)
+    Image.fromarray(a).save(tmp_path / "a.png")
+    outs = {}
+    for name, model in (("ort", ["--onnx", tiny_onnx]), ("torch", ["--ckpt", ckpt])):
+        code = main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / name), *map(str, model),
+                     "--tile", "32", "--overlap", "8", "--batch", "4", "--tta", "-q"])
+        assert code == 0, capsys.readouterr().err
+        outs[name] = read_image(tmp_path / name / "a.png").pixels.astype(int)
+    assert outs["ort"].shape == (64, 80, 3)
+    assert np.abs(outs["ort"] - outs["torch"]).max() <= 1
+
+
+def test_ckpt_on_ort_backend_exports_and_benches(tmp_path, capsys, monkeypatch, tiny_model):
+    """`bench --ckpt C --backend torch,ort`: the ort row exports a cached ONNX first."""
+    from mambacsr import save_checkpoint
+
+    from runtime.cli import main
+    monkeypatch.setenv("MAMBACSR_CACHE", str(tmp_path / "cache"))
+    ckpt = tmp_path / "tiny.safetensors"
+    save_checkpoint(tiny_model, str(ckpt))
+    code = main(["bench", "--ckpt", str(ckpt), "--backend", "torch,ort", "--tile", "32", "--iters", "1",
+                 "--warmup", "0"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "| torch | cpu | fp32 | 32 | 1 |" in out and "| ort | cpu | fp32 | 32 | 1 |" in out
+    assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 1
 
 
 def test_torch_backend_reads_model_properties(tiny_model):
