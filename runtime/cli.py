@@ -112,8 +112,14 @@ def _is_image_name(p: Path) -> bool:
     return p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
 
 
-def collect_inputs(inputs: list[str]) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
-    """Expand files/folders/globs into (file, relative output stem) pairs, plus missing ones."""
+def collect_inputs(inputs: list[str], exclude: Path | None = None
+                   ) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
+    """Expand files/folders/globs into (file, relative output stem) pairs, plus missing ones.
+
+    Folder scans skip ``exclude`` (the output folder), so re-running into a sub-folder of the
+    input does not upscale earlier outputs.
+    """
+    skip = exclude.resolve() if exclude is not None else None
     items: list[tuple[Path, Path]] = []
     missing: list[tuple[str, str]] = []
     seen: set = set()
@@ -127,6 +133,8 @@ def collect_inputs(inputs: list[str]) -> tuple[list[tuple[Path, Path]], list[tup
     def add_dir(d: Path):
         for f in sorted(d.rglob("*")):
             if f.is_file() and _is_image_name(f) and not any(x.startswith(".") for x in f.relative_to(d).parts):
+                if skip is not None and f.resolve().is_relative_to(skip):
+                    continue
                 add(f, f.relative_to(d).with_suffix(""))
 
     for arg in inputs:
@@ -202,7 +210,7 @@ def cmd_upscale(args) -> int:
     outdir = Path(args.output)
     if outdir.exists() and not outdir.is_dir():
         raise UserError(f"-o {outdir} is a file: pass a folder")
-    items, missing = collect_inputs(args.inputs)
+    items, missing = collect_inputs(args.inputs, exclude=outdir)
     failures: list[tuple[str, str]] = list(missing)
     for name, why in missing:
         _log(f"FAILED {name}: {why}")

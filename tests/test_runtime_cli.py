@@ -256,3 +256,11 @@ def test_official_mode_on_dynamic_onnx(tmp_path, capsys, dyn_onnx):
     ref = Tiler(2, None, mode="official").run(a.transpose(2, 0, 1), OrtBackend(dyn_onnx).run)
     expect = np.rint(np.clip(ref, 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0)
     np.testing.assert_array_equal(read_image(tmp_path / "o" / "a.png").pixels, expect)
+
+
+def test_output_folder_inside_input_folder_is_not_rescanned(tmp_path, capsys, dyn_onnx):
+    write_rgb(tmp_path / "a.png")
+    for _ in range(2):
+        code, stdout, _ = run_cli(capsys, "upscale", tmp_path, "-o", tmp_path / "out", "--onnx", dyn_onnx, "-q")
+        assert code == 0 and "1 file(s) written" in stdout
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png"]

@@ -133,7 +133,11 @@ def open_backend(backend: str = "auto", *, engine=None, plugin=None, onnx=None, 
         if not onnx:
             onnx = _export_for_ort(ckpt, config, tile or 64, batch or 1, precision, log)
         from runtime.backends.ort_backend import OrtBackend
-        return OrtBackend(onnx, device=dev, threads=threads, log=log)
+        be = OrtBackend(onnx, device=dev, threads=threads, log=log)
+        if precision and precision != be.precision:
+            log(f"precision {precision} ignored: it is fixed by the ONNX file ({be.precision}); "
+                f"export another precision with `python -m export.onnx --precision {precision}`")
+        return be
     # torch
     if onnx:
         raise UserError("the torch backend needs a checkpoint (--ckpt); use --backend ort for --onnx")
@@ -156,8 +160,12 @@ def _export_for_ort(ckpt, config, tile: int, batch: int, precision: str, log) ->
     if not out.is_file():
         cache.mkdir(parents=True, exist_ok=True)
         log(f"exporting {ckpt} to {out} (tile {tile}, batch {batch}, {precision})")
-        model = load_model(str(ckpt), config=config, device="cpu")
-        tmp = out.with_suffix(".tmp.onnx")
-        export_model(model, str(tmp), tile=tile, batch=batch, precision=precision)
+        try:
+            model = load_model(str(ckpt), config=config, device="cpu")
+            tmp = out.with_suffix(".tmp.onnx")
+            export_model(model, str(tmp), tile=tile, batch=batch, dynamic_batch=True, precision=precision)
+        except (ValueError, RuntimeError, OSError) as e:  # ExportError / CheckpointError are ValueErrors
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise UserError(f"cannot export {ckpt} for onnxruntime: {msg}") from None
         os.replace(tmp, out)
     return out
