@@ -109,6 +109,7 @@ def main(argv=None) -> int:
     os.close(fd)
     try:
         fig.save(tmp, format="PNG", optimize=True)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, args.out)
     finally:
         if os.path.exists(tmp):

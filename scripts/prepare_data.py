@@ -57,6 +57,7 @@ def save_png_atomic(arr: np.ndarray, path: Path) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             Image.fromarray(arr).save(f, format="PNG", compress_level=1)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
