@@ -94,11 +94,22 @@ def test_cli_on_real_onnx_and_ckpt_agree(tmp_path, capsys, tiny_model, tiny_onnx
     assert np.abs(outs["ort"] - outs["torch"]).max() <= 1
 
 
-def test_ckpt_on_ort_backend_exports_and_benches(tmp_path, capsys, monkeypatch, tiny_model):
-    """`bench --ckpt C --backend torch,ort`: the ort row exports a cached ONNX first."""
+def test_ckpt_on_ort_backend_exports_and_benches(tmp_path, capsys, monkeypatch, tiny_model, tiny_onnx):
+    """`bench --ckpt C --backend torch,ort`: the ort row exports a cached ONNX first (the export
+    itself is the fixture's: reuse its file instead of exporting twice)."""
+    import shutil
+
+    import export.onnx
     from mambacsr import save_checkpoint
 
     from runtime.cli import main
+    calls = []
+
+    def fake_export(model, out_path, tile=64, batch=1, dynamic_batch=False, precision="fp32", **kw):
+        calls.append((tile, batch, dynamic_batch, precision))
+        shutil.copy(tiny_onnx, out_path)
+        return out_path
+    monkeypatch.setattr(export.onnx, "export_model", fake_export)
     monkeypatch.setenv("MAMBACSR_CACHE", str(tmp_path / "cache"))
     ckpt = tmp_path / "tiny.safetensors"
     save_checkpoint(tiny_model, str(ckpt))
@@ -108,6 +119,9 @@ def test_ckpt_on_ort_backend_exports_and_benches(tmp_path, capsys, monkeypatch, 
     assert code == 0
     assert "| torch | cpu | fp32 | 32 | 1 |" in out and "| ort | cpu | fp32 | 32 | 1 |" in out
     assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 1
+    assert calls == [(32, 1, True, "fp32")]
+    main(["bench", "--ckpt", str(ckpt), "--backend", "ort", "--tile", "32", "--iters", "1", "--warmup", "0"])
+    assert len(calls) == 1  # cached
 
 
 def test_torch_backend_reads_model_properties(tiny_model):

@@ -236,7 +236,7 @@ def test_official_partition_geometry():
 
 
 def test_official_matches_reference_real_model(tiny_model):
-    img = natural_image(196, 40, seed=7)
+    img = natural_image(196, 24, seed=7)
     ref = official_reference(torch.from_numpy(img)[None], tiny_model, 2)[0].numpy()
     out = Tiler(2, None, mode="official").run(img, torch_fn(tiny_model))
     np.testing.assert_allclose(out, ref, atol=1e-4)
