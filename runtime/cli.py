@@ -273,7 +273,7 @@ def cmd_upscale(args) -> int:
     secs = time.perf_counter() - t_start
     mp = out_pixels / 1e6
     print(f"{PROG}: {done} file(s) written to {outdir}, {len(failures)} failed, {skipped} skipped; "
-          f"{secs:.2f} s, {mp:.2f} output MP, {mp / secs if secs > 0 else 0:.3f} MP/s")
+          f"{secs:.2f} s, {mp:.3g} output MP, {mp / secs if secs > 0 else 0:.3g} MP/s")
     if failures:
         print(f"{PROG}: failed: " + ", ".join(n for n, _ in failures), file=sys.stderr)
     return 1 if failures else 0
@@ -359,7 +359,7 @@ def cmd_bench(args) -> int:
     print("| backend | device | precision | tile | batch | latency ms | ms/tile | tiles/s | out MP/s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]:.1f} | {r[6]:.1f} | {r[7]:.2f} | {r[8]:.3f} |")
+        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]:.1f} | {r[6]:.1f} | {r[7]:.3g} | {r[8]:.3g} |")
     return 0 if rows else 1
 
 
