@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import io
 import logging
 import os
@@ -91,7 +92,7 @@ def export_model(model, out_path, tile: int = 64, batch: int = 1, dynamic_batch:
         raise ExportError(f"precision {precision!r}: use fp32 or fp16 (INT8: python -m export.quantize)")
     if batch < 1:
         raise ExportError(f"batch must be >= 1, got {batch}")
-    model = model.eval().cpu().float()
+    model = copy.deepcopy(model).eval().cpu().float()  # the caller's model stays as it was
     for p in model.parameters():
         p.requires_grad_(False)
     dtype = torch.float16 if precision == "fp16" else torch.float32

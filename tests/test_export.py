@@ -1,0 +1,157 @@
+"""ONNX export: one SelectiveScan node per scan, plain ONNX Runtime reproduces eager PyTorch,
+fp16 quality, TensorRT-facing attributes, and clear errors."""
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image
+
+from conftest import FINAL_SMALL, WO_SMALL, randomize
+from export import scan_function as sf
+from export.onnx import ExportError, export_model
+from mambacsr import MambaCSR, save_checkpoint
+from test_model import count_scans
+
+DATA = __import__("pathlib").Path(__file__).parent / "data"
+
+
+def real_tiles(size, n=1):
+    """Crops of a real JPEG-compressed low-resolution image, (n, 3, size, size) in [0, 1]."""
+    img = np.asarray(Image.open(DATA / "astronaut_x4_q10.jpg").convert("RGB"), dtype=np.float32) / 255
+    crops = [img[16 * i:16 * i + size, 8 * i:8 * i + size] for i in range(n)]
+    return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
+
+
+def run_ort(path, x):
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"input": x.numpy()})[0]
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.abs(a - b).max() / np.abs(b).max()
+
+
+def psnr(a, b):
+    return 10 * np.log10(1.0 / np.mean((np.clip(a, 0, 1) - np.clip(b, 0, 1)) ** 2))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Both variants exported once: wo with a dynamic batch, Final (cross-scale) static."""
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("onnx")
+    models = {"wo": randomize(MambaCSR(**WO_SMALL)).eval(), "final": randomize(MambaCSR(**FINAL_SMALL)).eval()}
+    paths = {"wo": export_model(models["wo"], out / "wo.onnx", tile=32, dynamic_batch=True),
+             "final": export_model(models["final"], out / "final.onnx", tile=32, batch=2)}
+    return models, paths
+
+
+@pytest.mark.parametrize("variant,batch", [("wo", 1), ("wo", 3), ("final", 2)])
+def test_onnxruntime_reproduces_eager(exported, variant, batch):
+    models, paths = exported
+    x = real_tiles(32, batch)
+    with torch.no_grad():
+        want = models[variant](x).numpy()
+    got = run_ort(paths[variant], x)
+    assert got.shape == want.shape
+    assert rel_err(got, want) < 1e-4
+
+
+@pytest.mark.parametrize("variant", ["wo", "final"])
+def test_one_selective_scan_node_per_scan_call(exported, variant):
+    models, paths = exported
+    proto = onnx.load(str(paths[variant]))
+    nodes = [n for n in proto.graph.node if n.op_type == sf.OP_TYPE]
+    assert len(nodes) == len(count_scans(models[variant], torch.rand(1, 3, 32, 32)))
+    for n in nodes:
+        assert n.domain == "mambacsr"
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        assert attrs == {"delta_softplus": 1, "plugin_version": b"1", "plugin_namespace": b"mambacsr"}
+    # everything else is standard ONNX: no ATen fallbacks, no other custom domains
+    assert {n.domain for n in proto.graph.node} <= {"", "mambacsr"}
+    assert [f.name for f in proto.functions] == [sf.OP_TYPE]
+
+
+def test_checker_shapes_and_metadata(exported):
+    _, paths = exported
+    proto = onnx.load(str(paths["final"]))
+    onnx.checker.check_model(proto, full_check=True)
+    inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in inferred.graph.value_info}
+    for n in proto.graph.node:
+        if n.op_type == sf.OP_TYPE:
+            assert all(d > 0 for d in shapes[n.output[0]]), n.output[0]
+    out_dims = [d.dim_value for d in proto.graph.output[0].type.tensor_type.shape.dim]
+    assert out_dims == [2, 3, 128, 128]
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["mambacsr.scale"] == "4" and meta["mambacsr.tile"] == "32"
+
+
+def test_polygraphy_inspects_and_runs_the_file(exported):
+    pytest.importorskip("polygraphy")
+    _, paths = exported
+    cli = [sys.executable, "-m", "polygraphy"]
+    r = subprocess.run(cli + ["inspect", "model", str(paths["wo"])], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "SelectiveScan" in r.stdout
+    r = subprocess.run(cli + ["run", str(paths["final"]), "--onnxrt"], capture_output=True, text=True)
+    assert r.returncode == 0 and "PASSED" in r.stdout + r.stderr, (r.stdout + r.stderr)[-2000:]
+
+
+def test_fp16_file_matches_fp32_eager(tmp_path):
+    model = randomize(MambaCSR(**FINAL_SMALL)).eval()
+    path = export_model(model, tmp_path / "h.onnx", tile=32, batch=2, precision="fp16")
+    proto = onnx.load(str(path))
+    scans = [n for n in proto.graph.node if n.op_type == sf.OP_TYPE]
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in proto.graph.value_info}
+    assert types[scans[0].input[0]] == onnx.TensorProto.FLOAT16  # fp16 activations into the plugin
+    assert types[scans[0].input[2]] == onnx.TensorProto.FLOAT  # A stays float32
+    x = real_tiles(32, 2)
+    with torch.no_grad():
+        want = model(x).numpy()
+    assert psnr(run_ort(path, x), want) >= 50
+
+
+def test_bad_tile_and_opset_are_refused(tmp_path):
+    model = MambaCSR(**FINAL_SMALL)
+    with pytest.raises(ExportError, match="multiple of 16"):
+        export_model(model, tmp_path / "a.onnx", tile=40)
+    with pytest.raises(ExportError, match="opset 11 is not supported"):
+        export_model(model, tmp_path / "a.onnx", tile=32, opset=11)
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_exports_official_format_checkpoint_plugin_only(tmp_path):
+    model = randomize(MambaCSR(**WO_SMALL)).eval()
+    torch.save({"params_ema": model.state_dict()}, tmp_path / "official.pth")  # no config inside
+    out = tmp_path / "m.onnx"
+    r = subprocess.run([sys.executable, "-m", "export.onnx", "--ckpt", str(tmp_path / "official.pth"), "--out",
+                        str(out), "--tile", "16", "--plugin-only"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "SelectiveScan" in r.stdout
+    proto = onnx.load(str(out))
+    assert not proto.functions  # TensorRT-only: no body
+    assert sum(n.op_type == sf.OP_TYPE for n in proto.graph.node) == 4
+
+
+@pytest.mark.parametrize("problem,args,message", [
+    ("truncated", ["--tile", "16"], "complete"),
+    ("bad tile", ["--tile", "17"], "tile 17 is not valid"),
+    ("bad opset", ["--tile", "16", "--opset", "9"], "opset 9"),
+])
+def test_cli_errors_are_one_line_and_write_nothing(tmp_path, problem, args, message):
+    model = MambaCSR(**WO_SMALL)
+    ckpt = save_checkpoint(model, tmp_path / "m.safetensors")
+    if problem == "truncated":
+        ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    out = tmp_path / "out" / "m.onnx"
+    r = subprocess.run([sys.executable, "-m", "export.onnx", "--ckpt", str(ckpt), "--out", str(out)] + args,
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not out.exists() and not (out.parent.exists() and list(out.parent.iterdir()))
