@@ -77,81 +77,6 @@ def load_rgb(path: Path, max_side: int = 0) -> np.ndarray:
 # differentiable scan for training
 
 
-def chunked_scan_unbind(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus: bool = True, chunk: int = 32):
-    """The chunked PyTorch SelectiveScan of ``mambacsr.ops.chunked`` (same three passes, same
-    arithmetic, so the same numerics), written for a cheap backward: per-token and per-chunk
-    slices are taken with ``unbind`` (one gradient concatenation) instead of indexing, whose
-    backward writes a full-size zero tensor per index. About 4x faster to train on GPU.
-    Installed by ``--fast-scan`` (default) for training only."""
-    bt, kc, length = u.shape
-    k, n = Bs.shape[1], Bs.shape[2]
-    c = kc // k
-    dtype = u.dtype
-    u32 = u.float().view(bt, k, c, length)
-    dt = delta.float().view(bt, k, c, length) + delta_bias.float().view(1, k, c, 1)
-    if delta_softplus:
-        dt = F.softplus(dt)
-    A32 = A.float().view(k, c, 1, n)
-    nc = math.ceil(length / chunk)
-    pad = nc * chunk - length
-    B_s = Bs.float().transpose(-1, -2)
-    C_s = Cs.float().transpose(-1, -2)
-    dt_s, u_s = dt, u32
-    if pad:  # dt = 0 on padding: a = 1, b = 0
-        dt_s, u_s = F.pad(dt_s, (0, pad)), F.pad(u_s, (0, pad))
-        B_s, C_s = F.pad(B_s, (0, 0, 0, pad)), F.pad(C_s, (0, 0, 0, pad))
-    a = torch.exp(dt_s[..., None] * A32).view(bt, k, c, nc, chunk, n)
-    b = ((dt_s * u_s)[..., None] * B_s[:, :, None]).view(bt, k, c, nc, chunk, n)
-    a_t, b_t = a.unbind(4), b.unbind(4)
-    run_h, run_p = b_t[0], a_t[0]
-    local_h, decay = [run_h], [run_p]
-    for t in range(1, chunk):
-        run_h = a_t[t] * run_h + b_t[t]
-        run_p = a_t[t] * run_p
-        local_h.append(run_h)
-        decay.append(run_p)
-    last_h, last_p = run_h.unbind(3), run_p.unbind(3)
-    local_h = torch.stack(local_h, dim=4)
-    decay = torch.stack(decay, dim=4)
-    h = u32.new_zeros(bt, k, c, n)
-    carried = []
-    for j in range(nc):
-        carried.append(h)
-        h = last_p[j] * h + last_h[j]
-    carried = torch.stack(carried, dim=3)
-    full_h = local_h + decay * carried[..., None, :]
-    C_c = C_s.reshape(bt, k, nc, chunk, n)
-    y = torch.einsum("bkcjtn,bkjtn->bkcjt", full_h, C_c).reshape(bt, k, c, nc * chunk)[..., :length]
-    y = y + D.float().view(1, k, c, 1) * u32
-    return y.reshape(bt, kc, length).to(dtype)
-
-
-def install_fast_scan() -> bool:
-    """Route the differentiable (training) path of mambacsr's scan through chunked_scan_unbind,
-    after checking it against the op's own chunked implementation (values and gradients)."""
-    import importlib
-
-    ss_mod = importlib.import_module("mambacsr.ops.selective_scan")
-
-    orig = ss_mod.selective_scan_chunked
-    g = torch.Generator().manual_seed(0)
-    bt, k, c, n, length = 2, 2, 3, 4, 45
-    ins = [torch.randn(bt, k * c, length, generator=g), torch.randn(bt, k * c, length, generator=g) * 0.5,
-           -torch.rand(k * c, n, generator=g) * 2 - 0.1, torch.randn(bt, k, n, length, generator=g),
-           torch.randn(bt, k, n, length, generator=g), torch.randn(k * c, generator=g),
-           torch.randn(k * c, generator=g) * 0.3]
-    outs = []
-    for fn in (orig, chunked_scan_unbind):
-        xs = [t.clone().requires_grad_(True) for t in ins]
-        y = fn(*xs, True, chunk=8)
-        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
-        outs.append([y.detach()] + [x.grad for x in xs])
-    ok = all(torch.allclose(p, q, rtol=1e-4, atol=1e-5) for p, q in zip(*outs))
-    if ok:
-        ss_mod.selective_scan_chunked = chunked_scan_unbind
-    return ok
-
-
 # ----------------------------------------------------------------------------------------------
 # data
 
@@ -356,7 +281,6 @@ def main(argv=None) -> int:
     r.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     r.add_argument("--cuda-graph", action="store_true", help="capture each training step in a CUDA graph")
     r.add_argument("--threads", type=int, default=0)
-    r.add_argument("--no-fast-scan", action="store_true", help="train with the op's own chunked scan")
     r.add_argument("--native-scan", action="store_true",
                    help="use the compiled scan kernels for held-out inference (default: the chunked PyTorch "
                         "scan everywhere, which needs no kernel build)")
@@ -369,9 +293,6 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     if not args.native_scan:
         os.environ.setdefault("MAMBACSR_SCAN", "chunked")
-    if not args.no_fast_scan:
-        log("fast training scan " + ("installed (matches the op's chunked scan)" if install_fast_scan()
-                                     else "NOT installed: it disagrees with the op's chunked scan"))
     if args.threads:
         torch.set_num_threads(args.threads)
     if device.type == "cuda":

@@ -234,12 +234,6 @@ def test_train_smoke_and_resume(tmp_path):
     assert (out / "val.jsonl").read_text().count("\n") == 2
 
 
-def test_fast_training_scan_matches_op():
-    import train
-
-    assert train.install_fast_scan()
-
-
 # --------------------------------------------------------------------------------------- shipped model
 
 

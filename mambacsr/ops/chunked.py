@@ -44,23 +44,26 @@ def selective_scan_chunked(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus: b
             B_s, C_s = F.pad(B_s, (0, 0, 0, pad)), F.pad(C_s, (0, 0, 0, pad))
         a = torch.exp(dt_s[..., None] * A32)                     # (bt, k, c, T, n)
         b = (dt_s * u_s)[..., None] * B_s[:, :, None]            # (bt, k, c, T, n)
-        a = a.view(bt, k, c, nc, chunk, n)
-        b = b.view(bt, k, c, nc, chunk, n)
+        # Slices come from unbind, not indexing: indexing's backward writes a full-size zero
+        # tensor per index, unbind's is one concatenation (about 5x faster to train).
+        a_t = a.view(bt, k, c, nc, chunk, n).unbind(4)
+        b_t = b.view(bt, k, c, nc, chunk, n).unbind(4)
         # Pass 1: the recurrence inside every chunk, from a zero state.
-        run_h, run_p = b[..., 0, :], a[..., 0, :]
+        run_h, run_p = b_t[0], a_t[0]
         local_h, decay = [run_h], [run_p]
         for t in range(1, chunk):
-            run_h = a[..., t, :] * run_h + b[..., t, :]
-            run_p = a[..., t, :] * run_p
+            run_h = a_t[t] * run_h + b_t[t]
+            run_p = a_t[t] * run_p
             local_h.append(run_h)
             decay.append(run_p)
+        last_h, last_p = run_h.unbind(3), run_p.unbind(3)
         local_h = torch.stack(local_h, dim=4)                    # (bt, k, c, nc, chunk, n)
         decay = torch.stack(decay, dim=4)
         # Pass 2: the state entering each chunk.
         carried = []
         for j in range(nc):
             carried.append(h)
-            h = decay[..., j, -1, :] * h + local_h[..., j, -1, :]
+            h = last_p[j] * h + last_h[j]
         carried = torch.stack(carried, dim=3)                     # (bt, k, c, nc, n)
         # Pass 3: full state and output.
         full_h = local_h + decay * carried[..., None, :]
