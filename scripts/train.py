@@ -256,7 +256,7 @@ def main(argv=None) -> int:
     m.add_argument("--d-state", type=int, default=8)
     m.add_argument("--scan-size", type=int, default=8)
     m.add_argument("--mlp-ratio", type=float, default=2.0)
-    m.add_argument("--cross-scale", action="store_true", help="the 'Final' variant (needs patch % 16 == 0)")
+    m.add_argument("--cross-scale", action="store_true", help="the 'Final' variant (needs patch %% 16 == 0)")
     m.add_argument("--drop-path", type=float, default=0.0)
     m.add_argument("--init", help="start from these weights (fine-tuning): .safetensors/.pth")
     o = ap.add_argument_group("optimisation")
