@@ -188,7 +188,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("torch").setLevel(logging.ERROR)
     from mambacsr import load_model
     from mambacsr.checkpoint import CheckpointError
