@@ -87,8 +87,8 @@ def load_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"refusing {path}: it holds pickled objects that would execute code when loaded ({str(e).splitlines()[0]}). "
-            f"Only plain tensors are accepted; convert it once in a trusted environment with "
-            f"`python -m export.convert` or save `{{'params_ema': state_dict}}`") from None
+            f"Only plain tensors are accepted: if you trust its source, re-save it once as "
+            f"`torch.save({{'params_ema': state_dict}}, 'clean.pth')` or as .safetensors") from None
     except Exception as e:  # truncated zip, not a torch file, ...
         raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {e}. Is the file complete? "
                               f"Re-download it") from None
