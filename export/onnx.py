@@ -13,12 +13,13 @@ import io
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import onnx
 import torch
 import torch.nn as nn
+
+from mambacsr.atomic import atomic_write
 
 from . import scan_function as sf
 
@@ -149,15 +150,8 @@ def _check_all_shapes_known(proto: onnx.ModelProto):
 
 
 def _write_atomic(proto: onnx.ModelProto, out_path: Path):
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    os.close(fd)
-    try:
-        onnx.save_model(proto, tmp)
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(out_path) as tmp:
+        onnx.save_model(proto, str(tmp))
 
 
 def summarize(path: Path) -> str:

@@ -8,13 +8,13 @@ runs the float model in ONNX Runtime on tiles of real JPEG-compressed low-resolu
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
+
+from mambacsr.atomic import atomic_write
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
@@ -111,32 +111,27 @@ def quantize(onnx_path: Path, calib_dir: Path, out_path: Path, max_tiles: int = 
         raise QuantizeError(f"{len(tiles)} calibration tiles < the model's batch {batch}: add images")
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    os.close(fd)
     try:
-        quantize_static(
-            str(onnx_path), tmp, _Reader(tiles, batch, proto.graph.input[0].name), quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=["Conv", "MatMul", "Gemm"], per_channel=True, reduce_range=False,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-            nodes_to_exclude=matmuls_sharing_scan_inputs(proto) + list(exclude or []),
-            calibrate_method=methods[method],
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                           "CalibPercentile": 99.999, "QuantizeBias": False,
-                           # Q/DQ on the inputs of Conv/MatMul only (TensorRT's recommended
-                           # placement): their outputs, and so every norm, gate, softplus/exp
-                           # and the scan, stay in float.
-                           "OpTypesToExcludeOutputQuantization": ["Conv", "MatMul", "Gemm"]})
-        q = onnx.load(tmp)
-        for p in q.metadata_props:
-            if p.key == "mambacsr.precision":
-                p.value = "int8"
-        onnx.checker.check_model(q, full_check=True)
-        onnx.save_model(q, tmp)
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        with atomic_write(out_path, suffix=".onnx") as tmp:
+            quantize_static(
+                str(onnx_path), str(tmp), _Reader(tiles, batch, proto.graph.input[0].name),
+                quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", "MatMul", "Gemm"], per_channel=True,
+                reduce_range=False, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                nodes_to_exclude=matmuls_sharing_scan_inputs(proto) + list(exclude or []),
+                calibrate_method=methods[method],
+                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                               "CalibPercentile": 99.999, "QuantizeBias": False,
+                               # Q/DQ on the inputs of Conv/MatMul only (TensorRT's recommended
+                               # placement): their outputs, and so every norm, gate, softplus/exp
+                               # and the scan, stay in float.
+                               "OpTypesToExcludeOutputQuantization": ["Conv", "MatMul", "Gemm"]})
+            q = onnx.load(str(tmp))
+            for p in q.metadata_props:
+                if p.key == "mambacsr.precision":
+                    p.value = "int8"
+            onnx.checker.check_model(q, full_check=True)
+            onnx.save_model(q, str(tmp))
+    finally:  # the quantiser's side files (inferred / augmented models) beside the output
         for extra in Path(out_path.parent).glob(f".{out_path.name}.*"):
             extra.unlink(missing_ok=True)
     return out_path

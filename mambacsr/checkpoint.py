@@ -10,13 +10,13 @@ import json
 import os
 import pickle
 import re
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
+from .atomic import atomic_write
 from .model import MambaCSR
 
 _OFFICIAL_X4 = dict(img_size=64, in_chans=3, upscale=4, embed_dim=180, d_state=16, scan_size=8,
@@ -177,17 +177,10 @@ def save_checkpoint(model: MambaCSR, path: str | os.PathLike, dtype: torch.dtype
     path = Path(path)
     state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_write(path) as tmp:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
-            save_file(state, tmp, metadata={CONFIG_METADATA_KEY: json.dumps(model.config)})
+            save_file(state, str(tmp), metadata={CONFIG_METADATA_KEY: json.dumps(model.config)})
         else:
             torch.save({"params_ema": state, "network_g": model.config}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path

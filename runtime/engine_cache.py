@@ -16,6 +16,7 @@ import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from mambacsr.atomic import atomic_write
 from runtime.errors import UserError
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -184,10 +185,8 @@ def build_engine(spec: EngineSpec, cache_dir=None, force: bool = False, log=prin
     blob = builder.build_serialized_network(network, config)
     if blob is None:
         raise UserError(f"TensorRT failed to build {spec.onnx}; try: {trtexec_command(spec, out, major)} --verbose")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_bytes(bytes(blob))
-    os.replace(tmp, out)
+    with atomic_write(out) as tmp:
+        tmp.write_bytes(bytes(blob))
     record = dict(asdict(spec), key=key, gpu=gpu[0], compute_capability=gpu[1], trt_version=trt.__version__,
                   plugin_sha256=plugin_sha, onnx_sha256=file_sha256(spec.onnx),
                   rebuild=build_command(spec), trtexec=trtexec_command(spec, out, major))

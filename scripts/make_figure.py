@@ -14,15 +14,14 @@ afterwards. Panels are enlarged with nearest-neighbour by ``--zoom`` so pixels s
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mambacsr.atomic import atomic_write  # noqa: E402
 from mambacsr.degrade import degrade, to_rgb_uint8  # noqa: E402
 from mambacsr.metrics import psnr_y  # noqa: E402
 
@@ -104,16 +103,8 @@ def main(argv=None) -> int:
     for p in panels:
         fig.paste(p, (xo, 0))
         xo += p.width + gap
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=args.out.parent, prefix=".fig.", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_write(args.out) as tmp:
         fig.save(tmp, format="PNG", optimize=True)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, args.out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     print(f"{args.out} ({fig.width}x{fig.height}); crop PSNR-Y bicubic {p_bic:.2f} dB, model {p_sr:.2f} dB")
     return 0
 

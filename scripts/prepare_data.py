@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -42,6 +41,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mambacsr.atomic import atomic_write  # noqa: E402
 from mambacsr.degrade import QUALITY_FACTORS, center_crop, degrade, shrink_to_max_side, to_rgb_uint8  # noqa: E402
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
@@ -52,17 +52,8 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def save_png_atomic(arr: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(arr).save(f, format="PNG", compress_level=1)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG", compress_level=1)
 
 
 def window_starts(size: int, crop: int, step: int, thresh: int) -> list[int]:

@@ -36,7 +36,6 @@ import math
 import os
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -47,6 +46,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mambacsr  # noqa: E402
+from mambacsr.atomic import atomic_write  # noqa: E402
 from mambacsr.degrade import center_crop, degrade, mod_crop, shrink_to_max_side, to_rgb_uint8  # noqa: E402
 from mambacsr.metrics import psnr_y, ssim_y  # noqa: E402
 
@@ -153,15 +153,8 @@ def to_tensor(batch: np.ndarray, device) -> torch.Tensor:
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_write(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def plain_state(module: torch.nn.Module) -> dict:

@@ -74,7 +74,7 @@ def test_invalid_arguments_are_rejected_without_a_gpu(build_dir):
     assert fn(p, p, p, p, p, p, p, p, 1, 8, 2, 16, 0, 0, 1, None) == 0
 
 
-@pytest.mark.skipif(not os.environ.get("TensorRT_ROOT"), reason="TensorRT_ROOT (headers) not set")
+@pytest.mark.skipif(not os.environ.get("TensorRT_ROOT"), reason="TensorRT not installed (set TensorRT_ROOT to its headers to compile the plugin)")
 def test_plugin_compiles_against_tensorrt_headers(build_dir):
     objs = list(build_dir.rglob("selectiveScanPlugin.cpp.o"))
     assert objs, "plugin objects were not compiled"

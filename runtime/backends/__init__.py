@@ -162,10 +162,8 @@ def _export_for_ort(ckpt, config, tile: int, batch: int, precision: str, log) ->
         log(f"exporting {ckpt} to {out} (tile {tile}, batch {batch}, {precision})")
         try:
             model = load_model(str(ckpt), config=config, device="cpu")
-            tmp = out.with_suffix(".tmp.onnx")
-            export_model(model, str(tmp), tile=tile, batch=batch, dynamic_batch=True, precision=precision)
+            export_model(model, out, tile=tile, batch=batch, dynamic_batch=True, precision=precision)  # atomic
         except (ValueError, RuntimeError, OSError) as e:  # ExportError / CheckpointError are ValueErrors
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise UserError(f"cannot export {ckpt} for onnxruntime: {msg}") from None
-        os.replace(tmp, out)
     return out
