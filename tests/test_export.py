@@ -155,3 +155,36 @@ def test_cli_errors_are_one_line_and_write_nothing(tmp_path, problem, args, mess
     assert r.returncode == 2
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert not out.exists() and not (out.parent.exists() and list(out.parent.iterdir()))
+
+
+def scan_only_model(shapes, opset=18, softplus=1):
+    """A model holding one SelectiveScan node and the function body, for testing the body alone."""
+    from onnx import TensorProto, helper
+
+    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in shapes.items()]
+    node = helper.make_node(sf.OP_TYPE, list(shapes), ["y"], domain=sf.DOMAIN, delta_softplus=softplus,
+                            plugin_version="1", plugin_namespace="mambacsr")
+    graph = helper.make_graph([node], "scan", inputs,
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shapes["u"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
+                                                    helper.make_opsetid(sf.DOMAIN, 1)],
+                              functions=[sf.make_function(opset)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.mark.parametrize("bt,k,c,n,length,softplus", [(2, 2, 3, 4, 37, 1), (1, 4, 2, 16, 200, 1),
+                                                      (1, 2, 5, 3, 64, 0), (2, 2, 2, 8, 1, 1)])
+def test_function_body_matches_reference(bt, k, c, n, length, softplus):
+    from mambacsr.ops import selective_scan_ref
+    from test_scan_reference import random_inputs
+
+    x = random_inputs(bt, k, c, n, length)
+    if not softplus:
+        x["delta"], x["delta_bias"] = x["delta"].abs() * 0.1, x["delta_bias"].abs()
+    model = scan_only_model({name: list(t.shape) for name, t in x.items()}, softplus=softplus)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {name: t.numpy() for name, t in x.items()})[0]
+    want = selective_scan_ref(**x, delta_softplus=bool(softplus)).numpy()
+    assert got.shape == want.shape
+    assert rel_err(got, want) < 1e-5
