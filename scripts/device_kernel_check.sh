@@ -4,7 +4,7 @@
 set -u
 OUT=${OUT:-$PWD/device_out}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 MAMBACSR_CACHE_DIR=${MAMBACSR_CACHE_DIR:-/tmp/mambacsr-cache}
+export PYTHONUNBUFFERED=1 MAMBACSR_CACHE=${MAMBACSR_CACHE:-/tmp/mambacsr-cache}
 PY=${PYTHON:-python3}
 {
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.total --format=csv
@@ -30,7 +30,7 @@ PY
 set -o pipefail
 if [ "${PROFILE:-0}" = 1 ]; then
   # Nsight Compute on one MambaCSR-shaped call per variant (fp32, batch 8, L 4096), SASS dump.
-  cuobjdump -sass "$(ls $MAMBACSR_CACHE_DIR/scan_cuda/*/libmambacsr_scan.so | head -1)" > "$OUT/sass.txt" 2>&1
+  cuobjdump -sass "$(ls $MAMBACSR_CACHE/scan_cuda/*/libmambacsr_scan.so | head -1)" > "$OUT/sass.txt" 2>&1
   for v in ${PROFILE_VARIANTS:-1}; do
     timeout 200 ncu --clock-control none --section SchedulerStats --section WarpStateStats \
       --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section Occupancy \

@@ -3,7 +3,7 @@
 The kernel source ships inside the package (`mambacsr/ops/csrc/cuda/`); the CMake project in
 `plugins/` compiles the very same files for the TensorRT plugin. On first use the source is
 compiled with `nvcc` into a shared library for the current GPU's architecture, cached under
-`$MAMBACSR_CACHE_DIR` (default `~/.cache/mambacsr`) in a folder keyed by the hash of the source,
+`$MAMBACSR_CACHE` (default `~/.cache/mambacsr`) in a folder keyed by the hash of the source,
 the architecture and the nvcc version, and loaded with ctypes. Calls pass raw device pointers
 and PyTorch's current stream; the kernel allocates nothing.
 
@@ -29,7 +29,7 @@ import torch
 CSRC_DIR = Path(__file__).resolve().parent / "csrc" / "cuda"
 SOURCES = ("selective_scan.cu", "mambacsr_scan.h")
 LIB_ENV = "MAMBACSR_SCAN_LIB"
-CACHE_ENV = "MAMBACSR_CACHE_DIR"
+CACHE_ENV = "MAMBACSR_CACHE"  # one cache folder for the C and CUDA kernels
 MAX_STATES = 64
 ABI_VERSION = 1
 
