@@ -44,18 +44,18 @@ def load_plugin(trt, path, logger=None) -> None:
         trt.init_libnvinfer_plugins(logger, "")
     except Exception:
         pass
-    handle = None
+    registry = trt.get_plugin_registry()
+    if not hasattr(registry, "load_library"):
+        raise UserError(f"this TensorRT ({trt.__version__}) cannot load plugin libraries from Python: "
+                        f"use TensorRT 10 or newer")
     try:
-        handle = trt.get_plugin_registry().load_library(path)
-    except Exception:
-        handle = None
-    if handle is None:  # older bindings: the library's static registrars run on dlopen
-        import ctypes
-        try:
-            handle = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-        except OSError as e:
-            raise UserError(f"cannot load plugin {path}: {e} (built against another TensorRT/CUDA? "
-                            f"rebuild plugins/)") from None
+        handle = registry.load_library(path)
+    except Exception as e:  # noqa: BLE001 - TensorRT raises plain RuntimeError/TypeError here
+        handle, why = None, str(e).splitlines()[0] if str(e) else type(e).__name__
+    else:
+        why = "TensorRT returned no handle"
+    if handle is None:
+        raise UserError(f"cannot load plugin {path}: {why} (built against another TensorRT/CUDA? rebuild plugins/)")
     _loaded_plugins[path] = handle
 
 
