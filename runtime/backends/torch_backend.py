@@ -1,8 +1,8 @@
 """PyTorch eager backend (CPU, or GPU with the project's CUDA scan kernel).
 
 On CUDA each input shape's forward is captured once as a CUDA graph and replayed: the model
-launches ~2000 small kernels per tile, so launch overhead, not arithmetic, dominates eager
-latency. `MAMBACSR_CUDA_GRAPH=0` turns it off.
+launches dozens of small kernels per block, so launch overhead dominates eager latency at
+batch 1 (H100: 67 ms eager, 27.6 ms replayed, README). `MAMBACSR_CUDA_GRAPH=0` turns it off.
 """
 
 from __future__ import annotations
