@@ -10,11 +10,13 @@ import argparse
 import contextlib
 import copy
 import io
+import json
 import logging
 import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 import torch.nn as nn
@@ -122,7 +124,7 @@ def _finish(proto: onnx.ModelProto, model, tile: int, precision: str, opset: int
     if with_function:
         proto.functions.append(sf.make_function(opset))
     meta = {"mambacsr.scale": str(model.upscale), "mambacsr.tile": str(tile), "mambacsr.precision": precision,
-            "mambacsr.config": __import__("json").dumps(model.config),
+            "mambacsr.config": json.dumps(model.config),
             "mambacsr.scan_body": "onnx-function" if with_function else "plugin-only"}
     del proto.metadata_props[:]
     for k, v in meta.items():
@@ -157,7 +159,7 @@ def _write_atomic(proto: onnx.ModelProto, out_path: Path):
 def summarize(path: Path) -> str:
     proto = onnx.load(str(path), load_external_data=False)
     scans = sum(n.op_type == sf.OP_TYPE and n.domain == sf.DOMAIN for n in proto.graph.node)
-    params = sum(int(__import__("numpy").prod(t.dims)) for t in proto.graph.initializer)
+    params = sum(int(np.prod(t.dims)) for t in proto.graph.initializer)
     return (f"{path}: {len(proto.graph.node)} nodes, {scans} SelectiveScan, {params / 1e6:.2f} M parameters, "
             f"{path.stat().st_size / 2**20:.1f} MiB")
 

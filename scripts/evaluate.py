@@ -97,36 +97,24 @@ class Eager:
 
 
 class Onnx:
-    """An ONNX model through ONNX Runtime (the runtime's backend and tiler when importable)."""
+    """An ONNX model through the runtime's ONNX Runtime backend, tiled by its Tiler when the
+    model has a fixed tile shape (or a tile is asked for)."""
 
     def __init__(self, path: Path, device: str = "cpu", tile: int | None = None, overlap: int = 8):
+        from runtime.backends.ort_backend import OrtBackend
+        from runtime.tiling import Tiler
+
         self.path = Path(path)
+        self.backend = OrtBackend(self.path, device=device)
+        self.scale = self.backend.scale
+        self.multiple = self.backend.size_multiple
+        self.run = self.backend.run
+        self.precision = self.backend.precision
+        fixed = self.backend.fixed_tile
         self.tiler = None
-        try:
-            from runtime.backends.ort_backend import OrtBackend
-            from runtime.tiling import Tiler
-
-            self.backend = OrtBackend(self.path, device=device)
-            self.scale = self.backend.scale
-            self.multiple = self.backend.size_multiple
-            fixed = self.backend.fixed_tile
-            if fixed or tile:
-                self.tiler = Tiler(self.scale, tile=fixed or tile, overlap=overlap, batch=self.backend.max_batch or 1,
-                                   fixed=bool(fixed), multiple=self.multiple)
-            self.run = self.backend.run
-            self.precision = self.backend.precision
-        except ImportError:  # the runtime package is not installed: plain onnxruntime, whole images
-            import onnxruntime as ort
-
-            sess = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
-            inp = sess.get_inputs()[0]
-            dtype = np.float16 if "float16" in inp.type else np.float32
-            meta = sess.get_modelmeta().custom_metadata_map or {}
-            self.multiple = int(meta.get("mambacsr.size_multiple", 1) or 1)
-            self.precision = meta.get("mambacsr.precision", "fp16" if dtype == np.float16 else "fp32")
-            probe = np.zeros((1, 3, 16, 16), dtype)
-            self.scale = int(meta.get("mambacsr.scale") or sess.run(None, {inp.name: probe})[0].shape[2] // 16)
-            self.run = lambda b: sess.run(None, {inp.name: b.astype(dtype)})[0].astype(np.float32)
+        if fixed or tile:
+            self.tiler = Tiler(self.scale, tile=fixed or tile, overlap=overlap, batch=self.backend.max_batch or 1,
+                               fixed=bool(fixed), multiple=self.multiple)
         self.name = f"ONNX Runtime {self.precision}: {self.path.name}" + (" (tiled)" if self.tiler else "")
 
     def __call__(self, lr: np.ndarray) -> np.ndarray:

@@ -2,6 +2,7 @@
 fp16 quality, TensorRT-facing attributes, and clear errors."""
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -16,7 +17,7 @@ from export.onnx import ExportError, export_model
 from mambacsr import MambaCSR, save_checkpoint
 from test_model import count_scans
 
-DATA = __import__("pathlib").Path(__file__).parent / "data"
+DATA = Path(__file__).parent / "data"
 
 
 def real_tiles(size, n=1):
@@ -95,7 +96,7 @@ def test_checker_shapes_and_metadata(exported):
 def test_polygraphy_inspects_and_runs_the_file(exported):
     pytest.importorskip("polygraphy")
     _, paths = exported
-    cli = [str(__import__("pathlib").Path(sys.executable).parent / "polygraphy")]  # its console script
+    cli = [str(Path(sys.executable).parent / "polygraphy")]  # its console script
     r = subprocess.run(cli + ["inspect", "model", str(paths["wo"]), "--show", "layers"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "SelectiveScan" in r.stdout
