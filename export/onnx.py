@@ -69,12 +69,17 @@ def _half_precision(model: nn.Module) -> nn.Module:
     return model
 
 
-def _translate_scan(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus: bool = True):
+def _translate_scan(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus: bool = True, order=None):
     import onnxscript
 
+    from mambacsr.scan_order import ScanOrder
+
     sf.register_schema()
-    return onnxscript.values.Opset(sf.DOMAIN, 1)[sf.OP_TYPE](u, delta, A, Bs, Cs, D, delta_bias, delta_softplus=int(delta_softplus),
-              plugin_version=sf.PLUGIN_VERSION, plugin_namespace=sf.PLUGIN_NAMESPACE)
+    k = len(order[3::2]) if order else 1
+    attrs = sf.order_attributes(ScanOrder.from_list(order, k)) if order else {}
+    return onnxscript.values.Opset(sf.DOMAIN, 1)[sf.OP_TYPE](
+        u, delta, A, Bs, Cs, D, delta_bias, delta_softplus=int(delta_softplus),
+        plugin_version=sf.PLUGIN_VERSION, plugin_namespace=sf.PLUGIN_NAMESPACE, **attrs)
 
 
 def valid_tile(model, tile: int) -> bool:
@@ -178,7 +183,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
     ap.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     ap.add_argument("--plugin-only", action="store_true",
-                    help="omit the ONNX function body: a TensorRT-only file (needed for TensorRT < 10.15)")
+                    help="omit the ONNX function body: a TensorRT-only file (needed for TensorRT < 10.7)")
     return ap
 
 

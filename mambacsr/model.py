@@ -2,8 +2,8 @@
 
 `MambaCSR(**network_g)` takes the `network_g` block of the official option files, so an
 official checkpoint loads with strict=True and gives the official output. Every selective
-scan goes through `mambacsr.ops.selective_scan` (one custom op, one ONNX node); the token
-re-ordering around it is plain tensor code in `scan_order`.
+scan goes through `mambacsr.ops.selective_scan` (one custom op, one ONNX node), which takes its
+inputs in image order and applies the scan direction's token order itself (`scan_order.ScanOrder`).
 """
 from __future__ import annotations
 
@@ -80,8 +80,8 @@ class BiAttn(nn.Module):
         self.channel_select = nn.Linear(reduce_channels, in_channels)
         self.gate_fn = nn.Sigmoid()
 
-    def forward(self, x):  # (B, L, C)
-        pooled = self.norm(x).mean(1, keepdim=True)
+    def forward(self, x):  # (..., L, C): each leading index (batch, direction) gated on its own
+        pooled = self.norm(x).mean(-2, keepdim=True)
         return x * self.gate_fn(self.channel_select(self.act_fn(self.global_reduce(pooled))))
 
 
@@ -123,23 +123,26 @@ class SS2D(nn.Module):
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
         self.multi_scan = MultiScan(d_inner)
 
-    def scan_core(self, xs: torch.Tensor) -> torch.Tensor:
-        """xs (B, K, D, L) in scan order -> ys (B, K, D, L) in scan order."""
-        b, k, d, length = xs.shape
-        n, r = self.d_state, self.dt_rank
-        # Per-direction projections as batched MatMuls (plain MatMul exports and quantises well).
-        x_dbl = torch.matmul(self.x_proj_weight, xs)               # (B, K, R+2N, L)
-        dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=2)
-        dts = torch.matmul(self.dt_projs_weight, dts)              # (B, K, D, L)
-        ys = selective_scan(
-            xs.reshape(b, k * d, length), dts.reshape(b, k * d, length), -torch.exp(self.A_logs.float()),
-            Bs.contiguous(), Cs.contiguous(), self.Ds.float(), self.dt_projs_bias.reshape(-1).float(),
-            True)
-        return ys.reshape(b, k, d, length)
+    def scan_core(self, u: torch.Tensor, order: scan_order.ScanOrder) -> torch.Tensor:
+        """u (B, D, L) in storage (image) order -> ys (B, K, D, L) in storage order.
 
-    def merge(self, ys_image_order: list[torch.Tensor], h: int, w: int) -> torch.Tensor:
-        """Per-direction (B, D, HW) -> gated sum -> out_norm -> (B, H, W, D)."""
-        y = sum(self.multi_scan.attn(t.transpose(1, 2)) for t in ys_image_order)
+        The projections are per token, so they are computed once in storage order for all K
+        directions; the scan applies each direction's order itself (no re-ordered copies)."""
+        b, d, length = u.shape
+        n, r = self.d_state, self.dt_rank
+        u_k = u.unsqueeze(1)                                                 # (B, 1, D, L)
+        dts = torch.matmul(self.dt_projs_weight, torch.matmul(self.x_proj_weight[:, :r], u_k))
+        Bs = torch.matmul(self.x_proj_weight[:, r:r + n], u_k)              # (B, K, N, L)
+        Cs = torch.matmul(self.x_proj_weight[:, r + n:], u_k)
+        ys = selective_scan(
+            u, dts.reshape(b, self.K * d, length), -torch.exp(self.A_logs.float()), Bs, Cs,
+            self.Ds.float(), self.dt_projs_bias.reshape(-1).float(), True, order)
+        return ys.reshape(b, self.K, d, length)
+
+    def merge(self, ys: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """(B, K, D, HW) per-direction outputs -> gated sum -> out_norm -> (B, H, W, D).
+        All K directions in one tensor: one transpose, no per-direction slices."""
+        y = self.multi_scan.attn(ys.transpose(-1, -2)).sum(1)
         return self.out_norm(y).reshape(y.shape[0], h, w, -1)
 
     def project_in(self, x: torch.Tensor, in_proj: nn.Linear, conv: nn.Conv2d, act: nn.Module):
@@ -154,13 +157,8 @@ class LW_SS2D(SS2D):
     def forward(self, x):  # (B, H, W, C)
         h, w = x.shape[1:3]
         x, z = self.project_in(x, self.in_proj, self.conv2d, self.act)
-        parsed = [scan_order.parse_direction(d) for d in self.directions]
-        xs = [scan_order.window_scan(x, win, col, flip) for win, col, flip in parsed]
-        lengths = [t.shape[-1] for t in xs]  # equal for MambaCSR's direction sets
-        xs = torch.stack([F.pad(t, (0, max(lengths) - n)) for t, n in zip(xs, lengths)], dim=1)
-        ys = self.scan_core(xs)
-        ys = [scan_order.window_unscan(ys[:, i, :, :n], win, h, w, col, flip)
-              for i, ((win, col, flip), n) in enumerate(zip(parsed, lengths))]
+        order = scan_order.ScanOrder.from_directions(self.directions, h, w)
+        ys = self.scan_core(x.flatten(2), order)
         y = self.merge(ys, h, w).to(x.dtype)
         return self.out_proj(y * z)
 
@@ -212,12 +210,10 @@ class Cross_SS2D(SS2D):
         x, z = self.project_in(self.ln_1(inp), self.in_proj, self.conv2d, self.act)
         x_down = x_down.reshape(b, h // 2, w // 2, c)  # not normalised: as in the official code
         x_down, _ = self.project_in(x_down, self.in_proj_down, self.conv2d2, self.act_down)
-        parsed = [scan_order.parse_direction(d) for d in self.directions]
-        xs = torch.stack([scan_order.cross_scale_scan(x, x_down, win, col, flip)
-                          for win, col, flip in parsed], dim=1)
-        ys = self.scan_core(xs)
-        ys = [scan_order.cross_scale_unscan(ys[:, i], win, h, w, col, flip)
-              for i, (win, col, flip) in enumerate(parsed)]
+        # Storage for the cross-scale order: [half-resolution tokens ; full-resolution tokens].
+        order = scan_order.ScanOrder.from_directions(self.directions, h, w, cross_scale=True)
+        ys = self.scan_core(torch.cat((x_down.flatten(2), x.flatten(2)), dim=-1), order)
+        ys = ys[..., (h // 2) * (w // 2):]
         y = self.merge(ys, h, w).to(x.dtype)
         out = inp * self.skip_scale + self.out_proj(y * z)
         out = out * self.skip_scale2 + self.mlp(self.ln_2(out))

@@ -10,7 +10,10 @@ Direction names follow the official option strings: 'w8' (8x8 windows, row-first
 """
 from __future__ import annotations
 
+import functools
 import math
+from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -98,3 +101,129 @@ def cross_scale_unscan(x: torch.Tensor, w1: int, h: int, wd: int, column_first: 
     b, c, length = x.shape
     high = x.reshape(b, c, length // 5, 5)[..., 1:].reshape(b, c, -1)
     return _nested_unscan(high, w1, 2, h, wd, column_first, flip)
+
+
+# ---- the order as the op's attributes ---------------------------------------------------------
+# The op (mambacsr.ops.selective_scan) reads its inputs in storage order (the image's token grid)
+# and applies the order itself. `ScanOrder` is that order as plain integers: the op's attributes,
+# the ONNX node's attributes and the TensorRT plugin's fields. The native kernels compute the
+# same order by index arithmetic (ops/csrc/mambacsr_scan_order.h); the index tables below are
+# derived from the permute functions above instead, so the two are independent and tested
+# against each other.
+
+IDENTITY, WINDOW, CROSS_SCALE = 0, 1, 2
+COLUMN_FIRST, FLIP = 1, 2
+MAX_GROUPS = 8
+
+
+@dataclass(frozen=True)
+class ScanOrder:
+    """Token order of one SelectiveScan call: kind, full-resolution grid, per-group window/flags."""
+
+    kind: int = IDENTITY
+    height: int = 0
+    width: int = 0
+    windows: tuple[int, ...] = ()
+    flags: tuple[int, ...] = ()
+
+    @staticmethod
+    def from_directions(directions: Sequence[str], height: int, width: int,
+                        cross_scale: bool = False) -> "ScanOrder":
+        """The order of MambaCSR direction strings ('w8', 'c_w8_flip', ...) on an H x W grid."""
+        parsed = [parse_direction(d) for d in directions]
+        return ScanOrder(CROSS_SCALE if cross_scale else WINDOW, int(height), int(width),
+                         tuple(w for w, _, _ in parsed),
+                         tuple(COLUMN_FIRST * col + FLIP * flip for _, col, flip in parsed))
+
+    @staticmethod
+    def identity(k: int, flip: Sequence[bool] | None = None) -> "ScanOrder":
+        return ScanOrder(IDENTITY, 0, 0, (0,) * k, tuple(FLIP * bool(f) for f in (flip or [False] * k)))
+
+    def as_list(self) -> list[int]:
+        """Flat integers for the op's schema: [kind, H, W, w_0, f_0, w_1, f_1, ...]."""
+        out = [self.kind, self.height, self.width]
+        for w, f in zip(self.windows, self.flags):
+            out += [w, f]
+        return out
+
+    @staticmethod
+    def from_list(values: Sequence[int] | None, k: int) -> "ScanOrder":
+        if not values:
+            return ScanOrder.identity(k)
+        kind, h, w, *rest = (int(v) for v in values)
+        return ScanOrder(kind, h, w, tuple(rest[0::2]), tuple(rest[1::2]))
+
+    def check(self, k: int, length: int) -> None:
+        """Raise ValueError naming the problem if this order cannot apply to K groups of L tokens."""
+        if len(self.windows) != k or len(self.flags) != k:
+            raise ValueError(f"scan order has {len(self.windows)} windows / {len(self.flags)} flags for K={k} groups")
+        if k > MAX_GROUPS:
+            raise ValueError(f"at most {MAX_GROUPS} groups per scan, got {k}")
+        if self.kind == IDENTITY:
+            if any(f & ~FLIP for f in self.flags):
+                raise ValueError("identity order takes only the flip flag")
+            return
+        if self.kind not in (WINDOW, CROSS_SCALE):
+            raise ValueError(f"unknown scan order kind {self.kind}")
+        if self.height <= 0 or self.width <= 0:
+            raise ValueError(f"scan order grid must be positive, got {self.height}x{self.width}")
+        if self.storage_length(length) != length:
+            raise ValueError(f"inputs have {length} tokens but the scan order's {self.height}x{self.width} grid "
+                             f"needs {self.storage_length(length)}")
+        for w, f in zip(self.windows, self.flags):
+            if w <= 0 or f & ~(COLUMN_FIRST | FLIP):
+                raise ValueError(f"bad window {w} / flags {f} in scan order")
+            if self.kind == CROSS_SCALE and (w % 2 or self.height % w or self.width % w):
+                raise ValueError(f"cross-scale window {w} must be even and divide {self.height}x{self.width}")
+
+    def storage_length(self, length: int) -> int:
+        hw = self.height * self.width
+        return {WINDOW: hw, CROSS_SCALE: hw + hw // 4}.get(self.kind, length)
+
+    def seq_len(self, g: int, length: int) -> int:
+        if self.kind == WINDOW:
+            w = self.windows[g]
+            return math.ceil(self.height / w) * math.ceil(self.width / w) * w * w
+        if self.kind == CROSS_SCALE:
+            return 5 * (self.height * self.width // 4)
+        return length
+
+    def _direction(self, g: int) -> tuple[int, bool, bool]:
+        return self.windows[g], bool(self.flags[g] & COLUMN_FIRST), bool(self.flags[g] & FLIP)
+
+    @functools.lru_cache(maxsize=512)
+    def source_index(self, g: int, length: int) -> torch.Tensor:
+        """(seq_len,) int64: storage position token t of group g reads; -1 for a padding token."""
+        if self.kind == IDENTITY:
+            idx = torch.arange(length)
+            return idx.flip(0) if self.flags[g] & FLIP else idx
+        w, col, flip = self._direction(g)
+        h, wd = self.height, self.width
+        grid = (torch.arange(h * wd) + 1).view(1, 1, h, wd).float()  # +1: padding reads as 0 -> -1
+        if self.kind == WINDOW:
+            seq = window_scan(grid, w, col, flip)
+        else:
+            low = (torch.arange((h // 2) * (wd // 2)) + 1).view(1, 1, h // 2, wd // 2).float()
+            low_offset = (h // 2) * (wd // 2)
+            seq = cross_scale_scan(grid + low_offset, low, w, col, flip)
+        return seq.flatten().long() - 1
+
+    @functools.lru_cache(maxsize=512)
+    def target_inverse(self, g: int, length: int) -> torch.Tensor:
+        """(storage length,) int64: the token of group g whose output lands at each position."""
+        n_seq = self.seq_len(g, length)
+        tokens = torch.arange(n_seq).view(1, 1, n_seq).float()
+        if self.kind == IDENTITY:
+            return tokens.flatten().long().flip(0) if self.flags[g] & FLIP else tokens.flatten().long()
+        w, col, flip = self._direction(g)
+        if self.kind == WINDOW:
+            return window_unscan(tokens, w, self.height, self.width, col, flip).flatten().long()
+        # Cross-scale: full-resolution outputs as the official un-scan places them; each
+        # half-resolution output back where its token came from.
+        high = cross_scale_unscan(tokens, w, self.height, self.width, col, flip).flatten().long()
+        src = self.source_index(g, length)
+        n_low = self.height * self.width // 4
+        low = torch.empty(n_low, dtype=torch.long)
+        low_tokens = torch.arange(0, n_seq, 5)
+        low[src[low_tokens]] = low_tokens
+        return torch.cat((low, high))

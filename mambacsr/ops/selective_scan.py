@@ -1,6 +1,9 @@
-"""`mambacsr::selective_scan`: the one custom op of MambaCSR (contract in DESIGN.md).
+"""`mambacsr::selective_scan`: the one custom op of MambaCSR (contract in docs/DESIGN.md).
 
-The model calls `selective_scan(...)`. For inference it goes through the registered
+Inputs and output are in *storage order* (the model's token grid); the op applies the scan
+order (`mambacsr.scan_order.ScanOrder`, passed as a flat int list so it is a plain op
+attribute) itself, so no re-ordered copy of u/delta/B/C/y exists outside the kernel. The model
+calls `selective_scan(...)`. For inference it goes through the registered
 `torch.ops.mambacsr.selective_scan`, so ONNX export sees one node and each device gets its
 fastest implementation:
 
@@ -9,18 +12,20 @@ fastest implementation:
                                                               else the chunked PyTorch path
 
 When gradients are needed (training) it runs a differentiable path instead: mamba-ssm on
-CUDA when installed, else the chunked PyTorch path.
+CUDA when installed, else the chunked PyTorch path (both on the gathered token order).
 `MAMBACSR_SCAN=reference|chunked|native` forces an implementation (tests, debugging).
 """
 from __future__ import annotations
 
 import functools
 import os
+from typing import Optional
 
 import torch
 
+from ..scan_order import ScanOrder
 from .chunked import selective_scan_chunked
-from .reference import check_scan_shapes, selective_scan_ref
+from .reference import check_scan_shapes, from_sequence, selective_scan_ref, to_sequence
 
 _FORCE_ENV = "MAMBACSR_SCAN"
 
@@ -34,6 +39,14 @@ def _mamba_ssm_fn():
     return selective_scan_fn
 
 
+def _in_token_order(fn, u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, order):
+    """Run a token-order implementation `fn` on the storage-order contract (gather, scan, scatter)."""
+    k, length = Bs.shape[1], delta.shape[-1]
+    su, sd, sB, sC = to_sequence(order, u, delta, Bs, Cs)
+    y = fn(su, sd, A, sB.contiguous(), sC.contiguous(), D, delta_bias, delta_softplus)
+    return None if y is None else from_sequence(order, y, k, length)
+
+
 def _mamba_ssm(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus):
     fn = _mamba_ssm_fn()
     if fn is None:
@@ -41,57 +54,62 @@ def _mamba_ssm(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus):
     return fn(u, delta, A, Bs, Cs, D.float(), None, delta_bias.float(), delta_softplus)
 
 
-def _native(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus):
+def _native(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, order):
     """The project's compiled kernel for u's device, or None when it is not available."""
     if u.is_cuda:
         from . import scan_cuda
-        y = scan_cuda.selective_scan_cuda(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus)
+        y = scan_cuda.selective_scan_cuda(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, order=order)
         if y is None:
-            y = _mamba_ssm(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus)
+            y = _in_token_order(_mamba_ssm, u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, order)
         return y
     if u.device.type == "cpu":
         from . import scan_cpu
-        return scan_cpu.selective_scan_cpu(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus)
+        return scan_cpu.selective_scan_cpu(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, order=order)
     return None
 
 
-def _forward(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus):
+def _forward(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, order):
     forced = os.environ.get(_FORCE_ENV, "")
     if forced == "reference":
-        return selective_scan_ref(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus)
+        return selective_scan_ref(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, order)
     if forced != "chunked":
-        y = _native(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus)
+        y = _native(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, order)
         if y is not None:
             return y.to(u.dtype)
         if forced == "native":
             raise RuntimeError(f"{_FORCE_ENV}=native but no compiled scan is available on {u.device}")
-    return selective_scan_chunked(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus)
+    return _in_token_order(selective_scan_chunked, u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, order)
 
 
 @torch.library.custom_op("mambacsr::selective_scan", mutates_args=())
 def selective_scan_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bs: torch.Tensor,
                       Cs: torch.Tensor, D: torch.Tensor, delta_bias: torch.Tensor,
-                      delta_softplus: bool = True) -> torch.Tensor:
-    check_scan_shapes(u, delta, A, Bs, Cs, D, delta_bias)
+                      delta_softplus: bool = True, order: Optional[list[int]] = None) -> torch.Tensor:
+    k = Bs.shape[1]
+    scan_order = ScanOrder.from_list(order, k) if order else None
+    check_scan_shapes(u, delta, A, Bs, Cs, D, delta_bias, scan_order)
     u, delta, Bs, Cs = (t.contiguous() for t in (u, delta, Bs, Cs))
     return _forward(u, delta, A.float().contiguous(), Bs, Cs, D.float().contiguous(),
-                    delta_bias.float().contiguous(), delta_softplus)
+                    delta_bias.float().contiguous(), delta_softplus, scan_order)
 
 
 @selective_scan_op.register_fake
-def _(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus=True):
-    return torch.empty_like(u)
+def _(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus=True, order=None):
+    return torch.empty_like(delta, dtype=u.dtype)
 
 
-def selective_scan(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus: bool = True):
-    """SelectiveScan as the model uses it: the custom op for inference, a differentiable path
-    when any input needs a gradient."""
+def selective_scan(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus: bool = True,
+                   order: ScanOrder | None = None):
+    """SelectiveScan as the model uses it (storage order in and out): the custom op for
+    inference, a differentiable path when any input needs a gradient."""
     needs_grad = torch.is_grad_enabled() and not torch.compiler.is_exporting() and any(
         t.requires_grad for t in (u, delta, A, Bs, Cs, D, delta_bias))
     if not needs_grad:
-        return selective_scan_op(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus)
+        return selective_scan_op(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus,
+                                 order.as_list() if order is not None else None)
+    check_scan_shapes(u, delta, A, Bs, Cs, D, delta_bias, order)
     if u.is_cuda and os.environ.get(_FORCE_ENV, "") != "chunked":
-        y = _mamba_ssm(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus)
+        y = _in_token_order(_mamba_ssm, u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, order)
         if y is not None:
             return y.to(u.dtype)
-    return selective_scan_chunked(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus)
+    return _in_token_order(selective_scan_chunked, u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, order)

@@ -2,23 +2,29 @@
  * mambacsr_scan.h - C ABI of the MambaCSR selective-scan CUDA kernel.
  *
  * One kernel, two callers: the PyTorch binding (mambacsr/ops/scan_cuda.py, through ctypes) and
- * the TensorRT plugin (plugins/selectiveScan). Contract (DESIGN.md), for batch b, channel c of
- * group g = c / (KC / K), state n, token t, with h = 0 at t = 0:
+ * the TensorRT plugin (plugins/selectiveScan). Contract (docs/DESIGN.md), for batch b, channel c
+ * of group g = c / C (C = KC / K, c' = c % C), state n, sequence token t of group g
+ * (order: mambacsr_scan_order.h), with h = 0 at t = 0, s = source(g, t), o = target(g, t):
  *
- *   dt        = softplus(delta[b,c,t] + delta_bias[c])     (no softplus if delta_softplus == 0)
- *   h[n]      = exp(dt * A[c,n]) * h[n] + dt * Bs[b,g,n,t] * u[b,c,t]
- *   y[b,c,t]  = sum_n Cs[b,g,n,t] * h[n] + D[c] * u[b,c,t]
+ *   uu, dd, BB, CC = u[b, c or c', s], delta[b,c,s], Bs[b,g,:,s], Cs[b,g,:,s]  (all 0 if s < 0)
+ *   dt        = softplus(dd + delta_bias[c])                (no softplus if delta_softplus == 0)
+ *   h[n]      = exp(dt * A[c,n]) * h[n] + dt * BB[n] * uu
+ *   y[b,c,o]  = sum_n CC[n] * h[n] + D[c] * uu                   (not stored if o < 0)
  *
- * Layouts (contiguous, row-major): u, delta, y (batch, KC, L) of `dtype`; Bs, Cs (batch, K, N, L)
+ * Layouts (contiguous, row-major, storage order, length L): u (batch, KC, L), or (batch, C, L)
+ * shared by the K groups when u_shared; delta, y (batch, KC, L); Bs, Cs (batch, K, N, L), all
  * of `dtype`; A (KC, N) float32; D, delta_bias (KC,) float32 (either may be NULL: zero).
- * State and sums are float32. The call only launches on `stream`: it never allocates,
- * never synchronizes, and is safe to capture in a CUDA graph.
+ * State and sums are float32. The call only launches on `stream`: it never allocates (scratch
+ * comes from the caller's workspace), never synchronizes, and is safe to capture in a CUDA graph.
  */
 #ifndef MAMBACSR_SCAN_H
 #define MAMBACSR_SCAN_H
 
 #include <stdint.h>
+#include <stddef.h>
 #include <cuda_runtime_api.h>
+
+#include "../mambacsr_scan_order.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -30,7 +36,7 @@ extern "C" {
 #define MAMBACSR_API __attribute__((visibility("default")))
 #endif
 
-#define MAMBACSR_SCAN_ABI_VERSION 1
+#define MAMBACSR_SCAN_ABI_VERSION 2
 #define MAMBACSR_SCAN_MAX_STATES 64
 
 typedef enum {
@@ -61,6 +67,22 @@ MAMBACSR_API int mambacsr_selective_scan_ex(
     const float* D, const float* delta_bias, void* y,
     int64_t batch, int64_t kc, int64_t k, int64_t n, int64_t length,
     int dtype, int delta_softplus, int variant, cudaStream_t stream);
+
+/* The full contract: storage-order I/O, a scan order (NULL: identity), u shared by the groups
+ * (u_shared != 0: u is (batch, KC / K, L)), a kernel variant (0 = automatic) and a workspace.
+ * With at least mambacsr_selective_scan_workspace_size() bytes of workspace, small batches split
+ * each sequence into chunks scanned in parallel; with less (or NULL) the single-pass kernel runs. */
+MAMBACSR_API int mambacsr_selective_scan_ordered(
+    const void* u, const void* delta, const float* A, const void* Bs, const void* Cs,
+    const float* D, const float* delta_bias, void* y,
+    int64_t batch, int64_t kc, int64_t k, int64_t n, int64_t length, int u_shared,
+    const mambacsr_scan_order_t* order, int dtype, int delta_softplus, int variant,
+    void* workspace, size_t workspace_bytes, cudaStream_t stream);
+
+/* Workspace bytes the automatic choice can use for this problem (0 when it needs none). */
+MAMBACSR_API size_t mambacsr_selective_scan_workspace_size(
+    int64_t batch, int64_t kc, int64_t k, int64_t n, int64_t length,
+    const mambacsr_scan_order_t* order, int dtype);
 
 /* Number of variants (ids 1..count) and a short name for one ("" when out of range). */
 MAMBACSR_API int mambacsr_scan_variant_count(void);
