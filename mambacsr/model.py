@@ -93,6 +93,13 @@ class MultiScan(nn.Module):
         self.attn = BiAttn(dim)
 
 
+@torch.compiler.assume_constant_result
+def _scan_order(directions: tuple[str, ...], h: int, w: int, cross_scale: bool) -> tuple[int, ...]:
+    """The op's order attribute for a block's directions on an h x w grid. A compile-time
+    constant for torch.compile (no graph break), a plain call otherwise."""
+    return tuple(scan_order.ScanOrder.from_directions(directions, h, w, cross_scale).as_list())
+
+
 class SS2D(nn.Module):
     """Selective-scan core shared by the local-window (LW_SS2D) and cross-scale (Cross_SS2D)
     modules: projections, the scan over K directions, per-direction un-scan, gate, sum, norm."""
@@ -123,7 +130,7 @@ class SS2D(nn.Module):
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
         self.multi_scan = MultiScan(d_inner)
 
-    def scan_core(self, u: torch.Tensor, order: scan_order.ScanOrder) -> torch.Tensor:
+    def scan_core(self, u: torch.Tensor, order: tuple[int, ...]) -> torch.Tensor:
         """u (B, D, L) in storage (image) order -> ys (B, K, D, L) in storage order.
 
         The projections are per token, so they are computed once in storage order for all K
@@ -157,8 +164,7 @@ class LW_SS2D(SS2D):
     def forward(self, x):  # (B, H, W, C)
         h, w = x.shape[1:3]
         x, z = self.project_in(x, self.in_proj, self.conv2d, self.act)
-        order = scan_order.ScanOrder.from_directions(self.directions, h, w)
-        ys = self.scan_core(x.flatten(2), order)
+        ys = self.scan_core(x.flatten(2), _scan_order(tuple(self.directions), h, w, False))
         y = self.merge(ys, h, w).to(x.dtype)
         return self.out_proj(y * z)
 
@@ -211,8 +217,8 @@ class Cross_SS2D(SS2D):
         x_down = x_down.reshape(b, h // 2, w // 2, c)  # not normalised: as in the official code
         x_down, _ = self.project_in(x_down, self.in_proj_down, self.conv2d2, self.act_down)
         # Storage for the cross-scale order: [half-resolution tokens ; full-resolution tokens].
-        order = scan_order.ScanOrder.from_directions(self.directions, h, w, cross_scale=True)
-        ys = self.scan_core(torch.cat((x_down.flatten(2), x.flatten(2)), dim=-1), order)
+        ys = self.scan_core(torch.cat((x_down.flatten(2), x.flatten(2)), dim=-1),
+                            _scan_order(tuple(self.directions), h, w, True))
         ys = ys[..., (h // 2) * (w // 2):]
         y = self.merge(ys, h, w).to(x.dtype)
         out = inp * self.skip_scale + self.out_proj(y * z)

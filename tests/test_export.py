@@ -41,12 +41,43 @@ def psnr(a, b):
     return 10 * np.log10(1.0 / np.mean((np.clip(a, 0, 1) - np.clip(b, 0, 1)) ** 2))
 
 
+def scans_matter(model, gain=20.0):
+    """Scale the B/C/dt projections so the scans dominate the output: at random init a D*u-only
+    scan moves the image by ~1e-5, which no parity tolerance could see."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("x_proj_weight"):
+                p.mul_(gain)
+    return model
+
+
+def broken_scan_output(model, x, monkeypatch, kind):
+    """The model's output with a deliberately broken scan (negative controls of the parity tests)."""
+    ss = sys.modules["mambacsr.ops.selective_scan"]  # the module (the package re-exports a function of that name)
+
+    def broken(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, order):
+        k = Bs.shape[1]
+        if kind == "D*u only":
+            uu = u if u.shape[1] == delta.shape[1] else u.repeat(1, k, 1)
+            return (D[None, :, None] * uu.float()).to(u.dtype)
+        if kind == "delta_bias ignored":
+            return ss.selective_scan_ref(u, delta, A, Bs, Cs, D, torch.zeros_like(delta_bias), delta_softplus, order)
+        return ss.selective_scan_ref(u, delta, A, Bs.flip(1), Cs.flip(1), D, delta_bias, delta_softplus, order)
+
+    with monkeypatch.context() as m:
+        m.setattr(ss, "_forward", broken)
+        with torch.no_grad():
+            return model(x).numpy()
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """Both variants exported once: wo with a dynamic batch, Final (cross-scale) static."""
+    """Both variants exported once: wo with a dynamic batch, Final (cross-scale) static; weights
+    under which the scans matter (see scans_matter)."""
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("onnx")
-    models = {"wo": randomize(MambaCSR(**WO_SMALL)).eval(), "final": randomize(MambaCSR(**FINAL_SMALL)).eval()}
+    models = {"wo": scans_matter(randomize(MambaCSR(**WO_SMALL))).eval(),
+              "final": scans_matter(randomize(MambaCSR(**FINAL_SMALL))).eval()}
     paths = {"wo": export_model(models["wo"], out / "wo.onnx", tile=32, dynamic_batch=True),
              "final": export_model(models["final"], out / "final.onnx", tile=32, batch=2)}
     return models, paths
@@ -63,6 +94,28 @@ def test_onnxruntime_reproduces_eager(exported, variant, batch):
     assert rel_err(got, want) < 1e-4
 
 
+@pytest.mark.parametrize("kind", ["D*u only", "groups swapped", "delta_bias ignored"])
+def test_parity_check_sees_a_broken_scan(exported, kind, monkeypatch):
+    """Negative control: the 1e-4 parity check above rejects each broken scan by a wide margin."""
+    models, paths = exported
+    x = real_tiles(32, 2)
+    got = run_ort(paths["final"], x)
+    assert rel_err(got, broken_scan_output(models["final"], x, monkeypatch, kind)) > 1e-2
+
+
+@pytest.mark.parametrize("variant", ["wo", "final"])
+def test_no_layout_glue_around_the_scans(exported, variant):
+    """The order lives in the op: no Gather/Pad/Slice re-ordering around the scans, and at most a
+    handful of layout nodes per scan (today's model: ~5.5 for Final x4; scripts/count_layout_nodes.py)."""
+    _, paths = exported
+    proto = onnx.load(str(paths[variant]))
+    ops = [n.op_type for n in proto.graph.node]
+    scans = ops.count(sf.OP_TYPE)
+    assert ops.count("Gather") + ops.count("Pad") + ops.count("GatherElements") == 0
+    layout = sum(ops.count(op) for op in ("Transpose", "Slice", "Split", "Concat", "Pad", "Gather"))
+    assert layout <= 8 * scans  # small test models: the top-level layout nodes weigh more per scan
+
+
 @pytest.mark.parametrize("variant", ["wo", "final"])
 def test_one_selective_scan_node_per_scan_call(exported, variant):
     models, paths = exported
@@ -72,7 +125,10 @@ def test_one_selective_scan_node_per_scan_call(exported, variant):
     for n in nodes:
         assert n.domain == "mambacsr"
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
-        assert attrs == {"delta_softplus": 1, "plugin_version": b"1", "plugin_namespace": b"mambacsr"}
+        assert {k: attrs.pop(k) for k in ("delta_softplus", "plugin_version", "plugin_namespace")} == {
+            "delta_softplus": 1, "plugin_version": b"1", "plugin_namespace": b"mambacsr"}
+        assert set(attrs) == set(sf.ORDER_ATTRIBUTES)  # the scan order, carried by the node
+        assert attrs["order_kind"] in (1, 2) and len(attrs["order_windows"]) == len(attrs["order_flags"])
     # everything else is standard ONNX: no ATen fallbacks, no other custom domains
     assert {n.domain for n in proto.graph.node} <= {"", "mambacsr"}
     assert [f.name for f in proto.functions] == [sf.OP_TYPE]
@@ -158,15 +214,16 @@ def test_cli_errors_are_one_line_and_write_nothing(tmp_path, problem, args, mess
     assert not out.exists() and not (out.parent.exists() and list(out.parent.iterdir()))
 
 
-def scan_only_model(shapes, opset=18, softplus=1):
+def scan_only_model(shapes, opset=18, softplus=1, order=None):
     """A model holding one SelectiveScan node and the function body, for testing the body alone."""
     from onnx import TensorProto, helper
 
     inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in shapes.items()]
+    attrs = sf.order_attributes(order) if order is not None else {}
     node = helper.make_node(sf.OP_TYPE, list(shapes), ["y"], domain=sf.DOMAIN, delta_softplus=softplus,
-                            plugin_version="1", plugin_namespace="mambacsr")
+                            plugin_version="1", plugin_namespace="mambacsr", **attrs)
     graph = helper.make_graph([node], "scan", inputs,
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shapes["u"])])
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shapes["delta"])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
                                                     helper.make_opsetid(sf.DOMAIN, 1)],
                               functions=[sf.make_function(opset)])
@@ -189,3 +246,28 @@ def test_function_body_matches_reference(bt, k, c, n, length, softplus):
     want = selective_scan_ref(**x, delta_softplus=bool(softplus)).numpy()
     assert got.shape == want.shape
     assert rel_err(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("directions,h,w,cross,shared", [
+    (["w8", "c_w8_flip"], 13, 11, False, True), (["c_w4", "w4_flip"], 8, 8, False, False),
+    (["w16", "w16_flip", "c_w16", "c_w16_flip"], 32, 48, True, True), (["c_w8", "w8"], 16, 16, True, True)])
+def test_function_body_applies_the_scan_order(directions, h, w, cross, shared):
+    """The body computes the order from the node's attributes (integer arithmetic, the formulas of
+    mambacsr_scan_order.h) and matches the reference; a wrong order is seen (negative control)."""
+    from mambacsr.ops import selective_scan_ref
+    from mambacsr.scan_order import ScanOrder
+    from test_scan_order import grid_inputs
+
+    k = len(directions)
+    x = {name: t.float() for name, t in grid_inputs(k, 3, 4, h, w, cross).items()}
+    if not shared:
+        x["u"] = x["u"].repeat(1, k, 1)
+    order = ScanOrder.from_directions(directions, h, w, cross)
+    model = scan_only_model({name: list(t.shape) for name, t in x.items()}, order=order)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {name: t.numpy() for name, t in x.items()})[0]
+    want = selective_scan_ref(**{name: t.double() for name, t in x.items()}, order=order).numpy()
+    assert rel_err(got, want) < 1e-5
+    flipped = ScanOrder(order.kind, h, w, order.windows, tuple(f ^ 2 for f in order.flags))
+    wrong = selective_scan_ref(**{name: t.double() for name, t in x.items()}, order=flipped).numpy()
+    assert rel_err(wrong, want) > 1e-2

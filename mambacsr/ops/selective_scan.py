@@ -99,14 +99,16 @@ def _(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus=True, order=None):
 
 
 def selective_scan(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus: bool = True,
-                   order: ScanOrder | None = None):
-    """SelectiveScan as the model uses it (storage order in and out): the custom op for
-    inference, a differentiable path when any input needs a gradient."""
+                   order: ScanOrder | tuple[int, ...] | None = None):
+    """SelectiveScan as the model uses it (storage order in and out; `order` a ScanOrder or its
+    `as_list()`): the custom op for inference, a differentiable path when any input needs a gradient."""
     needs_grad = torch.is_grad_enabled() and not torch.compiler.is_exporting() and any(
         t.requires_grad for t in (u, delta, A, Bs, Cs, D, delta_bias))
     if not needs_grad:
-        return selective_scan_op(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus,
-                                 order.as_list() if order is not None else None)
+        as_list = order.as_list() if isinstance(order, ScanOrder) else (list(order) if order else None)
+        return selective_scan_op(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, as_list)
+    if order is not None and not isinstance(order, ScanOrder):
+        order = ScanOrder.from_list(order, Bs.shape[1])
     check_scan_shapes(u, delta, A, Bs, Cs, D, delta_bias, order)
     if u.is_cuda and os.environ.get(_FORCE_ENV, "") != "chunked":
         y = _in_token_order(_mamba_ssm, u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, order)

@@ -1,8 +1,10 @@
-"""PyTorch eager backend (CPU, or GPU with the project's CUDA scan kernel).
+"""PyTorch backend (CPU, or GPU with the project's CUDA scan kernel).
 
-On CUDA each input shape's forward is captured once as a CUDA graph and replayed: the model
-launches dozens of small kernels per block, so launch overhead dominates eager latency at
-batch 1 (H100: 67 ms eager, 27.6 ms replayed, README). `MAMBACSR_CUDA_GRAPH=0` turns it off.
+On CUDA the blocks are compiled with torch.compile (`mambacsr.compiled`: the glue around the
+scans fused into generated kernels; first use of an input shape compiles, `compile=False` /
+`mambacsr-rt --no-compile` or `MAMBACSR_COMPILE=0` skips it), and each input shape's forward is
+captured once as a CUDA graph and replayed, since launch overhead dominates at batch 1
+(`MAMBACSR_CUDA_GRAPH=0` turns that off). Measured numbers: README, scripts/bench_gpu.py.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ class TorchBackend(Backend):
     name = "torch"
 
     def __init__(self, model, device: str = "cpu", precision: str = "fp32", scale: int | None = None,
-                 size_multiple: int | None = None, threads: int | None = None):
+                 size_multiple: int | None = None, threads: int | None = None, compile: bool = True):
         import torch
         if precision not in ("fp32", "fp16"):
             raise UserError(f"the torch backend runs fp32 or fp16, not {precision}: use --precision fp32")
@@ -57,21 +59,29 @@ class TorchBackend(Backend):
         self.bytes_per_lr_pixel = float(60 * dim * (2 if precision == "fp16" else 4))
         self.fixed_tile = None
         self.max_batch = None
+        self.compiled = (compile and self.device.startswith("cuda")
+                         and os.environ.get("MAMBACSR_COMPILE", "1") != "0")
+        if self.compiled:
+            from mambacsr.compiled import compile_blocks
+            compile_blocks(self.model)
         self.use_cuda_graph = self.device.startswith("cuda") and os.environ.get("MAMBACSR_CUDA_GRAPH", "1") != "0"
         self._graphs: dict[tuple, tuple] = {}
 
     @classmethod
-    def from_checkpoint(cls, path, config=None, device="cpu", precision="fp32", threads=None):
+    def from_checkpoint(cls, path, config=None, device="cpu", precision="fp32", threads=None, compile=True):
         try:
             from mambacsr import load_model
+            from mambacsr.checkpoint import CheckpointError
         except ImportError as e:
             raise UserError(f"the mambacsr package is not importable ({e}): install mambacsr-deploy") from None
         try:
             model = load_model(str(path), config=config, device="cpu")
+        except CheckpointError as e:  # its message names the file, the problem and the fix
+            raise UserError(str(e)) from None
         except (KeyError, ValueError, RuntimeError, OSError) as e:
             msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
             raise UserError(f"cannot load checkpoint {path}: {msg} (check --config/--preset)") from None
-        return cls(model, device=device, precision=precision, threads=threads)
+        return cls(model, device=device, precision=precision, threads=threads, compile=compile)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         torch = self.torch

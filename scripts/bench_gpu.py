@@ -1,0 +1,170 @@
+#!/usr/bin/env python
+"""Where the GPU time of a MambaCSR forward goes: eager / CUDA graph / compiled, fp32 and fp16.
+
+For each precision, batch and mode it prints ms per tile, output MP/s, the kernel count of one
+forward and the GPU time per category (scan, GEMM, conv, norm, copies, other elementwise) from
+the PyTorch profiler, plus the card and the command. Random weights time the same as trained
+ones (same shapes, same ops). Example (the README's numbers):
+
+    python scripts/bench_gpu.py --preset final-x4 --tile 64 --batch 1,8 --precision fp32,fp16
+
+`--baseline DIR` also times the same model from another checkout of the project (for example the
+release before the order moved into the op) in the same process, for side-by-side ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Kernel name -> category, first match wins (eager ATen, cuBLAS/cuDNN and Inductor's Triton names).
+CATEGORIES = [
+    ("scan", r"scan_kernel|selective_scan|mambacsr"),
+    ("conv", r"conv|fprop|dgrad|implicit_gemm|winograd|cudnn"),
+    ("GEMM", r"gemm|nvjet|cutlass|xmma|cublas|matmul|splitK"),
+    ("norm", r"layer_norm|LayerNorm|group_norm|_norm_"),
+    ("copies", r"copy|Copy|transpose|permute|cat|Cat|index|gather|Gather|scatter|pad|flip|memcpy|Memcpy|"
+               r"memset|Memset|clone"),
+    ("elementwise", r"."),
+]
+
+
+def categorize(name: str) -> str:
+    for cat, pattern in CATEGORIES:
+        if re.search(pattern, name):
+            return cat
+    return "elementwise"
+
+
+def load_model_class(root: Path):
+    """MambaCSR and PRESETS from the project at `root` (this checkout or a baseline)."""
+    for mod in [m for m in sys.modules if m == "mambacsr" or m.startswith("mambacsr.")]:
+        del sys.modules[mod]
+    sys.path.insert(0, str(root))
+    try:
+        pkg = importlib.import_module("mambacsr")
+        return pkg.MambaCSR, pkg.PRESETS, root
+    finally:
+        sys.path.pop(0)
+
+
+def time_forward(fn, x, iters: int, warmup: int) -> float:
+    """Median ms of `fn(x)` over `iters` runs (CUDA events, after `warmup` runs)."""
+    for _ in range(warmup):
+        fn(x)
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn(x)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def graphed(model, x):
+    """A replay function for a CUDA graph of model(x) (warm-up on a side stream first)."""
+    static_in = x.clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            model(static_in)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = model(static_in)
+
+    def replay(inp):
+        static_in.copy_(inp)
+        graph.replay()
+        return static_out
+    return replay
+
+
+def profile(fn, x) -> tuple[int, dict[str, float]]:
+    """Kernel count and GPU ms per category of one call."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    fn(x)
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn(x)
+        torch.cuda.synchronize()
+    per_cat: dict[str, float] = {c: 0.0 for c, _ in CATEGORIES}
+    count = 0
+    for evt in prof.events():
+        if evt.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        count += 1
+        per_cat[categorize(evt.name)] += evt.device_time / 1000.0
+    return count, per_cat
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="final-x4")
+    ap.add_argument("--tile", type=int, default=64)
+    ap.add_argument("--batch", default="1,8")
+    ap.add_argument("--precision", default="fp32,fp16")
+    ap.add_argument("--modes", default="eager,graph,compiled")
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--baseline", help="another checkout of this project to time side by side (eager, graph)")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("needs a CUDA GPU", file=sys.stderr)
+        return 2
+    torch.backends.cudnn.benchmark = True
+    print(f"card: {torch.cuda.get_device_name()}, torch {torch.__version__}")
+    print("command: python " + " ".join([Path(sys.argv[0]).as_posix().split(str(ROOT) + '/')[-1]] + sys.argv[1:]))
+    cats = [c for c, _ in CATEGORIES]
+    print("\n| code | precision | batch | mode | ms/tile-batch | output MP/s | kernels | first call s | "
+          + " | ".join(f"{c} %" for c in cats) + " |")
+    print("|" + "---|" * (8 + len(cats)))
+    roots = [("this", ROOT)] + ([("baseline", Path(args.baseline).resolve())] if args.baseline else [])
+    for code, root in roots:
+        MambaCSR, PRESETS, _ = load_model_class(root)
+        modes = args.modes.split(",") if code == "this" else [m for m in args.modes.split(",") if m != "compiled"]
+        for prec in args.precision.split(","):
+            dtype = {"fp32": torch.float32, "fp16": torch.float16}[prec]
+            for batch in (int(b) for b in args.batch.split(",")):
+                for mode in modes:
+                    torch.manual_seed(0)
+                    model = MambaCSR(**PRESETS[args.preset]).eval().to("cuda", dtype)
+                    x = torch.rand(batch, 3, args.tile, args.tile, device="cuda", dtype=dtype)
+                    with torch.inference_mode():
+                        t0 = time.perf_counter()
+                        if mode == "compiled":
+                            from mambacsr.compiled import compile_blocks
+                            compile_blocks(model)
+                        model(x)
+                        torch.cuda.synchronize()
+                        first = time.perf_counter() - t0
+                        fn = graphed(model, x) if mode in ("graph", "compiled") else model
+                        ms = time_forward(fn, x, args.iters, args.warmup)
+                        kernels, per_cat = profile(model, x)
+                    total = sum(per_cat.values()) or 1.0
+                    mps = batch * (args.tile * model.upscale) ** 2 / (ms / 1000) / 1e6
+                    print(f"| {code} | {prec} | {batch} | {mode} | {ms:.2f} | {mps:.2f} | {kernels} | {first:.1f} | "
+                          + " | ".join(f"{100 * per_cat[c] / total:.0f}" for c in cats) + " |", flush=True)
+                    del model, fn
+                    torch.cuda.empty_cache()
+    print("\nms: median of CUDA-event times per forward of one batch; categories: GPU time of one forward "
+          "(eager kernels for eager/graph, generated kernels for compiled), from the PyTorch profiler.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
