@@ -136,11 +136,14 @@ class SS2D(nn.Module):
         The projections are per token, so they are computed once in storage order for all K
         directions; the scan applies each direction's order itself (no re-ordered copies)."""
         b, d, length = u.shape
-        n, r = self.d_state, self.dt_rank
-        u_k = u.unsqueeze(1)                                                 # (B, 1, D, L)
-        dts = torch.matmul(self.dt_projs_weight, torch.matmul(self.x_proj_weight[:, :r], u_k))
-        Bs = torch.matmul(self.x_proj_weight[:, r:r + n], u_k)              # (B, K, N, L)
-        Cs = torch.matmul(self.x_proj_weight[:, r + n:], u_k)
+        k, n, r = self.K, self.d_state, self.dt_rank
+        # One plain GEMM per projection with the K directions' weights stacked: (K*rows, D) @ (B, D, L)
+        # gives contiguous (B, K, rows, L) outputs and never copies u per direction.
+        w = self.x_proj_weight
+        Bs = torch.matmul(w[:, r:r + n].reshape(k * n, d), u).view(b, k, n, length)
+        Cs = torch.matmul(w[:, r + n:].reshape(k * n, d), u).view(b, k, n, length)
+        dt_low = torch.matmul(w[:, :r].reshape(k * r, d), u).view(b, k, r, length)
+        dts = torch.matmul(self.dt_projs_weight, dt_low)                                # (B, K, D, L)
         ys = selective_scan(
             u, dts.reshape(b, self.K * d, length), -torch.exp(self.A_logs.float()), Bs, Cs,
             self.Ds.float(), self.dt_projs_bias.reshape(-1).float(), True, order)

@@ -48,15 +48,15 @@ def test_direction_rules_keep_official_quirks():
 
 
 def count_scans(model, x):
-    """Shapes of u for every SelectiveScan call of one forward."""
+    """Shapes of delta (batch, K*C, storage length) for every SelectiveScan call of one forward."""
     import mambacsr.model as model_module
 
     calls = []
     real = model_module.selective_scan
 
-    def counting(u, *args, **kwargs):
-        calls.append(tuple(u.shape))
-        return real(u, *args, **kwargs)
+    def counting(u, delta, *args, **kwargs):
+        calls.append(tuple(delta.shape))
+        return real(u, delta, *args, **kwargs)
 
     model_module.selective_scan = counting
     try:
@@ -71,7 +71,7 @@ def test_official_final_x4_makes_43_scans_per_forward():
     model = MambaCSR(**PRESETS["final-x4"]).eval()
     calls = count_scans(model, torch.rand(1, 3, 16, 16))
     assert len(calls) == 43
-    # 36 + 6 local-window scans with K=2, one cross-scale scan with K=4 over 5/4 of the tokens
+    # 36 + 6 local-window scans with K=2, one cross-scale scan with K=4 over [half-res ; full-res] tokens
     assert sum(s[1] == 720 for s in calls) == 42
     assert [s for s in calls if s[1] != 720] == [(1, 1440, 16 * 16 * 5 // 4)]
 
