@@ -4,7 +4,7 @@ The exported graph calls `mambacsr.SelectiveScan` (attributes delta_softplus, th
 order_kind / order_height / order_width / order_windows / order_flags, plugin_version,
 plugin_namespace). The model also carries a FunctionProto of that name whose body computes the
 contract in standard ops, so ONNX Runtime (or any runtime) runs the file with no plugin, while
-TensorRT >= 10.7 sends the node to our plugin when its creator is registered (docs/DESIGN.md).
+TensorRT >= 10.7 sends the node to our plugin when its creator is registered (DESIGN.md).
 The body: the order's index tables by integer arithmetic on the attributes (the same formulas
 as ops/csrc/mambacsr_scan_order.h; constant, so runtimes fold them), a GatherElements per input
 into token order, an ONNX `Scan` over tokens, and a GatherElements back into storage order.

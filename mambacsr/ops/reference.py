@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference of the SelectiveScan contract (docs/DESIGN.md).
+"""Pure-PyTorch reference of the SelectiveScan contract (DESIGN.md).
 
 Deliberately the plainest code that can be right: one token at a time, float32 state, and the
 scan order applied by gathering the sequence out of storage order and scattering it back

@@ -1,4 +1,4 @@
-"""`mambacsr::selective_scan`: the one custom op of MambaCSR (contract in docs/DESIGN.md).
+"""`mambacsr::selective_scan`: the one custom op of MambaCSR (contract in DESIGN.md).
 
 Inputs and output are in *storage order* (the model's token grid); the op applies the scan
 order (`mambacsr.scan_order.ScanOrder`, passed as a flat int list so it is a plain op
