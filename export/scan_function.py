@@ -236,7 +236,6 @@ def _gather_nodes(nodes: _Nodes) -> None:
         "s2b", TensorProto.INT64, [1], [2])))
     bt_dim = n.op("bt_dim", "Slice", "b_shape_o", n.op("s0", "Constant", value=helper.make_tensor(
         "s0", TensorProto.INT64, [1], [0])), "ax1")
-    m1 = n.op("m1", "Constant", value=helper.make_tensor("m1", TensorProto.INT64, [1], [-1]))
     n.op("Lp1", "Unsqueeze", n.op("Lp1s", "Add", "L", "c1"), "ax0")
     kc_dim = n.op("kc_dim", "Slice", "d_shape_o", "ax1", "s2b")
     c_dim = n.op("c_dim", "Div", kc_dim, k_dim)

@@ -11,7 +11,6 @@ on-disk cache. The scan itself is the opaque custom op (its fake kernel gives In
 """
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 
 # Blocks that differ only in constants each cost a (cheap, cache-hit) recompile: allow them all.

@@ -17,6 +17,7 @@ import argparse
 import importlib
 import re
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -122,47 +123,60 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--baseline", help="another checkout of this project to time side by side (eager, graph)")
+    ap.add_argument("--code-root", default=str(ROOT), help=argparse.SUPPRESS)  # the baseline's own process
+    ap.add_argument("--label", default="this", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.label != "this":
+        return run_rows(args)
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
         return 2
-    torch.backends.cudnn.benchmark = True
     print(f"card: {torch.cuda.get_device_name()}, torch {torch.__version__}")
     print("command: python " + " ".join([Path(sys.argv[0]).as_posix().split(str(ROOT) + '/')[-1]] + sys.argv[1:]))
-    cats = [c for c, _ in CATEGORIES]
     print("\n| code | precision | batch | mode | ms/tile-batch | output MP/s | kernels | first call s | "
-          + " | ".join(f"{c} %" for c in cats) + " |")
-    print("|" + "---|" * (8 + len(cats)))
-    roots = [("this", ROOT)] + ([("baseline", Path(args.baseline).resolve())] if args.baseline else [])
-    for code, root in roots:
-        MambaCSR, PRESETS, _ = load_model_class(root)
-        modes = args.modes.split(",") if code == "this" else [m for m in args.modes.split(",") if m != "compiled"]
-        for prec in args.precision.split(","):
-            dtype = {"fp32": torch.float32, "fp16": torch.float16}[prec]
-            for batch in (int(b) for b in args.batch.split(",")):
-                for mode in modes:
-                    torch.manual_seed(0)
-                    model = MambaCSR(**PRESETS[args.preset]).eval().to("cuda", dtype)
-                    x = torch.rand(batch, 3, args.tile, args.tile, device="cuda", dtype=dtype)
-                    with torch.inference_mode():
-                        t0 = time.perf_counter()
-                        if mode == "compiled":
-                            from mambacsr.compiled import compile_blocks
-                            compile_blocks(model)
-                        model(x)
-                        torch.cuda.synchronize()
-                        first = time.perf_counter() - t0
-                        fn = graphed(model, x) if mode in ("graph", "compiled") else model
-                        ms = time_forward(fn, x, args.iters, args.warmup)
-                        kernels, per_cat = profile(model, x)
-                    total = sum(per_cat.values()) or 1.0
-                    mps = batch * (args.tile * model.upscale) ** 2 / (ms / 1000) / 1e6
-                    print(f"| {code} | {prec} | {batch} | {mode} | {ms:.2f} | {mps:.2f} | {kernels} | {first:.1f} | "
-                          + " | ".join(f"{100 * per_cat[c] / total:.0f}" for c in cats) + " |", flush=True)
-                    del model, fn
-                    torch.cuda.empty_cache()
+          + " | ".join(f"{c} %" for c, _ in CATEGORIES) + " |")
+    print("|" + "---|" * (8 + len(CATEGORIES)))
+    run_rows(args)
+    if args.baseline:  # its own process: both register an op named mambacsr::selective_scan
+        modes = ",".join(m for m in args.modes.split(",") if m != "compiled")
+        subprocess.run([sys.executable, __file__, "--code-root", str(Path(args.baseline).resolve()), "--label",
+                        "baseline", "--modes", modes, "--preset", args.preset, "--tile", str(args.tile),
+                        "--batch", args.batch, "--precision", args.precision, "--iters", str(args.iters),
+                        "--warmup", str(args.warmup)], check=False)
     print("\nms: median of CUDA-event times per forward of one batch; categories: GPU time of one forward "
           "(eager kernels for eager/graph, generated kernels for compiled), from the PyTorch profiler.")
+    return 0
+
+
+def run_rows(args) -> int:
+    """One table row per (precision, batch, mode) for the code at args.code_root."""
+    cats = [c for c, _ in CATEGORIES]
+    torch.backends.cudnn.benchmark = True
+    MambaCSR, PRESETS, _ = load_model_class(Path(args.code_root))
+    for prec in args.precision.split(","):
+        dtype = {"fp32": torch.float32, "fp16": torch.float16}[prec]
+        for batch in (int(b) for b in args.batch.split(",")):
+            for mode in args.modes.split(","):
+                torch.manual_seed(0)
+                model = MambaCSR(**PRESETS[args.preset]).eval().to("cuda", dtype)
+                x = torch.rand(batch, 3, args.tile, args.tile, device="cuda", dtype=dtype)
+                with torch.inference_mode():
+                    t0 = time.perf_counter()
+                    if mode == "compiled":
+                        from mambacsr.compiled import compile_blocks
+                        compile_blocks(model)
+                    model(x)
+                    torch.cuda.synchronize()
+                    first = time.perf_counter() - t0
+                    fn = graphed(model, x) if mode in ("graph", "compiled") else model
+                    ms = time_forward(fn, x, args.iters, args.warmup)
+                    kernels, per_cat = profile(model, x)
+                total = sum(per_cat.values()) or 1.0
+                mps = batch * (args.tile * model.upscale) ** 2 / (ms / 1000) / 1e6
+                print(f"| {args.label} | {prec} | {batch} | {mode} | {ms:.2f} | {mps:.2f} | {kernels} | {first:.1f} | "
+                      + " | ".join(f"{100 * per_cat[c] / total:.0f}" for c in cats) + " |", flush=True)
+                del model, fn
+                torch.cuda.empty_cache()
     return 0
 
 
