@@ -131,6 +131,51 @@ def make_spec(onnx_path, tile: int | None, batch: int = 1, precision: str = "fp3
                       dynamic_batch=shape[0] is None, dynamic_spatial=not (th and tw))
 
 
+def count_scan_nodes(onnx_path) -> int:
+    """Number of ``mambacsr.SelectiveScan`` nodes in the ONNX graph."""
+    import onnx
+    m = onnx.load(str(onnx_path), load_external_data=False)
+    return sum(1 for n in m.graph.node if n.op_type == "SelectiveScan" and n.domain == "mambacsr")
+
+
+def count_scan_plugin_layers(trt, network) -> int:
+    """Plugin (IPluginV3) layers of a parsed network that are SelectiveScan, or whose plugin
+    cannot be inspected from Python (counted: an inlined scan leaves no plugin layer at all)."""
+    count = 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.type != trt.LayerType.PLUGIN_V3:
+            continue
+        name = None
+        try:
+            layer.__class__ = trt.IPluginV3Layer
+            core = layer.plugin.get_capability_interface(trt.PluginCapabilityType.CORE)
+            name = getattr(core, "plugin_name", None)
+        except Exception:  # noqa: BLE001 - best effort across TensorRT versions
+            name = None
+        if name in (None, "SelectiveScan"):
+            count += 1
+    return count
+
+
+def check_plugin_layers(trt, network, onnx_path, plugin) -> None:
+    """Stop unless every SelectiveScan node became a plugin layer. Without a registered creator
+    TensorRT's parser silently inlines the node's ONNX function (a Loop over the tokens): the
+    engine builds and runs, far slower."""
+    expected = count_scan_nodes(onnx_path)
+    found = count_scan_plugin_layers(trt, network)
+    if found >= expected:
+        return
+    if not plugin:
+        fix = "load the plugin library before parsing: pass --plugin build/libmambacsr_plugins.so"
+    else:
+        fix = (f"{plugin} registered no SelectiveScan/1/mambacsr creator with TensorRT {trt.__version__} before "
+               f"parsing (rebuild plugins/ for this TensorRT); TensorRT older than 10.7 prefers the ONNX function: "
+               f"re-export with `python -m export.onnx --plugin-only`")
+    raise UserError(f"{Path(onnx_path).name}: {expected} SelectiveScan nodes but {found} TensorRT plugin layers "
+                    f"(the rest were inlined as slow ONNX functions): {fix}")
+
+
 def build_engine(spec: EngineSpec, cache_dir=None, force: bool = False, log=print,
                  workspace_gib: float = 4.0) -> Path:
     """Build (or reuse) the engine for ``spec``; returns its path."""
@@ -165,6 +210,7 @@ def build_engine(spec: EngineSpec, cache_dir=None, force: bool = False, log=prin
         errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         hint = " (pass --plugin libmambacsr_plugins.so)" if "SelectiveScan" in errs and not spec.plugin else ""
         raise UserError(f"TensorRT cannot parse {spec.onnx}: {errs[:400]}{hint}")
+    check_plugin_layers(trt, network, spec.onnx, spec.plugin)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
     if major < 11:

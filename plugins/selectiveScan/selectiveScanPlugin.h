@@ -1,17 +1,24 @@
 /*
  * SelectiveScan TensorRT plugin (IPluginV3, name "SelectiveScan", version "1", namespace "mambacsr").
  *
- * Thin glue: shapes, types, formats and the one serialized field `delta_softplus`. All arithmetic
- * is in the shared CUDA kernel (mambacsr_scan.h); enqueue only launches it.
+ * Thin glue: shapes, types, formats, the scan order and the serialized fields. All arithmetic is
+ * in the shared CUDA kernel (mambacsr_scan.h, mambacsr_selective_scan_ordered); enqueue only
+ * launches it.
  *
- * Inputs (linear format): 0 u (B, KC, L) T, 1 delta (B, KC, L) T, 2 A (KC, N) float32,
- * 3 Bs (B, K, N, L) T, 4 Cs (B, K, N, L) T, 5 D (KC) float32, 6 delta_bias (KC) float32,
- * with T float32, float16 or bfloat16. Output: 0 y (B, KC, L) T.
+ * Inputs (linear format, storage order): 0 u (B, KC, L), or (B, KC/K, L) shared by the K groups,
+ * T; 1 delta (B, KC, L) T; 2 A (KC, N) float32; 3 Bs (B, K, N, L) T; 4 Cs (B, K, N, L) T;
+ * 5 D (KC) float32; 6 delta_bias (KC) float32; T float32, float16 or bfloat16.
+ * Output: 0 y, delta's shape, T.
+ * Fields (ONNX attributes of the node, all int32): delta_softplus, order_kind, order_height,
+ * order_width, order_windows[K], order_flags[K] (mambacsr_scan_order.h); a missing order means
+ * the identity order.
  */
 #ifndef MAMBACSR_SELECTIVE_SCAN_PLUGIN_H
 #define MAMBACSR_SELECTIVE_SCAN_PLUGIN_H
 
 #include "NvInferRuntime.h"
+
+#include "mambacsr_scan.h"
 
 #include <cstdint>
 #include <string>
@@ -27,6 +34,25 @@ constexpr char const* kSELECTIVE_SCAN_VERSION = "1";
 constexpr char const* kSELECTIVE_SCAN_NAMESPACE = "mambacsr";
 
 void logMessage(nvinfer1::ILogger::Severity severity, char const* msg) noexcept;
+
+//! The node's attributes. Lists hold one entry per group, or none (identity order only).
+struct SelectiveScanParams
+{
+    int32_t deltaSoftplus{1};
+    int32_t orderKind{MAMBACSR_ORDER_IDENTITY};
+    int32_t orderHeight{0};
+    int32_t orderWidth{0};
+    std::vector<int32_t> orderWindows;
+    std::vector<int32_t> orderFlags;
+
+    //! Checks that need no shapes; empty string when valid.
+    std::string validate() const;
+    //! The kernel's order for K groups and storage length L, checked with mambacsr_order_check;
+    //! `isIdentity` is set when the plain token order applies (the kernel then gets NULL).
+    std::string toOrder(int64_t k, int64_t length, mambacsr_scan_order_t& order, bool& isIdentity) const;
+    //! A stable text of the fields (timing cache ID, metadata).
+    std::string describe() const;
+};
 
 class SelectiveScanPlugin : public nvinfer1::IPluginV3,
                             public nvinfer1::IPluginV3OneCore,
@@ -46,7 +72,7 @@ public:
         kDELTA_BIAS = 6
     };
 
-    explicit SelectiveScanPlugin(int32_t deltaSoftplus);
+    explicit SelectiveScanPlugin(SelectiveScanParams params);
     SelectiveScanPlugin(SelectiveScanPlugin const& other);
     SelectiveScanPlugin& operator=(SelectiveScanPlugin const&) = delete;
     ~SelectiveScanPlugin() override = default;
@@ -73,6 +99,8 @@ public:
     int32_t getNbOutputs() const noexcept override;
     size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
         nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
+    char const* getTimingCacheID() noexcept override;
+    char const* getMetadataString() noexcept override;
 
     // IPluginV3OneRuntime
     int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs,
@@ -82,18 +110,21 @@ public:
     nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext* context) noexcept override;
     nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
 
-    int32_t deltaSoftplus() const noexcept
+    SelectiveScanParams const& params() const noexcept
     {
-        return mDeltaSoftplus;
+        return mParams;
     }
 
-    // Shape/type checks shared by configurePlugin and onShapeChange; empty string when valid.
-    static std::string checkShapes(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs) noexcept;
+    // Shape/type/order checks shared by configurePlugin, onShapeChange and enqueue; empty string
+    // when valid. Dimensions of -1 (unknown at build time) pass and are checked again later.
+    std::string checkTensors(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs,
+        nvinfer1::PluginTensorDesc const* out, int32_t nbOutputs) const;
 
 private:
-    void initFields() noexcept;
+    void initFields();
 
-    int32_t mDeltaSoftplus{1};
+    SelectiveScanParams mParams;
+    std::string mDescription;
     std::vector<nvinfer1::PluginField> mFields;
     nvinfer1::PluginFieldCollection mFieldCollection{};
 };

@@ -56,6 +56,16 @@ def load_plugin(trt, path, logger=None) -> None:
         why = "TensorRT returned no handle"
     if handle is None:
         raise UserError(f"cannot load plugin {path}: {why} (built against another TensorRT/CUDA? rebuild plugins/)")
+    # Loading is not registering: the parser maps SelectiveScan nodes only to a registered creator.
+    get_creator = getattr(registry, "get_creator", None)
+    if get_creator is not None:
+        try:
+            creator = get_creator("SelectiveScan", "1", "mambacsr")
+        except Exception:  # noqa: BLE001 - lookup API differs between versions: no verdict
+            creator = True
+        if creator is None:
+            raise UserError(f"{path} loaded but registered no SelectiveScan/1/mambacsr plugin creator: pass "
+                            f"libmambacsr_plugins.so built from plugins/ (`cmake -S plugins -B build`)")
     _loaded_plugins[path] = handle
 
 
