@@ -93,8 +93,8 @@ def graphed(model, x):
     return replay
 
 
-def profile(fn, x) -> tuple[int, dict[str, float]]:
-    """Kernel count and GPU ms per category of one call."""
+def profile(fn, x, top: list | None = None) -> tuple[int, dict[str, float]]:
+    """Kernel count and GPU ms per category of one call; `top` collects (ms, name) per kernel name."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -104,12 +104,16 @@ def profile(fn, x) -> tuple[int, dict[str, float]]:
         fn(x)
         torch.cuda.synchronize()
     per_cat: dict[str, float] = {c: 0.0 for c, _ in CATEGORIES}
+    per_name: dict[str, float] = {}
     count = 0
     for evt in prof.events():
         if evt.device_type != torch.autograd.DeviceType.CUDA:
             continue
         count += 1
         per_cat[categorize(evt.name)] += evt.device_time / 1000.0
+        per_name[evt.name] = per_name.get(evt.name, 0.0) + evt.device_time / 1000.0
+    if top is not None:
+        top.extend(sorted(((ms, name) for name, ms in per_name.items()), reverse=True))
     return count, per_cat
 
 
@@ -122,12 +126,14 @@ def main() -> int:
     ap.add_argument("--modes", default="eager,graph,compiled")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--top", type=int, default=0, help="also list the N costliest kernels of the last row")
     ap.add_argument("--baseline", help="another checkout of this project to time side by side (eager, graph)")
     ap.add_argument("--code-root", default=str(ROOT), help=argparse.SUPPRESS)  # the baseline's own process
     ap.add_argument("--label", default="this", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.label != "this":
-        return run_rows(args)
+        run_rows(args)
+        return 0
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -136,7 +142,11 @@ def main() -> int:
     print("\n| code | precision | batch | mode | ms/tile-batch | output MP/s | kernels | first call s | "
           + " | ".join(f"{c} %" for c, _ in CATEGORIES) + " |")
     print("|" + "---|" * (8 + len(CATEGORIES)))
-    run_rows(args)
+    top = run_rows(args)
+    if args.top:
+        print("\nCostliest kernels of the last row (ms per forward, category):")
+        for ms, name in top[:args.top]:
+            print(f"  {ms:7.3f}  {categorize(name):11s}  {name[:110]}")
     if args.baseline:  # its own process: both register an op named mambacsr::selective_scan
         modes = ",".join(m for m in args.modes.split(",") if m != "compiled")
         subprocess.run([sys.executable, __file__, "--code-root", str(Path(args.baseline).resolve()), "--label",
@@ -148,8 +158,9 @@ def main() -> int:
     return 0
 
 
-def run_rows(args) -> int:
-    """One table row per (precision, batch, mode) for the code at args.code_root."""
+def run_rows(args) -> list:
+    """One table row per (precision, batch, mode) for the code at args.code_root; returns the
+    last row's kernels, costliest first."""
     cats = [c for c, _ in CATEGORIES]
     torch.backends.cudnn.benchmark = True
     MambaCSR, PRESETS, _ = load_model_class(Path(args.code_root))
@@ -170,14 +181,15 @@ def run_rows(args) -> int:
                     first = time.perf_counter() - t0
                     fn = graphed(model, x) if mode in ("graph", "compiled") else model
                     ms = time_forward(fn, x, args.iters, args.warmup)
-                    kernels, per_cat = profile(model, x)
+                    top: list = []
+                    kernels, per_cat = profile(model, x, top)
                 total = sum(per_cat.values()) or 1.0
                 mps = batch * (args.tile * model.upscale) ** 2 / (ms / 1000) / 1e6
                 print(f"| {args.label} | {prec} | {batch} | {mode} | {ms:.2f} | {mps:.2f} | {kernels} | {first:.1f} | "
                       + " | ".join(f"{100 * per_cat[c] / total:.0f}" for c in cats) + " |", flush=True)
                 del model, fn
                 torch.cuda.empty_cache()
-    return 0
+    return top
 
 
 if __name__ == "__main__":

@@ -2,10 +2,11 @@
 
 The C file is compiled with the system C compiler (`$CC`, else `cc`, `gcc`, `clang`) into a
 shared library in the cache directory (`$MAMBACSR_CACHE`, else `~/.cache/mambacsr/`), named by
-a hash of the source, the compiler and its version, the flags and the machine (CPU model and
-flags, since the build uses `-march=native`). The library is written to a temporary file and
-renamed into place, so concurrent processes never load a half-written file. It is loaded with
-ctypes; the call releases the GIL and uses `torch.get_num_threads()` OpenMP threads.
+a hash of the sources (the C file and the order header it includes), the compiler and its
+version, the flags and the machine (CPU model and flags, since the build uses `-march=native`).
+The library is written to a temporary file and renamed into place, so concurrent processes
+never load a half-written file. It is loaded with ctypes; the call releases the GIL and uses
+`torch.get_num_threads()` OpenMP threads.
 
 When no compiler is found or the build fails, one warning is issued and `selective_scan_cpu`
 returns None from then on: the caller (`selective_scan.py`) falls back to the chunked PyTorch
@@ -27,12 +28,15 @@ from pathlib import Path
 
 import torch
 
+from ..scan_order import MAX_GROUPS, ScanOrder
 from .reference import check_scan_shapes
 
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "selective_scan_cpu.c"
-ABI = 1
+#: Headers SOURCE includes: part of the build cache key.
+HEADERS = (SOURCE.with_name("mambacsr_scan_order.h"),)
+ABI = 2
 #: Compilers tried in order after `$CC` (tests monkeypatch this).
 COMPILERS: tuple[str, ...] = ("cc", "gcc", "clang")
 # Flag sets tried in order; -march=native or OpenMP may be unsupported by some compilers.
@@ -110,7 +114,7 @@ def _build(cc: str, version: str) -> tuple[Path, list[str]]:
 
     A flag set that failed leaves a `.failed` marker next to its target, so later processes
     go straight to the next set."""
-    src = SOURCE.read_bytes()
+    src = b"\0".join(p.read_bytes() for p in (SOURCE, *HEADERS))
     machine = _machine_id()
     out_dir = _writable_cache_dir()
     errors = []
@@ -172,9 +176,10 @@ def _load():
             _build_info = (f"{lib.mambacsr_scan_cpu_impl().decode()} path, "
                            f"{'OpenMP' if lib.mambacsr_scan_cpu_openmp() else 'no OpenMP'}, "
                            f"{first} {' '.join(flags)}")
-            fn = lib.mambacsr_scan_cpu_f32
+            fn = lib.mambacsr_scan_cpu_f32_ordered
             fn.restype = ctypes.c_int
-            fn.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int64] * 5 + [ctypes.c_int] * 2
+            fn.argtypes = ([ctypes.c_void_p] * 8 + [ctypes.c_int64] * 5 + [ctypes.c_int]
+                           + [ctypes.POINTER(OrderStruct), ctypes.c_int, ctypes.c_int])
             _lib = lib
         except Exception as exc:  # noqa: BLE001 - any failure means: use the fallback
             _failed = True
@@ -207,21 +212,42 @@ def has_openmp() -> bool:
     return bool(lib is not None and lib.mambacsr_scan_cpu_openmp())
 
 
-def selective_scan_cpu(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus):
-    """y = SelectiveScan(u, ...) with the C kernel (u's dtype), or None when it is unavailable."""
+class OrderStruct(ctypes.Structure):
+    """`mambacsr_scan_order_t` of csrc/mambacsr_scan_order.h."""
+
+    _fields_ = [("kind", ctypes.c_int32), ("height", ctypes.c_int32), ("width", ctypes.c_int32),
+                ("window", ctypes.c_int32 * MAX_GROUPS), ("flags", ctypes.c_int32 * MAX_GROUPS)]
+
+    @classmethod
+    def from_order(cls, order: ScanOrder) -> "OrderStruct":
+        values = [order.kind, order.height, order.width, *order.windows, *order.flags]
+        if any(not -2**31 <= v < 2**31 for v in values):
+            raise ValueError(f"scan order values must fit in int32: {order}")
+        return cls(order.kind, order.height, order.width,
+                   (ctypes.c_int32 * MAX_GROUPS)(*order.windows),
+                   (ctypes.c_int32 * MAX_GROUPS)(*order.flags))
+
+
+def selective_scan_cpu(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus,
+                       order: ScanOrder | None = None):
+    """y (batch, K*C, L) = SelectiveScan(u, ...) in storage order with the C kernel, in u's
+    dtype; None when the kernel is unavailable. u is (batch, K*C, L) or, shared by the K groups,
+    (batch, C, L); `order` None is the plain token order."""
     if u.device.type != "cpu":
         return None
     lib = _load()
     if lib is None:
         return None
-    bt, k, c, n, length = check_scan_shapes(u, delta, A, Bs, Cs, D, delta_bias)
+    bt, k, c, n, length = check_scan_shapes(u, delta, A, Bs, Cs, D, delta_bias, order)
+    order_ref = None if order is None else ctypes.byref(OrderStruct.from_order(order))
     f32 = [t.detach().to(torch.float32).contiguous() for t in (u, delta, A, Bs, Cs, D, delta_bias)]
     y = torch.empty((bt, k * c, length), dtype=torch.float32)
     if y.numel() == 0:
         return y.to(u.dtype)
-    status = lib.mambacsr_scan_cpu_f32(*(t.data_ptr() for t in f32), y.data_ptr(),
-                                       bt, k, c, n, length, int(bool(delta_softplus)),
-                                       torch.get_num_threads())
+    u_shared = int(u.shape[1] != k * c)
+    status = lib.mambacsr_scan_cpu_f32_ordered(*(t.data_ptr() for t in f32), y.data_ptr(),
+                                               bt, k, c, n, length, u_shared, order_ref,
+                                               int(bool(delta_softplus)), torch.get_num_threads())
     if status != 0:
-        raise RuntimeError(f"mambacsr_scan_cpu_f32 failed with status {status}")
+        raise RuntimeError(f"mambacsr_scan_cpu_f32_ordered failed with status {status}")
     return y.to(u.dtype)

@@ -1,12 +1,16 @@
 /*
  * SelectiveScan on the CPU: plain C11 + OpenMP, built on first use by mambacsr/ops/scan_cpu.py.
  *
- * Contract (DESIGN.md), for every batch b, channel c (group g = c / C), state n, h = 0 at start:
- *     dt        = softplus(delta[b,c,t] + delta_bias[c])     (no softplus if delta_softplus == 0)
- *     h[n]      = exp(dt * A[c,n]) * h[n] + dt * Bs[b,g,n,t] * u[b,c,t]
- *     y[b,c,t]  = sum_n Cs[b,g,n,t] * h[n] + D[c] * u[b,c,t]
- * Layouts (all contiguous float32): u, delta, y (batch, K*C, L); A (K*C, N); Bs, Cs
- * (batch, K, N, L); D, delta_bias (K*C,).
+ * Contract (DESIGN.md, mambacsr_scan_order.h), for every batch b, channel c of group
+ * g = c / C (c' = c % C), state n, sequence token t of group g, with h = 0 at t = 0,
+ * s = source(g, t), o = target(g, t):
+ *     uu, dd, BB, CC = u[b, c or c', s], delta[b,c,s], Bs[b,g,:,s], Cs[b,g,:,s]  (0 if s < 0)
+ *     dt        = softplus(dd + delta_bias[c])     (no softplus if delta_softplus == 0)
+ *     h[n]      = exp(dt * A[c,n]) * h[n] + dt * BB[n] * uu
+ *     y[b,c,o]  = sum_n CC[n] * h[n] + D[c] * uu   (not stored if o < 0)
+ * Layouts (all contiguous float32, storage order, length L): u (batch, K*C, L), or (batch, C, L)
+ * shared by the K groups when u_shared; delta, y (batch, K*C, L); A (K*C, N); Bs, Cs
+ * (batch, K, N, L); D, delta_bias (K*C,) (either may be NULL: zero).
  *
  * Work split: one work item = (batch, group, tile of up to TILE_LG lane-groups of VL = 8
  * channels of that group), spread over OpenMP threads (dynamic schedule). A lane-group's 8
@@ -18,9 +22,14 @@
  * hot in L1 for all the tile's lane-groups; reading the rows in place, L floats apart, would
  * put 2N lines into one L1 set); dt (softplus, vectorised over tokens) and dt*u are computed
  * row by row and transposed to lane-interleaved [token][8], y is transposed back and gets
- * D*u. Channels past the group's end are padding lanes with dt = 0. Any shape works; with
- * AVX2+FMA (x86-64 -march=native) the state loop uses intrinsics with 4 interleaved exps,
- * elsewhere a portable loop the compiler vectorises (omp simd); N = 16/32/64 are specialised.
+ * D*u. With any other scan order the blocks are blocks of each group's sequence: the order's
+ * source / target positions are tabulated once per call (order_tables), each row's block is
+ * gathered through them (virtual tokens read 0; runs and column-first tiles with vector loads)
+ * before the same transposes, y + D*u is scattered back through the targets, and the lines
+ * of the next block are prefetched. Channels past the group's end are padding lanes with
+ * dt = 0. Any shape works; with AVX2+FMA (x86-64 -march=native) the state loop uses
+ * intrinsics with 4 interleaved exps, elsewhere a portable loop the compiler vectorises
+ * (omp simd); N = 16/32/64 are specialised.
  *
  * exp: Cephes-style (range reduction by ln 2, degree-7 polynomial, <= 1.25 ulp), branch-free so
  * it vectorises; exp(x) = 0 for x < -86.99 (results below 1.7e-38), +inf for x > ln(FLT_MAX),
@@ -39,12 +48,18 @@
 #include <omp.h>
 #endif
 
-#define MAMBACSR_SCAN_ABI 1
+#include "mambacsr_scan_order.h"
+
+#define MAMBACSR_SCAN_ABI 2
 #ifndef TILE_LG
 #define TILE_LG 8            /* lane-groups (of VL channels) per work item */
 #endif
 #ifndef TOKENS_PER_BLOCK
 #define TOKENS_PER_BLOCK 128 /* tokens per block: the group's B/C block stays in L1 */
+#endif
+#ifndef ORDERED_TOKENS_PER_BLOCK
+#define ORDERED_TOKENS_PER_BLOCK 256 /* with a scan order: a column order (c_w64) uses few floats
+                                        of each cache line per block, longer blocks more */
 #endif
 
 #if defined(__GNUC__) || defined(__clang__)
@@ -342,23 +357,300 @@ int mambacsr_scan_cpu_openmp(void)
 #endif
 }
 
-/* Returns 0 on success, 1 on bad arguments, 2 when scratch memory could not be allocated. */
-int mambacsr_scan_cpu_f32(const float* u, const float* delta, const float* A, const float* Bs,
-                          const float* Cs, const float* D, const float* delta_bias, float* y,
-                          int64_t batch, int64_t K, int64_t C, int64_t N, int64_t L,
-                          int delta_softplus, int num_threads)
+/* ---- scan orders: tokens gathered out of storage order, y scattered back ------------------- */
+
+/* How the 8 positions of one chunk (8 consecutive sequence tokens, counted from the start of
+ * their block) lie in storage, so that a row is gathered with vector loads where the order
+ * allows: a run forwards or backwards (row-first windows, flips) or, over 8 chunks, an 8 x 8
+ * tile read column by column (column-first windows: one transpose). The rest - cross-scale
+ * groups of five, the full-height columns of c_w64, windows cut by the grid's edge - goes
+ * position by position. */
+enum {
+    CHUNK_ANY = 0,       /* position by position (-1: virtual / not written) */
+    CHUNK_NONE,          /* all -1 */
+    CHUNK_FORWARD,       /* p[k] = p[0] + k */
+    CHUNK_BACKWARD,      /* p[k] = p[0] - k */
+    CHUNK_TILE,          /* this and the next 7 chunks: p[8i + k] = p[0] + i + k*s */
+    CHUNK_TILE_BACKWARD, /* this and the next 7 chunks: p[8i + k] = p[0] - i + k*s */
+    CHUNK_IN_TILE        /* covered by a tile that starts earlier */
+};
+
+/* A scan order as tables, built once per call from mambacsr_scan_order.h so that the index
+ * arithmetic is not repeated for every channel: per sequence token its source and target storage
+ * positions (-1: a virtual token / an output that is not written); per chunk of a block its
+ * CHUNK_* kind for each; per block the distinct cache lines (16 floats) those positions fall
+ * in, so that the block's rows can be prefetched while the block before is scanned (gathers
+ * are out of reach of the hardware prefetcher and the rows are in L3 or memory: without this,
+ * waiting for them costs about as much as the scan). */
+typedef struct {
+    int64_t seq_off[MAMBACSR_SCAN_MAX_GROUPS + 1];  /* group g's tokens: [seq_off[g], [g+1]) */
+    int64_t blk_off[MAMBACSR_SCAN_MAX_GROUPS + 1];  /* group g's blocks: [blk_off[g], [g+1]) */
+    int64_t tblock;                                 /* tokens per block */
+    int64_t cpb;                                    /* chunks per block: ceil(tblock / 8) */
+    int32_t* src;        /* [token] */
+    int32_t* tgt;        /* [token] */
+    int32_t* src_lines;  /* [block][tblock]: distinct lines of the block's sources, ascending */
+    int32_t* tgt_lines;  /* [block][tblock]: same for the targets */
+    int32_t* n_lines;    /* [block][2]: how many of each */
+    int8_t* src_kind;    /* [block][cpb]: CHUNK_* of the sources */
+    int8_t* tgt_kind;    /* [block][cpb]: CHUNK_* of the targets */
+} order_tables;
+
+#define LINE_SHIFT 4  /* 16 floats: 64-byte cache lines */
+
+/* The distinct pos[i] >> LINE_SHIFT over pos[i] >= 0, ascending, into out; returns how many. */
+static int32_t distinct_lines(const int32_t* pos, int64_t n, int32_t* out)
+{
+    int32_t m = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        if (pos[i] < 0) continue;
+        const int32_t v = pos[i] >> LINE_SHIFT;
+        int32_t j = m;  /* insertion sort: the positions come in runs, so this is short */
+        while (j > 0 && out[j - 1] > v) --j;
+        if (j > 0 && out[j - 1] == v) continue;
+        memmove(out + j + 1, out + j, (size_t)(m - j) * sizeof(int32_t));
+        out[j] = v;
+        ++m;
+    }
+    return m;
+}
+
+/* p[8i + k] == p[0] + a*i + k*s for i, k < 8, all >= 0 (s = p[1] - p[0] != 0). */
+static int is_tile(const int32_t* p, int32_t a)
+{
+    const int64_t s = (int64_t)p[1] - p[0];
+    if (s == 0 || p[0] < 0) return 0;
+    for (int i = 0; i < 8; ++i)
+        for (int k = 0; k < 8; ++k) {
+            const int32_t v = p[8 * i + k];
+            if (v < 0 || v != p[0] + a * i + k * s) return 0;
+        }
+    return 1;
+}
+
+/* CHUNK_* of each chunk of a block's n positions. */
+static void classify_chunks(const int32_t* pos, int64_t n, int8_t* kind)
+{
+    const int64_t nch = (n + 7) / 8;
+    for (int64_t c = 0; c < nch; ++c) kind[c] = -1;
+    for (int64_t c = 0; c < nch; ++c) {
+        if (kind[c] >= 0) continue;  /* inside a tile */
+        const int32_t* p = pos + 8 * c;
+        const int64_t m = n - 8 * c < 8 ? n - 8 * c : 8;
+        const int full = m == 8 && p[0] >= 0;
+        int none = 1, fwd = full, bwd = full && p[0] >= 7;
+        for (int64_t k = 0; k < m; ++k) {
+            none &= p[k] < 0;
+            fwd &= p[k] == p[0] + k;
+            bwd &= p[k] == p[0] - k;
+        }
+        if (none) kind[c] = CHUNK_NONE;
+        else if (fwd) kind[c] = CHUNK_FORWARD;
+        else if (bwd) kind[c] = CHUNK_BACKWARD;
+        else if (8 * c + 64 <= n && (is_tile(p, 1) || is_tile(p, -1))) {
+            kind[c] = is_tile(p, 1) ? CHUNK_TILE : CHUNK_TILE_BACKWARD;
+            for (int i = 1; i < 8; ++i) kind[c + i] = CHUNK_IN_TILE;
+        } else kind[c] = CHUNK_ANY;
+    }
+}
+
+static void free_order_tables(order_tables* ot) { free(ot->src); ot->src = NULL; }
+
+/* Returns 0, 1 (a sequence too long for int32 positions) or 2 (out of memory). */
+static int build_order_tables(const mambacsr_scan_order_t* order, int64_t K, int64_t L,
+                              int64_t tblock_max, int nt, order_tables* ot)
+{
+    int64_t max_seq = 0;
+    ot->seq_off[0] = ot->blk_off[0] = 0;
+    if (L > INT32_MAX) return 1;
+    for (int64_t g = 0; g < K; ++g) {
+        const int64_t s = mambacsr_order_seq_len(order, (int)g, L);
+        if (s > INT32_MAX) return 1;
+        if (s > max_seq) max_seq = s;
+        ot->seq_off[g + 1] = ot->seq_off[g] + s;
+    }
+    ot->tblock = max_seq < tblock_max ? max_seq : tblock_max;
+    ot->cpb = (ot->tblock + 7) / 8;
+    for (int64_t g = 0; g < K; ++g)
+        ot->blk_off[g + 1] = ot->blk_off[g]
+            + (ot->seq_off[g + 1] - ot->seq_off[g] + ot->tblock - 1) / ot->tblock;
+    const int64_t tokens = ot->seq_off[K], blocks = ot->blk_off[K];
+    const size_t n32 = (size_t)(2 * tokens + 2 * blocks * ot->tblock + 2 * blocks);
+    ot->src = (int32_t*)malloc(n32 * sizeof(int32_t) + (size_t)(2 * blocks * ot->cpb));
+    if (!ot->src) return 2;
+    ot->tgt = ot->src + tokens;
+    ot->src_lines = ot->tgt + tokens;
+    ot->tgt_lines = ot->src_lines + blocks * ot->tblock;
+    ot->n_lines = ot->tgt_lines + blocks * ot->tblock;
+    ot->src_kind = (int8_t*)(ot->src + n32);
+    ot->tgt_kind = ot->src_kind + blocks * ot->cpb;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 4)
+#endif
+    for (int64_t j = 0; j < blocks; ++j) {
+        int64_t g = 0;
+        while (j >= ot->blk_off[g + 1]) ++g;
+        const int64_t t0 = ot->seq_off[g] + (j - ot->blk_off[g]) * ot->tblock;
+        const int64_t end = ot->seq_off[g + 1];
+        const int64_t t1 = t0 + ot->tblock < end ? t0 + ot->tblock : end;
+        for (int64_t i = t0; i < t1; ++i) {
+            ot->src[i] = (int32_t)mambacsr_order_source(order, (int)g, i - ot->seq_off[g], L);
+            ot->tgt[i] = (int32_t)mambacsr_order_target(order, (int)g, i - ot->seq_off[g], L);
+        }
+        const int64_t n = t1 - t0;
+        ot->n_lines[2 * j] = distinct_lines(ot->src + t0, n, ot->src_lines + j * ot->tblock);
+        ot->n_lines[2 * j + 1] = distinct_lines(ot->tgt + t0, n, ot->tgt_lines + j * ot->tblock);
+        classify_chunks(ot->src + t0, n, ot->src_kind + j * ot->cpb);
+        classify_chunks(ot->tgt + t0, n, ot->tgt_kind + j * ot->cpb);
+    }
+    (void)nt;
+    return 0;
+}
+
+#if defined(__GNUC__) || defined(__clang__)
+#define PREFETCH_READ(p) __builtin_prefetch((p), 0, 3)
+#define PREFETCH_WRITE(p) __builtin_prefetch((p), 1, 3)
+#else
+#define PREFETCH_READ(p) ((void)(p))
+#define PREFETCH_WRITE(p) ((void)(p))
+#endif
+
+/* Prefetch the lines of a row (lines: line numbers relative to the row's start). */
+INLINE void prefetch_row(const float* row, const int32_t* lines, int32_t n, int write)
+{
+    if (write)
+        for (int32_t i = 0; i < n; ++i) PREFETCH_WRITE(row + ((int64_t)lines[i] << LINE_SHIFT));
+    else
+        for (int32_t i = 0; i < n; ++i) PREFETCH_READ(row + ((int64_t)lines[i] << LINE_SHIFT));
+}
+
+/* out[t] = row[src[t]] over a block's tb tokens, 0 for virtual tokens (src < 0), chunk by chunk
+ * as `kind` says. One row at a time: the positions a block reads are close together in it, so
+ * they stay in L1 (8 rows read side by side, L floats apart, would compete for one L1 set). */
+static void gather_row(const int64_t tb, const int32_t* restrict src, const int8_t* restrict kind,
+                       const float* restrict row, float* restrict out)
+{
+    for (int64_t c = 0; c * 8 < tb; ++c) {
+        const int32_t* p = src + 8 * c;
+        float* restrict o = out + 8 * c;
+        switch (kind[c]) {
+        case CHUNK_FORWARD:
+            for (int k = 0; k < 8; ++k) o[k] = row[p[0] + k];
+            break;
+        case CHUNK_BACKWARD:
+            for (int k = 0; k < 8; ++k) o[k] = row[p[0] - k];
+            break;
+        case CHUNK_TILE:  /* o[8i + k] = row[p0 + i + k*s]: rows k of the tile, transposed */
+            transpose8x8(row + p[0], p[1] - p[0], o, 8);
+            break;
+        case CHUNK_TILE_BACKWARD:  /* o[8i + k] = row[p0 - i + k*s]: the same, chunks reversed */
+            transpose8x8(row + p[0] - 7, p[1] - p[0], o + 56, -8);
+            break;
+        case CHUNK_IN_TILE:
+            break;
+        default: {  /* CHUNK_ANY, CHUNK_NONE */
+            const int64_t m = tb - 8 * c < 8 ? tb - 8 * c : 8;
+            for (int64_t k = 0; k < m; ++k) o[k] = p[k] >= 0 ? row[p[k]] : 0.0f;
+        }
+        }
+    }
+}
+
+/* row[tgt[t]] = yw[t] + Dc * uw[t] for the block's tokens whose output is written (tgt >= 0),
+ * chunk by chunk as `kind` says. */
+static void scatter_row(const int64_t tb, const int32_t* restrict tgt, const int8_t* restrict kind,
+                        const float* restrict yw, const float* restrict uw, const float Dc,
+                        float* restrict row)
+{
+    float v[64];
+    for (int64_t c = 0; c * 8 < tb; ++c) {
+        const int32_t* p = tgt + 8 * c;
+        const float* restrict yc = yw + 8 * c;
+        const float* restrict uc = uw + 8 * c;
+        switch (kind[c]) {
+        case CHUNK_FORWARD:
+            for (int k = 0; k < 8; ++k) row[p[0] + k] = yc[k] + Dc * uc[k];
+            break;
+        case CHUNK_BACKWARD:
+            for (int k = 0; k < 8; ++k) row[p[0] - k] = yc[k] + Dc * uc[k];
+            break;
+        case CHUNK_TILE:  /* row[p0 + i + k*s] = v[8i + k] */
+        case CHUNK_TILE_BACKWARD:  /* row[p0 - i + k*s] = v[8i + k] */
+            for (int k = 0; k < 64; ++k) v[k] = yc[k] + Dc * uc[k];
+            if (kind[c] == CHUNK_TILE)
+                transpose8x8(v, 8, row + p[0], p[1] - p[0]);
+            else
+                transpose8x8(v + 56, -8, row + p[0] - 7, p[1] - p[0]);
+            break;
+        case CHUNK_IN_TILE:
+        case CHUNK_NONE:
+            break;
+        default: {
+            const int64_t m = tb - 8 * c < 8 ? tb - 8 * c : 8;
+            for (int64_t k = 0; k < m; ++k)
+                if (p[k] >= 0) row[p[k]] = yc[k] + Dc * uc[k];
+        }
+        }
+    }
+}
+
+/* dt = softplus(delta + bias) (or delta + bias) and dt*u over one row of tokens. */
+INLINE void dt_row(const int softplus, const int64_t tb, const float* restrict dr,
+                   const float* restrict ur, const float bias, float* restrict dw,
+                   float* restrict uw)
+{
+    if (softplus) {
+        SIMD
+        for (int64_t t = 0; t < tb; ++t) {
+            const float d = softplus_f(dr[t] + bias);
+            dw[t] = d;
+            uw[t] = d * ur[t];
+        }
+    } else {
+        SIMD
+        for (int64_t t = 0; t < tb; ++t) {
+            const float d = dr[t] + bias;
+            dw[t] = d;
+            uw[t] = d * ur[t];
+        }
+    }
+}
+
+/* Returns 0 on success, 1 on bad arguments (an invalid order included), 2 when scratch memory
+ * could not be allocated. order == NULL: the identity order. */
+int mambacsr_scan_cpu_f32_ordered(const float* u, const float* delta, const float* A,
+                                  const float* Bs, const float* Cs, const float* D,
+                                  const float* delta_bias, float* y, int64_t batch, int64_t K,
+                                  int64_t C, int64_t N, int64_t L, int u_shared,
+                                  const mambacsr_scan_order_t* order, int delta_softplus,
+                                  int num_threads)
 {
     if (batch < 0 || K < 0 || C < 0 || N < 0 || L < 0) return 1;
+    if (order && (K > MAMBACSR_SCAN_MAX_GROUPS || mambacsr_order_check(order, K, L))) return 1;
     if (batch == 0 || K == 0 || C == 0 || L == 0) return 0;
     const int64_t KC = K * C;
+    const int64_t Cu = u_shared ? C : KC;  /* rows of u per batch */
 
-    const int64_t tblock = L < TOKENS_PER_BLOCK ? L : TOKENS_PER_BLOCK;
+    /* The plain token order keeps the contiguous path: rows read in place. */
+    int ordered = 0;
+    if (order) {
+        ordered = order->kind != MAMBACSR_ORDER_IDENTITY;
+        for (int64_t g = 0; g < K; ++g) ordered |= order->flags[g] != 0;
+    }
 
     int nt = num_threads;
 #ifdef _OPENMP
     if (nt <= 0) nt = omp_get_max_threads();
 #endif
     if (nt <= 0) nt = 1;
+
+    order_tables ot;
+    memset(&ot, 0, sizeof ot);
+    if (ordered) {
+        const int err = build_order_tables(order, K, L, ORDERED_TOKENS_PER_BLOCK, nt, &ot);
+        if (err) return err;
+    }
+    const int64_t tblock = ordered ? ot.tblock : (L < TOKENS_PER_BLOCK ? L : TOKENS_PER_BLOCK);
 
     /* Work item = (batch, group, tile of lane-groups). Tiles share the B/C block in L1; make
      * them small enough that every thread gets several items. */
@@ -378,10 +670,13 @@ int mambacsr_scan_cpu_f32(const float* u, const float* delta, const float* A, co
 #endif
     {
         /* Per-thread scratch. Lane-interleaved [t][VL]: dt, dt*u, y of one lane-group;
-         * [tile][n][VL]: A and the states of the tile; row-major [VL][t]: dt, dt*u, y rows;
-         * token-major [t][n]: the group's B and C block (B/C rows are L floats apart: reading
-         * them in place would put 2N lines in one L1 set). */
-        const size_t nflt = (size_t)(6 * tblock * VL + 2 * tile * Nb * VL + 2 * tblock * Nb);
+         * [tile][n][VL]: A and the states of the tile; row-major [VL][t]: dt, dt*u, y rows and
+         * (ordered) the gathered u rows, for D*u; token-major [t][n]: the group's B and C
+         * block (B/C rows are L floats apart: reading them in place would put 2N lines in one
+         * L1 set); (ordered) [n][t] or [t]: gathered rows before their transpose / use. */
+        const int64_t gsz = ordered ? tblock * Nb : 0;
+        const size_t nflt = (size_t)((ordered ? 7 : 6) * tblock * VL + 2 * tile * Nb * VL
+                                     + 2 * tblock * Nb + gsz);
         float* scratch = (float*)malloc(nflt * sizeof(float));
         if (!scratch) {
 #ifdef _OPENMP
@@ -399,6 +694,8 @@ int mambacsr_scan_cpu_f32(const float* u, const float* delta, const float* A, co
         float* hs = AT + tile * Nb * VL;             /* [tile][n][VL] */
         float* Bt = hs + tile * Nb * VL;             /* [t][n] */
         float* Ct = Bt + tblock * Nb;
+        float* graw = Ct + tblock * Nb;              /* ordered: [n][t], or one row [t] */
+        float* uraw = graw + gsz;                    /* ordered: [VL][t] */
 
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
@@ -412,6 +709,14 @@ int mambacsr_scan_cpu_f32(const float* u, const float* delta, const float* A, co
             const int64_t lg1 = lg0 + tile < lgroups ? lg0 + tile : lgroups;
             const float* Bg = Bs + (b * K + g) * N * L;
             const float* Cg = Cs + (b * K + g) * N * L;
+            /* u row / delta and y row of the group's channel 0 */
+            const float* ug = u + (b * Cu + (u_shared ? 0 : g * C)) * L;
+            const float* dg = delta + (b * KC + g * C) * L;
+            float* yg = y + (b * KC + g * C) * L;
+            const int64_t S = ordered ? ot.seq_off[g + 1] - ot.seq_off[g] : L;
+            const int32_t* src = ordered ? ot.src + ot.seq_off[g] : NULL;
+            const int32_t* tgt = ordered ? ot.tgt + ot.seq_off[g] : NULL;
+            const int64_t blk0 = ot.blk_off[g];  /* the group's first block in the tables */
 
             /* A of the tile's channels, lane-interleaved (0 for padding lanes); states = 0 */
             for (int64_t lg = lg0; lg < lg1; ++lg) {
@@ -424,12 +729,35 @@ int mambacsr_scan_cpu_f32(const float* u, const float* delta, const float* A, co
             }
             memset(hs, 0, (size_t)((lg1 - lg0) * Nb * VL) * sizeof(float));
 
-            for (int64_t t0 = 0; t0 < L; t0 += tblock) {
-                const int64_t tb = t0 + tblock < L ? tblock : L - t0;
-                transpose(Bg + t0, L, Bt, N, N, tb);
-                transpose(Cg + t0, L, Ct, N, N, tb);
+            for (int64_t t0 = 0; t0 < S; t0 += tblock) {
+                const int64_t tb = t0 + tblock < S ? tblock : S - t0;
+                /* ordered: the lines the next block reads (and writes) */
+                const int64_t blk = blk0 + t0 / tblock;
+                const int8_t* skind = ordered ? ot.src_kind + blk * ot.cpb : NULL;
+                const int8_t* tkind = ordered ? ot.tgt_kind + blk * ot.cpb : NULL;
+                const int64_t nxt = ordered && t0 + tblock < S ? blk + 1 : -1;
+                const int32_t* nsrc = nxt >= 0 ? ot.src_lines + nxt * tblock : NULL;
+                const int32_t* ntgt = nxt >= 0 ? ot.tgt_lines + nxt * tblock : NULL;
+                const int32_t nns = nxt >= 0 ? ot.n_lines[2 * nxt] : 0;
+                const int32_t nnt = nxt >= 0 ? ot.n_lines[2 * nxt + 1] : 0;
+                if (ordered) {
+                    for (int64_t n = 0; n < N; ++n) {
+                        gather_row(tb, src + t0, skind, Bg + n * L, graw + n * tb);
+                        prefetch_row(Bg + n * L, nsrc, nns, 0);
+                    }
+                    transpose(graw, tb, Bt, N, N, tb);
+                    for (int64_t n = 0; n < N; ++n) {
+                        gather_row(tb, src + t0, skind, Cg + n * L, graw + n * tb);
+                        prefetch_row(Cg + n * L, nsrc, nns, 0);
+                    }
+                    transpose(graw, tb, Ct, N, N, tb);
+                } else {
+                    transpose(Bg + t0, L, Bt, N, N, tb);
+                    transpose(Cg + t0, L, Ct, N, N, tb);
+                }
                 for (int64_t lg = lg0; lg < lg1; ++lg) {
-                    const int64_t nl = C - lg * VL < VL ? C - lg * VL : VL;  /* real lanes */
+                    const int64_t c0 = lg * VL;
+                    const int64_t nl = C - c0 < VL ? C - c0 : VL;  /* real lanes */
                     /* dt and dt*u rows of the lane-group's channels, then lane-interleaved */
                     for (int l = 0; l < VL; ++l) {
                         float* dw = drows + l * tblock;
@@ -439,25 +767,18 @@ int mambacsr_scan_cpu_f32(const float* u, const float* delta, const float* A, co
                             memset(uw, 0, (size_t)tb * sizeof(float));
                             continue;
                         }
-                        const int64_t ch = g * C + lg * VL + l;
-                        const int64_t row = (b * KC + ch) * L + t0;
-                        const float* ur = u + row;
-                        const float* dr = delta + row;
-                        const float bias = delta_bias ? delta_bias[ch] : 0.0f;
-                        if (delta_softplus) {
-                            SIMD
-                            for (int64_t t = 0; t < tb; ++t) {
-                                const float d = softplus_f(dr[t] + bias);
-                                dw[t] = d;
-                                uw[t] = d * ur[t];
-                            }
+                        const int64_t cl = c0 + l;
+                        const float bias = delta_bias ? delta_bias[g * C + cl] : 0.0f;
+                        if (ordered) {
+                            float* ul = uraw + l * tblock;
+                            gather_row(tb, src + t0, skind, ug + cl * L, ul);
+                            gather_row(tb, src + t0, skind, dg + cl * L, graw);
+                            prefetch_row(ug + cl * L, nsrc, nns, 0);
+                            prefetch_row(dg + cl * L, nsrc, nns, 0);
+                            dt_row(delta_softplus, tb, graw, ul, bias, dw, uw);
                         } else {
-                            SIMD
-                            for (int64_t t = 0; t < tb; ++t) {
-                                const float d = dr[t] + bias;
-                                dw[t] = d;
-                                uw[t] = d * ur[t];
-                            }
+                            dt_row(delta_softplus, tb, dg + cl * L + t0, ug + cl * L + t0, bias,
+                                   dw, uw);
                         }
                     }
                     transpose(drows, tblock, dtv, VL, VL, tb);
@@ -465,20 +786,27 @@ int mambacsr_scan_cpu_f32(const float* u, const float* delta, const float* A, co
                     scan_lanes_any(N, tb, AT + (lg - lg0) * Nb * VL, Bt, Ct, dtv,
                                    duv, hs + (lg - lg0) * Nb * VL, yv);
                     transpose(yv, VL, yrows, tblock, tb, VL);
+                    /* y = scan + D*u, in place or through the target table */
                     for (int64_t l = 0; l < nl; ++l) {
-                        const int64_t ch = g * C + lg * VL + l;
-                        const int64_t row = (b * KC + ch) * L + t0;
-                        const float* ur = u + row;
+                        const int64_t cl = c0 + l;
                         const float* yw = yrows + l * tblock;
-                        float* yr = y + row;
-                        const float Dc = D ? D[ch] : 0.0f;
-                        SIMD
-                        for (int64_t t = 0; t < tb; ++t) yr[t] = yw[t] + Dc * ur[t];
+                        const float Dc = D ? D[g * C + cl] : 0.0f;
+                        if (ordered) {
+                            scatter_row(tb, tgt + t0, tkind, yw, uraw + l * tblock, Dc,
+                                        yg + cl * L);
+                            prefetch_row(yg + cl * L, ntgt, nnt, 1);
+                        } else {
+                            const float* ur = ug + cl * L + t0;
+                            float* yr = yg + cl * L + t0;
+                            SIMD
+                            for (int64_t t = 0; t < tb; ++t) yr[t] = yw[t] + Dc * ur[t];
+                        }
                     }
                 }
             }
         }
         free(scratch);
     }
+    free_order_tables(&ot);
     return status;
 }
