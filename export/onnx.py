@@ -12,8 +12,8 @@ import copy
 import io
 import json
 import logging
-import os
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +22,12 @@ import torch
 import torch.nn as nn
 
 from mambacsr.atomic import atomic_write
+from mambacsr.usage import ArgumentParser, fail, int_range, output_problem
 
 from . import scan_function as sf
 
 log = logging.getLogger("export.onnx")
+PROG = "python -m export.onnx"
 SUPPORTED_OPSETS = (17, 18, 19, 20, 21, 22, 23)
 DEFAULT_OPSET = 18
 
@@ -170,7 +172,7 @@ def summarize(path: Path) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     ap.add_argument("--ckpt", required=True, help="official .pth (params_ema/params) or .safetensors")
     cfg = ap.add_mutually_exclusive_group()
     cfg.add_argument("--config", help="official option YAML (its network_g block)")
@@ -178,7 +180,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", required=True, help="output .onnx path")
     ap.add_argument("--tile", type=int, default=64, help="low-resolution tile size (square), default 64")
     b = ap.add_mutually_exclusive_group()
-    b.add_argument("--batch", type=int, default=1, help="static batch size (default 1)")
+    b.add_argument("--batch", type=int_range(1), default=1, help="static batch size (default 1)")
     b.add_argument("--dynamic-batch", action="store_true", help="dynamic batch dimension")
     ap.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
     ap.add_argument("--opset", type=int, default=DEFAULT_OPSET)
@@ -188,7 +190,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # a usage error (one line, exit 2) or --help
+        return e.code if isinstance(e.code, int) else 2
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("torch").setLevel(logging.ERROR)
     from mambacsr import load_model
@@ -196,18 +201,24 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     if out.suffix != ".onnx":
-        print(f"error: --out {out} must end in .onnx", file=sys.stderr)
-        return 2
-    if not os.access(out.parent if out.parent.exists() else Path("."), os.W_OK):
-        print(f"error: cannot write to {out.parent}: choose a writable --out directory", file=sys.stderr)
-        return 2
+        return fail(PROG, f"--out {out} must end in .onnx: e.g. --out model.onnx")
+    problem = output_problem(out)  # before the export, which takes minutes at the official size
+    if problem:
+        return fail(PROG, f"--out {out}: {problem}")
     try:
-        model = load_model(args.ckpt, config=args.config or args.preset)
-        path = export_model(model, out, tile=args.tile, batch=args.batch, dynamic_batch=args.dynamic_batch,
-                            precision=args.precision, opset=args.opset, with_function=not args.plugin_only)
+        with warnings.catch_warnings():  # torch.export's internal deprecations are not the user's to fix
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"(torch|copyreg)\b")
+            model = load_model(args.ckpt, config=args.config or args.preset)
+            path = export_model(model, out, tile=args.tile, batch=args.batch, dynamic_batch=args.dynamic_batch,
+                                precision=args.precision, opset=args.opset, with_function=not args.plugin_only)
     except (CheckpointError, ExportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(PROG, str(e))
+    except OSError as e:  # the disk filled up or the folder vanished mid-write: nothing was left behind
+        print(f"{PROG}: error: cannot write {out} ({e.strerror or e}); nothing was written", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
+        return 130
     print(summarize(path))
     return 0
 

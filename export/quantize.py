@@ -7,7 +7,9 @@ runs the float model in ONNX Runtime on tiles of real JPEG-compressed low-resolu
 """
 from __future__ import annotations
 
-import argparse
+import contextlib
+import io
+import logging
 import sys
 from pathlib import Path
 
@@ -15,8 +17,9 @@ import numpy as np
 import onnx
 
 from mambacsr.atomic import atomic_write
+from mambacsr.usage import ArgumentParser, fail, int_range, output_problem
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+PROG = "python -m export.quantize"
 
 
 class QuantizeError(RuntimeError):
@@ -29,11 +32,32 @@ def model_input_shape(proto: onnx.ModelProto) -> tuple[int | None, int, int, int
     return batch, dims[1].dim_value, dims[2].dim_value, dims[3].dim_value
 
 
-def calibration_tiles(calib_dir: Path, tile: int, max_tiles: int, seed: int = 0) -> np.ndarray:
-    """Up to `max_tiles` tiles (N, 3, tile, tile) float32 [0, 1], spread over every image."""
-    from PIL import Image
+def load_float_model(path: Path) -> onnx.ModelProto:
+    """The fp32 ONNX to quantise, checked before any calibration work: a model file, with a fixed
+    square tile (calibration cuts tiles of that size) and the SelectiveScan function body."""
+    try:
+        proto = onnx.load(str(path))
+    except Exception as e:  # protobuf's DecodeError and friends: not an ONNX file
+        raise QuantizeError(f"{path} is not a readable ONNX model ({type(e).__name__}): export one with "
+                            f"python -m export.onnx") from None
+    dims = proto.graph.input[0].type.tensor_type.shape.dim if proto.graph.input else []
+    if len(dims) != 4 or not dims[2].dim_value or dims[2].dim_value != dims[3].dim_value:
+        raise QuantizeError(f"{path} has no fixed square NCHW image input: quantise a file from "
+                            f"python -m export.onnx (it fixes the tile)")
+    if not proto.functions:
+        raise QuantizeError(f"{path} is a plugin-only file: calibration runs in ONNX Runtime, so export "
+                            f"without --plugin-only")
+    return proto
 
-    files = sorted(p for p in Path(calib_dir).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+def calibration_tiles(calib_dir: Path, tile: int, max_tiles: int, seed: int = 0) -> np.ndarray:
+    """Up to `max_tiles` tiles (N, 3, tile, tile) float32 [0, 1], spread over every image; an
+    unreadable image is reported and skipped."""
+    from runtime.errors import ImageError
+    from runtime.imageio import IMAGE_SUFFIXES, read_image
+
+    files = sorted(p for p in Path(calib_dir).rglob("*")
+                   if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
     if not files:
         raise QuantizeError(f"no images in {calib_dir}: give a folder of JPEG-compressed low-resolution images "
                             f"(e.g. made with scripts/prepare_data.py)")
@@ -42,11 +66,13 @@ def calibration_tiles(calib_dir: Path, tile: int, max_tiles: int, seed: int = 0)
     tiles = []
     for f in files:
         try:
-            with Image.open(f) as im:
-                img = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-        except OSError:
-            print(f"warning: skipping unreadable calibration image {f}", file=sys.stderr)
+            data = read_image(f)
+        except ImageError as e:
+            print(f"{PROG}: warning: skipping calibration image {e}", file=sys.stderr)
             continue
+        px = data.pixels
+        img = np.repeat(px, 3, axis=2) if px.shape[2] == 1 else px
+        img = img.astype(np.float32) / np.float32(np.iinfo(px.dtype).max)
         h, w = img.shape[:2]
         if h < tile or w < tile:
             img = np.pad(img, ((0, max(0, tile - h)), (0, max(0, tile - w)), (0, 0)), mode="reflect")
@@ -100,10 +126,7 @@ def quantize(onnx_path: Path, calib_dir: Path, out_path: Path, max_tiles: int = 
              method: str = "percentile", exclude: list[str] | None = None) -> Path:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    proto = onnx.load(str(onnx_path))
-    if not proto.functions:
-        raise QuantizeError(f"{onnx_path} is a plugin-only file: calibration runs in ONNX Runtime, so export "
-                            f"without --plugin-only")
+    proto = load_float_model(Path(onnx_path))
     batch, _, tile, _ = model_input_shape(proto)
     tiles = calibration_tiles(calib_dir, tile, max_tiles)
     batch = batch or 1
@@ -111,8 +134,12 @@ def quantize(onnx_path: Path, calib_dir: Path, out_path: Path, max_tiles: int = 
         raise QuantizeError(f"{len(tiles)} calibration tiles < the model's batch {batch}: add images")
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
+    out_path = Path(out_path)
+    quiet = contextlib.redirect_stdout(io.StringIO())  # the calibrator prints its progress on stdout
+    no_hint = _DropRecords("pre-process")  # ORT's advice to pre-process: shape inference is done at export
+    logging.getLogger().addFilter(no_hint)
     try:
-        with atomic_write(out_path, suffix=".onnx") as tmp:
+        with atomic_write(out_path, suffix=".onnx") as tmp, quiet:
             quantize_static(
                 str(onnx_path), str(tmp), _Reader(tiles, batch, proto.graph.input[0].name),
                 quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", "MatMul", "Gemm"], per_channel=True,
@@ -131,31 +158,62 @@ def quantize(onnx_path: Path, calib_dir: Path, out_path: Path, max_tiles: int = 
                     p.value = "int8"
             onnx.checker.check_model(q, full_check=True)
             onnx.save_model(q, str(tmp))
+    except (QuantizeError, onnx.checker.ValidationError, KeyboardInterrupt, OSError):
+        raise
+    except Exception as e:  # onnxruntime's own exception types
+        raise QuantizeError(f"ONNX Runtime's quantiser failed on {onnx_path}: "
+                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     finally:  # the quantiser's side files (inferred / augmented models) beside the output
+        logging.getLogger().removeFilter(no_hint)
         for extra in Path(out_path.parent).glob(f".{out_path.name}.*"):
             extra.unlink(missing_ok=True)
     return out_path
 
 
+class _DropRecords(logging.Filter):
+    """Drops log records whose message contains ``text``."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m export.quantize", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     ap.add_argument("--onnx", required=True, type=Path, help="fp32 ONNX from python -m export.onnx")
     ap.add_argument("--calib", required=True, type=Path, help="folder of JPEG-compressed low-resolution images")
     ap.add_argument("--out", required=True, type=Path, help="output .onnx (INT8 Q/DQ)")
-    ap.add_argument("--max-tiles", type=int, default=32, help="calibration tiles (default 32)")
+    ap.add_argument("--max-tiles", type=int_range(1), default=32, help="calibration tiles (default 32)")
     ap.add_argument("--method", choices=["minmax", "percentile", "entropy"], default="percentile")
-    args = ap.parse_args(argv)
+    try:
+        args = ap.parse_args(argv)
+    except SystemExit as e:  # a usage error (one line, exit 2) or --help
+        return e.code if isinstance(e.code, int) else 2
     if not args.onnx.is_file():
-        print(f"error: {args.onnx} does not exist: export one with python -m export.onnx", file=sys.stderr)
-        return 2
+        return fail(PROG, f"--onnx {args.onnx} does not exist: export one with python -m export.onnx")
+    if not args.calib.is_dir():
+        return fail(PROG, f"--calib {args.calib} is not a folder: give a folder of JPEG-compressed "
+                          f"low-resolution images")
+    if args.out.suffix != ".onnx":
+        return fail(PROG, f"--out {args.out} must end in .onnx: e.g. --out model-int8.onnx")
     if args.out.resolve() == args.onnx.resolve():
-        print("error: --out would overwrite --onnx: choose another output path", file=sys.stderr)
-        return 2
+        return fail(PROG, "--out would overwrite --onnx: choose another output path")
+    problem = output_problem(args.out)
+    if problem:
+        return fail(PROG, f"--out {args.out}: {problem}")
     try:
         path = quantize(args.onnx, args.calib, args.out, args.max_tiles, args.method)
     except (QuantizeError, onnx.checker.ValidationError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(PROG, str(e).splitlines()[0])
+    except OSError as e:
+        print(f"{PROG}: error: cannot write {args.out} ({e.strerror or e}); nothing was written", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
+        return 130
     q = onnx.load(str(path), load_external_data=False)
     n_q = sum(n.op_type == "QuantizeLinear" for n in q.graph.node)
     print(f"{path}: {n_q} QuantizeLinear nodes, {path.stat().st_size / 2**20:.1f} MiB")

@@ -83,14 +83,27 @@ def load_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         config = json.loads(meta[CONFIG_METADATA_KEY]) if CONFIG_METADATA_KEY in meta else None
         return state, config
     try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # zip (torch.save) or pickle
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither a torch.save archive nor a "
+                              f"pickle): pass an official .pth or a .safetensors file")
+    try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"refusing {path}: it holds pickled objects that would execute code when loaded ({str(e).splitlines()[0]}). "
-            f"Only plain tensors are accepted: if you trust its source, re-save it once as "
-            f"`torch.save({{'params_ema': state_dict}}, 'clean.pth')` or as .safetensors") from None
+        code = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if code:  # the weights-only unpickler met a reference to a function or class
+            raise CheckpointError(
+                f"refusing {path}: it holds a pickled reference to {code.group(1)}, which would execute "
+                f"code when loaded. Only plain tensors are accepted: if you trust its source, re-save it "
+                f"once as `torch.save({{'params_ema': state_dict}}, 'clean.pth')` or as .safetensors") from None
+        raise CheckpointError(f"cannot read {path}: corrupt, or a pickle that plain-tensor loading does not "
+                              f"understand. Re-download it, or re-save it as .safetensors") from None
     except Exception as e:  # truncated zip, not a torch file, ...
-        raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {e}. Is the file complete? "
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise CheckpointError(f"cannot read {path} ({type(e).__name__}: {first}). Is the file complete? "
                               f"Re-download it") from None
     config = None
     if isinstance(obj, Mapping):

@@ -191,9 +191,15 @@ class ScanOrder:
     def _direction(self, g: int) -> tuple[int, bool, bool]:
         return self.windows[g], bool(self.flags[g] & COLUMN_FIRST), bool(self.flags[g] & FLIP)
 
-    @functools.lru_cache(maxsize=512)
     def source_index(self, g: int, length: int) -> torch.Tensor:
         """(seq_len,) int64: storage position token t of group g reads; -1 for a padding token."""
+        return _cached_table(self, "source", g, length)
+
+    def target_inverse(self, g: int, length: int) -> torch.Tensor:
+        """(storage length,) int64: the token of group g whose output lands at each position."""
+        return _cached_table(self, "target", g, length)
+
+    def _source_index(self, g: int, length: int) -> torch.Tensor:
         if self.kind == IDENTITY:
             idx = torch.arange(length)
             return idx.flip(0) if self.flags[g] & FLIP else idx
@@ -208,9 +214,7 @@ class ScanOrder:
             seq = cross_scale_scan(grid + low_offset, low, w, col, flip)
         return seq.flatten().long() - 1
 
-    @functools.lru_cache(maxsize=512)
-    def target_inverse(self, g: int, length: int) -> torch.Tensor:
-        """(storage length,) int64: the token of group g whose output lands at each position."""
+    def _target_inverse(self, g: int, length: int) -> torch.Tensor:
         n_seq = self.seq_len(g, length)
         tokens = torch.arange(n_seq).view(1, 1, n_seq).float()
         if self.kind == IDENTITY:
@@ -227,3 +231,12 @@ class ScanOrder:
         low_tokens = torch.arange(0, n_seq, 5)
         low[src[low_tokens]] = low_tokens
         return torch.cat((low, high))
+
+
+@functools.lru_cache(maxsize=512)
+def _cached_table(order: ScanOrder, which: str, g: int, length: int) -> torch.Tensor:
+    """Index tables are built once per (order, group, length). Built outside inference mode: a
+    table first made under torch.inference_mode() would be an inference tensor, which a later
+    training step cannot save for backward."""
+    with torch.inference_mode(False), torch.no_grad():
+        return order._source_index(g, length) if which == "source" else order._target_inverse(g, length)

@@ -8,18 +8,24 @@ from __future__ import annotations
 
 import argparse
 import glob
+import logging
 import os
 import platform
 import shlex
 import sys
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
+from mambacsr.usage import ArgumentParser, float_range, int_range, output_problem
 from runtime.errors import ImageError, UserError
+from runtime.tiling import MIN_TILE
 
 PROG = "mambacsr-rt"
+TILE = int_range(MIN_TILE, why=" (smaller tiles leave no room for overlap and show seams)")
 
 
 def _log(msg: str) -> None:
@@ -49,46 +55,64 @@ def _add_model_args(p: argparse.ArgumentParser, lists: bool = False) -> None:
         r.add_argument("--backend", default="auto", choices=["auto", "trt", "ort", "torch"],
                        help="auto picks by model: engine->trt, onnx->ort, ckpt->torch (logged)")
         r.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
-        r.add_argument("--tile", type=int, default=None,
+        r.add_argument("-t", "--tile", type=TILE, default=None,
                        help="LR tile size (default: the engine's, else chosen from free memory; 64 on CPU)")
-        r.add_argument("--batch", type=int, default=None, help="tiles per model call (default: auto)")
+        r.add_argument("--batch", type=int_range(1), default=None, help="tiles per model call (default: auto)")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    r.add_argument("--threads", type=int, default=None, help="CPU threads for torch/onnxruntime")
+    r.add_argument("--threads", type=int_range(1), default=None, help="CPU threads for torch/onnxruntime")
+    r.add_argument("--no-compile", action="store_true",
+                   help="torch backend on CUDA: skip torch.compile of the blocks (no first-use compile time, "
+                        "slower per tile)")
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+        return version("mambacsr-deploy")
+    except (ImportError, PackageNotFoundError):
+        return "unknown (not installed: pip install -e .)"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=PROG, description="MambaCSR tiled super-resolution runtime")
+    ap = ArgumentParser(prog=PROG, description="MambaCSR tiled super-resolution runtime")
+    ap.add_argument("--version", action="version", version=f"{PROG} {_version()}")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
-    up = sub.add_parser("upscale", help="upscale images, folders or globs")
+    up = sub.add_parser("upscale", tool=PROG, help="upscale images, folders or globs")
     up.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or globs")
-    up.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
-    up.add_argument("--format", default="png", choices=["png", "jpg", "webp", "tiff"],
-                    help="output format (default png; 16-bit inputs stay 16-bit in png/tiff)")
-    up.add_argument("--quality", type=int, default=95, help="jpg/webp quality (default 95; webp 100 = lossless)")
+    up.add_argument("-o", "--output", required=True, metavar="OUT",
+                    help="output folder; or, for a single input, an output file (out.png, out.jpg, ...)")
+    up.add_argument("-f", "--format", default=None, choices=["png", "jpg", "webp", "tiff"],
+                    help="output format (default png, or -o's extension; 16-bit inputs stay 16-bit in png/tiff)")
+    up.add_argument("--quality", type=int_range(1, 100), default=None,
+                    help="jpg/webp quality 1-100 (default 95; webp 100 = lossless)")
+    up.add_argument("-s", "--outscale", type=float_range(0, 16), default=None,
+                    help="final scale of the output (Lanczos resize after the model; default: the model's)")
+    up.add_argument("--suffix", default="", help="appended to output names: a.png -> a_SUFFIX.png")
     _add_model_args(up)
-    up.add_argument("--overlap", type=int, default=None, help="LR pixels shared by tiles (default tile/8)")
+    up.add_argument("--overlap", type=int_range(0), default=None, help="LR pixels shared by tiles (default tile/8)")
     up.add_argument("--tile-mode", default="blend", choices=["blend", "official"],
                     help="blend: fixed tiles, feathered merge; official: the official test partitioning")
-    up.add_argument("--blend", default="sine", choices=["sine", "linear"], help="blend window (default sine)")
+    up.add_argument("--blend", default=None, choices=["sine", "linear"], help="blend window (default sine)")
     up.add_argument("--tta", action="store_true", help="x8 flip/transpose self-ensemble (8x slower)")
-    up.add_argument("--skip-existing", action="store_true", help="skip inputs whose output exists")
+    up.add_argument("--skip-existing", action="store_true",
+                    help="skip inputs whose output exists (a 0-byte or unreadable output is redone)")
     up.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info lines")
 
-    b = sub.add_parser("build", help="build and cache a TensorRT engine from an ONNX file")
+    b = sub.add_parser("build", tool=PROG, help="build and cache a TensorRT engine from an ONNX file")
     b.add_argument("--onnx", required=True)
     b.add_argument("--plugin", help="libmambacsr_plugins.so (needed for SelectiveScan nodes)")
-    b.add_argument("--tile", type=int, default=None, help="LR tile (default: the ONNX's)")
-    b.add_argument("--batch", type=int, default=1)
+    b.add_argument("--tile", type=TILE, default=None, help="LR tile (default: the ONNX's)")
+    b.add_argument("--batch", type=int_range(1), default=1)
     b.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
     b.add_argument("--cache-dir", default=None, help="engine cache (default ~/.cache/mambacsr/engines)")
     b.add_argument("--force", action="store_true", help="rebuild even if cached")
-    b.add_argument("--workspace", type=float, default=4.0, help="builder workspace GiB (default 4)")
+    b.add_argument("--workspace", type=float_range(0, 1024), default=4.0, help="builder workspace GiB (default 4)")
 
-    be = sub.add_parser("bench", help="latency/throughput per backend, precision, tile and batch")
+    be = sub.add_parser("bench", tool=PROG, help="latency/throughput per backend, precision, tile and batch")
     _add_model_args(be, lists=True)
-    be.add_argument("--iters", type=int, default=5)
-    be.add_argument("--warmup", type=int, default=1)
+    be.add_argument("--iters", type=int_range(1), default=5)
+    be.add_argument("--warmup", type=int_range(0), default=1)
     return ap
 
 
@@ -112,36 +136,74 @@ def _is_image_name(p: Path) -> bool:
     return p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
 
 
+def _real(p: Path) -> Path:
+    """``p`` with links resolved; unlike Path.resolve, a link loop does not raise."""
+    return Path(os.path.realpath(p))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Hard links count as the same file; a missing or looping path is not the same as anything."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _walk_images(d: Path, prune: Path | None, failed: list[tuple[str, str]]) -> list[Path]:
+    """Image files under ``d`` (hidden names skipped), following folder links once each, so a
+    link loop ends; unreadable folders go to ``failed`` instead of vanishing."""
+    found: list[Path] = []
+    visited: set[tuple[int, int]] = set()
+
+    def unreadable(e: OSError):
+        failed.append((e.filename or str(d), f"cannot read this folder ({e.strerror}): fix its permissions"))
+
+    for cur, dirs, files in os.walk(d, onerror=unreadable, followlinks=True):
+        try:
+            st = os.stat(cur)
+        except OSError:
+            dirs[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in visited:  # reached again through a link: a loop or a duplicate
+            dirs[:] = []
+            continue
+        visited.add((st.st_dev, st.st_ino))
+        dirs[:] = sorted(x for x in dirs if not x.startswith(".")
+                         and not (prune is not None and _real(Path(cur, x)) == prune))
+        found += [Path(cur, f) for f in files if _is_image_name(Path(f))]
+    return sorted(found)
+
+
 def collect_inputs(inputs: list[str], exclude: Path | None = None
                    ) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
-    """Expand files/folders/globs into (file, relative output stem) pairs, plus missing ones.
+    """Expand files/folders/globs into (file, relative output stem) pairs, plus failed ones.
 
-    Folder scans skip ``exclude`` (the output folder), so re-running into a sub-folder of the
-    input does not upscale earlier outputs.
+    A folder scan skips ``exclude`` (the output folder) when it lies strictly inside the folder,
+    so re-running into a sub-folder of the input does not upscale earlier outputs. An output
+    folder equal to or above the input folder excludes nothing: the inputs are still found.
     """
-    skip = exclude.resolve() if exclude is not None else None
+    skip = _real(exclude) if exclude is not None else None
     items: list[tuple[Path, Path]] = []
     missing: list[tuple[str, str]] = []
     seen: set = set()
 
     def add(f: Path, rel: Path):
-        key = f.resolve()
+        key = _real(f)
         if key not in seen:
             seen.add(key)
             items.append((f, rel))
 
     def add_dir(d: Path):
-        for f in sorted(d.rglob("*")):
-            if f.is_file() and _is_image_name(f) and not any(x.startswith(".") for x in f.relative_to(d).parts):
-                if skip is not None and f.resolve().is_relative_to(skip):
-                    continue
-                add(f, f.relative_to(d).with_suffix(""))
+        root = _real(d)
+        prune = skip if skip is not None and skip != root and skip.is_relative_to(root) else None
+        for f in _walk_images(d, prune, missing):
+            add(f, f.relative_to(d).with_suffix(""))
 
     for arg in inputs:
         p = Path(arg)
         if p.is_dir():
             add_dir(p)
-        elif p.exists():
+        elif p.exists() or p.is_symlink():
             add(p, Path(p.stem))
         elif _has_magic(arg):
             root = _glob_root(arg)
@@ -169,7 +231,7 @@ def _open(args, tile=None, batch=None, backend=None, precision=None, log=_log):
     return open_backend(backend or args.backend, engine=args.engine, plugin=args.plugin, onnx=args.onnx,
                         ckpt=args.ckpt, config=config, device=args.device,
                         precision=precision or args.precision, tile=tile, batch=batch,
-                        threads=args.threads, log=log)
+                        threads=args.threads, compile=not getattr(args, "no_compile", False), log=log)
 
 
 def _make_tiler(args, backend):
@@ -197,65 +259,144 @@ def _make_tiler(args, backend):
     t0 = tile[0] if isinstance(tile, tuple) else tile
     overlap = args.overlap if args.overlap is not None else max(0, t0 // 8)
     return Tiler(backend.scale, tile, overlap=overlap, mode="blend", batch=batch,
-                 fixed=backend.fixed_tile is not None, multiple=backend.size_multiple, window=args.blend)
+                 fixed=backend.fixed_tile is not None, multiple=backend.size_multiple, window=args.blend or "sine")
+
+
+_FORMAT_NAMES = {"jpeg": "jpg", "tif": "tiff"}
+
+
+def _check_upscale(args) -> None:
+    """Options that contradict each other, and the output location: checked before any model is
+    loaded, so a mistake costs a second (UserError: exit 2, one line)."""
+    from runtime.imageio import format_of
+    out = Path(args.output)
+    named = format_of(out)
+    args.single = named is not None and not out.is_dir()  # -o names the output file itself
+    if args.single:
+        named = _FORMAT_NAMES.get(named, named)
+        if args.format and args.format != named:
+            raise UserError(f"-o {out} is a {named} file name but --format is {args.format}: "
+                            f"drop --format or name the file .{args.format}")
+        if args.suffix:
+            raise UserError(f"--suffix renames outputs in a folder, but -o {out} names the file itself: "
+                            f"drop --suffix")
+        args.format = named
+    args.format = args.format or "png"
+    if args.quality is not None and args.format not in ("jpg", "webp"):
+        raise UserError(f"--quality applies to jpg and webp, not {args.format}: drop --quality or pass -f jpg")
+    args.quality = 95 if args.quality is None else args.quality
+    if args.suffix and (os.sep in args.suffix or "/" in args.suffix or "\0" in args.suffix):
+        raise UserError(f"--suffix {args.suffix!r} contains a path separator: give a plain word such as x4")
+    if args.tile_mode == "official":
+        ignored = [f for f, v in (("--tile", args.tile), ("--overlap", args.overlap), ("--blend", args.blend))
+                   if v is not None]
+        if ignored:
+            raise UserError(f"--tile-mode official cuts its own 192-pixel parts and would ignore "
+                            f"{' and '.join(ignored)}: drop them, or use --tile-mode blend")
+    if args.tile is not None and args.overlap is not None and args.overlap >= args.tile:
+        raise UserError(f"--overlap {args.overlap} must be smaller than --tile {args.tile}: "
+                        f"pass --overlap {args.tile // 8}")
+    problem = output_problem(out, folder=not args.single)
+    if problem:
+        raise UserError(f"-o {out}: {problem}")
+
+
+def _plan(args, items: list[tuple[Path, Path]], failures: list[tuple[str, str]]) -> list[tuple[Path, Path]]:
+    """(input, output) pairs; inputs whose output would overwrite an input or another output
+    are failed here, before any model is loaded."""
+    from runtime.imageio import EXTENSIONS
+    out = Path(args.output)
+    if args.single:
+        if not items:  # the one input is missing: reported as a failed input, like in a batch
+            return []
+        if len(items) != 1 or any(Path(a).is_dir() or _has_magic(a) for a in args.inputs):
+            raise UserError(f"-o {out} names one output file, but the inputs hold {len(items)} images: "
+                            f"pass an output folder as -o")
+        src = items[0][0]
+        if _real(out) == _real(src) or _same_file(out, src):
+            raise UserError(f"-o {out} is the input file itself: choose another output name")
+        return [(src, out)]
+    ext = EXTENSIONS[args.format]
+    tail = f"_{args.suffix}" if args.suffix else ""
+    inputs = {_real(f) for f, _ in items}
+    planned: dict[Path, Path] = {}
+    jobs = []
+    for src, rel in items:
+        dst = out / rel.parent / (rel.name + tail + ext)
+        key = _real(dst)
+        if key in inputs or _same_file(dst, src):
+            failures.append((str(src), f"its output {dst} would overwrite an input file: choose another -o "
+                                       f"or pass --suffix"))
+        elif key in planned:
+            failures.append((str(src), f"its output {dst} is also the output of {planned[key]}: "
+                                       f"rename one, or use -f/--suffix"))
+        else:
+            planned[key] = src
+            jobs.append((src, dst))
+    return jobs
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def cmd_upscale(args) -> int:
     from tqdm import tqdm
 
-    from runtime.imageio import EXTENSIONS, read_image, write_image
-    from runtime.upscale import Upscaler
+    from runtime.imageio import is_complete_image, read_image, write_image
+    from runtime.upscale import Upscaler, resize
 
     log = (lambda m: None) if args.quiet else _log
-    outdir = Path(args.output)
-    if outdir.exists() and not outdir.is_dir():
-        raise UserError(f"-o {outdir} is a file: pass a folder")
-    items, missing = collect_inputs(args.inputs, exclude=outdir)
-    failures: list[tuple[str, str]] = list(missing)
-    for name, why in missing:
+    _check_upscale(args)
+    out = Path(args.output)
+    items, failures = collect_inputs(args.inputs, exclude=None if args.single else out)
+    jobs = _plan(args, items, failures)
+    for name, why in failures:
         _log(f"FAILED {name}: {why}")
-    if not items:
-        _log("nothing to do: no input images found")
-        return 1
+    skipped = [j for j in jobs if args.skip_existing and is_complete_image(j[1])]
+    jobs = [j for j in jobs if j not in skipped]
+    if not jobs:
+        if not items and not failures:
+            _log("nothing to do: no input images found")
+        elif failures:
+            _log("nothing to do: every input failed (see above)")
+        summary = f"{PROG}: 0 file(s) written, {len(failures)} failed, {len(skipped)} skipped"
+        print(summary)
+        return 1 if failures or not items else 0
 
     backend = _open(args, tile=args.tile, batch=args.batch, log=log)
     tiler = _make_tiler(args, backend)
+    tta = ", x8 TTA" if args.tta else ""
     if tiler.mode == "blend":
-        log(f"{backend.describe()}; tiles {tiler.tile[0]}x{tiler.tile[1]}, overlap {tiler.overlap}, "
-            f"batch {tiler.batch}{', x8 TTA' if args.tta else ''}")
+        shape = f"{tiler.tile[0]}x{tiler.tile[1]}"
+        log(f"{backend.describe()}; tiles {shape if tiler.fixed else 'up to ' + shape}, overlap {tiler.overlap}, "
+            f"batch {tiler.batch}{tta}")
     else:
-        log(f"{backend.describe()}; official partitioning{', x8 TTA' if args.tta else ''}")
+        log(f"{backend.describe()}; official partitioning{tta}")
     up = Upscaler(backend, tiler, tta=args.tta)
 
-    ext = EXTENSIONS[args.format]
-    input_keys = {f.resolve() for f, _ in items}
-    produced: dict[Path, Path] = {}
-    done = skipped = 0
+    done = 0
     out_pixels = 0
     t_start = time.perf_counter()
     bars = not args.quiet
-    file_bar = tqdm(items, desc="files", unit="file", disable=None if bars else True, file=sys.stderr)
-    for src, rel in file_bar:
-        dst = outdir / rel.parent / (rel.name + ext)
-        key = dst.resolve()
-        if key in input_keys or (dst.exists() and os.path.samefile(dst, src)):
-            failures.append((str(src), f"refusing to overwrite an input file ({dst}): choose another -o"))
-            _log(f"FAILED {src}: refusing to overwrite an input file ({dst})")
-            continue
-        if key in produced:
-            failures.append((str(src), f"output {dst} already written from {produced[key]}"))
-            _log(f"FAILED {src}: output {dst} already written from {produced[key]}")
-            continue
-        if args.skip_existing and dst.exists():
-            skipped += 1
-            produced[key] = src
-            continue
+    lines = not args.quiet and not _stderr_is_terminal()  # one line per file instead of bars
+    file_bar = tqdm(jobs, desc="files", unit="file", disable=None if bars else True, file=sys.stderr)
+    for src, dst in file_bar:
+        t0 = time.perf_counter()
         try:
             img = read_image(src)
+            for note in img.notes:
+                _log(f"{src}: note: {note}")
             n_tiles = up.num_tiles(img)
             with tqdm(total=n_tiles, desc=src.name[:30], unit="tile", leave=False,
                       disable=None if bars else True, file=sys.stderr) as tbar:
                 res = up.upscale(img, progress=tbar.update)
+            if args.outscale:
+                w, h = img.size
+                res = resize(res, (max(1, round(w * args.outscale)), max(1, round(h * args.outscale))))
             write_image(dst, res, args.format, args.quality)
         except UserError:
             raise
@@ -266,14 +407,21 @@ def cmd_upscale(args) -> int:
             failures.append((str(src), msg))
             _log(f"FAILED {src}: {msg}")
             continue
-        produced[key] = src
         done += 1
         out_pixels += res.pixels.shape[0] * res.pixels.shape[1]
+        if lines:
+            (w, h), (ow, oh) = img.size, res.size
+            if tiler.mode == "blend":
+                th, tw = tiler.tile_shape(h, w)
+                how = f"{n_tiles} tile(s) of {tw}x{th}"
+            else:
+                how = f"{n_tiles} part(s)"
+            _log(f"done {src} -> {dst}: {w}x{h} -> {ow}x{oh}, {how}, {time.perf_counter() - t0:.2f} s")
     file_bar.close()
     secs = time.perf_counter() - t_start
     mp = out_pixels / 1e6
-    print(f"{PROG}: {done} file(s) written to {outdir}, {len(failures)} failed, {skipped} skipped; "
-          f"{secs:.2f} s, {mp:.3g} output MP, {mp / secs if secs > 0 else 0:.3g} MP/s")
+    where = f"{done} file(s) written: {out}" if args.single else f"{done} file(s) written to {out}"
+    print(f"{PROG}: {where}, {len(failures)} failed, {len(skipped)} skipped; {secs:.2f} s, {mp:.3g} output MP, {mp / secs if secs > 0 else 0:.3g} MP/s")
     if failures:
         print(f"{PROG}: failed: " + ", ".join(n for n, _ in failures), file=sys.stderr)
     return 1 if failures else 0
@@ -321,10 +469,12 @@ def cmd_bench(args) -> int:
     backends = [x.strip() for x in args.backend.split(",") if x.strip()]
     precisions = [x.strip() for x in args.precision.split(",") if x.strip()]
     try:
-        tiles = [int(x) for x in args.tile.split(",") if x.strip()]
-        batches = [int(x) for x in args.batch.split(",") if x.strip()]
-    except ValueError:
-        raise UserError("--tile and --batch take comma lists of integers, e.g. --tile 32,64") from None
+        tiles = [TILE(x) for x in args.tile.split(",") if x.strip()]
+        batches = [int_range(1)(x) for x in args.batch.split(",") if x.strip()]
+    except argparse.ArgumentTypeError as e:
+        raise UserError(f"--tile and --batch take comma lists such as --tile 32,64 --batch 1,4: {e}") from None
+    if not (backends and precisions and tiles and batches):
+        raise UserError("--backend, --precision, --tile and --batch need at least one value each")
     device = resolve_device(args.device)
     rows = []
     for bk in backends:
@@ -364,21 +514,52 @@ def cmd_bench(args) -> int:
 
 
 # ----------------------------------------------------------------------------------- main
+@contextmanager
+def _one_line_warnings():
+    """Library warnings and log records, one line each and each only once, in this tool's voice
+    (a library that both logs and warns the same thing is heard once)."""
+    said: set[str] = set()
+
+    def say(text: str) -> None:
+        lines = str(text).strip().splitlines()
+        if lines and lines[0] not in said:
+            said.add(lines[0])
+            _log(f"warning: {lines[0]}")
+
+    class Handler(logging.Handler):
+        def emit(self, record):
+            say(record.getMessage())
+
+    handler = Handler(logging.WARNING)
+    root = logging.getLogger()
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *a, **k: say(str(message))
+        root.addHandler(handler)
+        try:
+            yield
+        finally:
+            root.removeHandler(handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # usage error (one line, exit 2), --help or --version (exit 0)
+        return e.code if isinstance(e.code, int) else 2
     args.argv = argv
     try:
-        if args.cmd == "upscale":
-            return cmd_upscale(args)
-        if args.cmd == "build":
-            return cmd_build(args)
-        return cmd_bench(args)
+        with _one_line_warnings():
+            if args.cmd == "upscale":
+                return cmd_upscale(args)
+            if args.cmd == "build":
+                return cmd_build(args)
+            return cmd_bench(args)
     except UserError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        print(f"{PROG}: interrupted; finished outputs are complete, none is half-written", file=sys.stderr)
         return 130
 
 

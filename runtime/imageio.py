@@ -1,12 +1,15 @@
-"""Image I/O for the runtime (Pillow-based).
+"""Image I/O for the runtime.
 
 ``read_image`` returns an :class:`ImageData`: pixels (H, W, 1|3) uint8 or uint16, an optional
 alpha plane of the same depth, the ICC profile and the EXIF block (orientation already applied to
 the pixels and removed from the EXIF). Palette, CMYK, YCbCr, LAB, HSV, 1-bit and 32-bit modes are
-converted. 16-bit in gives 16-bit out (PNG, TIFF). Pillow has no 16-bit colour mode, so 16-bit
-PNGs go through a small PNG codec here and 16-bit colour TIFFs through ``tifffile`` when
-installed (uncompressed ones are read directly otherwise); they are written by small writers here.
-Pillow's decompression-bomb guard stays on (``Image.open`` checks the size first).
+converted. 16-bit in gives 16-bit out (PNG, TIFF).
+
+Codecs: Pillow opens every file first (format, EXIF, ICC, and its decompression-bomb guard on the
+header's size) and decodes 8-bit images. Pillow has no 16-bit colour mode, so 16-bit PNGs are
+decoded and encoded by imagecodecs (libpng) and 16-bit colour TIFFs by tifffile (with
+imagecodecs' codecs). Both decode into a buffer of the header's size, so a zlib bomb cannot grow
+memory past what the header declared, and the header was already checked.
 
 ``write_image`` writes atomically (temporary file in the target folder, then ``os.replace``).
 """
@@ -14,13 +17,18 @@ Pillow's decompression-bomb guard stays on (``Image.open`` checks the size first
 from __future__ import annotations
 
 import io
+import logging
 import os
+import re
 import struct
+import warnings
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
+import tifffile
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from mambacsr.atomic import atomic_write
@@ -43,7 +51,7 @@ class ImageData:
     icc: bytes | None = None
     exif: bytes | None = None
     source_format: str | None = None
-    info: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)  # "notes": things the user should hear about this file
 
     @property
     def bits(self) -> int:
@@ -57,6 +65,10 @@ class ImageData:
     def size(self) -> tuple[int, int]:
         """(width, height)"""
         return self.pixels.shape[1], self.pixels.shape[0]
+
+    @property
+    def notes(self) -> list[str]:
+        return self.info.setdefault("notes", [])
 
 
 # ---------------------------------------------------------------------------------------- orientation
@@ -79,185 +91,73 @@ def apply_orientation(a: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-# ---------------------------------------------------------------------------------------- 16-bit PNG
-_PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}
-
-
-def _png_header(path: Path) -> tuple[int, int] | None:
-    """(bit depth, colour type) of a PNG file, or None if not a PNG."""
+# ---------------------------------------------------------------------------------------- 16-bit codecs
+def _png_bit_depth(path: Path) -> int:
+    """The bit depth field of a PNG's IHDR (0 when the file is too short to have one)."""
     with open(path, "rb") as f:
-        head = f.read(33)
-    if len(head) < 33 or head[:8] != PNG_SIG or head[12:16] != b"IHDR":
-        return None
-    return head[24], head[25]
+        head = f.read(25)
+    return head[24] if len(head) == 25 and head[:8] == PNG_SIG and head[12:16] == b"IHDR" else 0
 
 
-def _unfilter_slow(ft: int, cur: np.ndarray, prev: np.ndarray, bpp: int) -> np.ndarray:
-    a = cur.astype(np.int32)
-    p = prev.astype(np.int32)
-    r = np.zeros_like(a)
-    n = a.size
-    if ft == 3:  # average
-        r[:bpp] = (a[:bpp] + (p[:bpp] >> 1)) & 255
-        for x in range(bpp, n, bpp):
-            r[x:x + bpp] = (a[x:x + bpp] + ((r[x - bpp:x] + p[x:x + bpp]) >> 1)) & 255
-    else:  # paeth
-        r[:bpp] = (a[:bpp] + p[:bpp]) & 255
-        for x in range(bpp, n, bpp):
-            left, up, ul = r[x - bpp:x], p[x:x + bpp], p[x - bpp:x]
-            est = left + up - ul
-            pa, pb, pc = np.abs(est - left), np.abs(est - up), np.abs(est - ul)
-            pred = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, ul))
-            r[x:x + bpp] = (a[x:x + bpp] + pred) & 255
-    return r.astype(np.uint8)
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
-def read_png16(path: Path) -> tuple[np.ndarray, int]:
-    """Decode a 16-bit PNG to (H, W, channels) uint16. Returns (array, channels)."""
-    data = Path(path).read_bytes()
-    if data[:8] != PNG_SIG:
-        raise ImageError("not a PNG file")
-    pos, idat, ihdr, ended = 8, [], None, False
-    while pos + 8 <= len(data):
-        length, ctype = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8: pos + 8 + length]
-        if len(body) < length:
-            raise ImageError("truncated PNG")
-        if ctype == b"IHDR":
-            ihdr = struct.unpack(">IIBBBBB", body)
-        elif ctype == b"IDAT":
-            idat.append(body)
-        elif ctype == b"IEND":
-            ended = True
-            break
-        pos += 12 + length
-    if ihdr is None or not idat or not ended:
-        raise ImageError("truncated PNG (missing IHDR/IDAT/IEND)")
-    w, h, depth, ctype, _, _, interlace = ihdr
-    if depth != 16 or ctype not in _PNG_CHANNELS:
-        raise ImageError(f"unsupported PNG layout (depth {depth}, colour type {ctype})")
-    if interlace:
-        raise ImageError("interlaced 16-bit PNG is not supported: re-save it without interlacing")
-    ch = _PNG_CHANNELS[ctype]
-    bpp, stride = ch * 2, w * ch * 2
+def _decode_png16(path: Path, notes: list[str]) -> np.ndarray:
+    """libpng's warnings about this file (logged by imagecodecs) become notes on the image."""
+    logger = logging.getLogger("imagecodecs")
+    said, propagate = _Collect(), logger.propagate
+    logger.addHandler(said)
+    logger.propagate = False
     try:
-        raw = zlib.decompress(b"".join(idat))
-    except zlib.error as e:
-        raise ImageError(f"corrupt PNG data ({e})") from None
-    if len(raw) < h * (stride + 1):
-        raise ImageError("truncated PNG image data")
-    rows = np.frombuffer(raw, np.uint8, count=h * (stride + 1)).reshape(h, stride + 1)
-    out = np.empty((h, stride), np.uint8)
-    prev = np.zeros(stride, np.uint8)
-    for y in range(h):
-        ft, cur = int(rows[y, 0]), rows[y, 1:]
-        if ft == 0:
-            rec = cur
-        elif ft == 1:
-            rec = np.cumsum(cur.reshape(w, bpp), axis=0, dtype=np.uint8).reshape(-1)
-        elif ft == 2:
-            rec = cur + prev
-        elif ft in (3, 4):
-            rec = _unfilter_slow(ft, cur, prev, bpp)
-        else:
-            raise ImageError(f"corrupt PNG (filter type {ft})")
-        out[y] = rec
-        prev = out[y]
-    return out.view(">u2").reshape(h, w, ch).astype(np.uint16), ch
+        a = imagecodecs.png_decode(path.read_bytes())
+    finally:
+        logger.removeHandler(said)
+        logger.propagate = propagate
+    notes.extend(f"libpng: {m.removeprefix('PNG warning: ')}" for m in said.messages)
+    return a
+
+
+def _decode_tiff16(path: Path) -> np.ndarray:
+    a = tifffile.imread(str(path), key=0, maxworkers=1)
+    if a.ndim == 3 and a.shape[0] in (3, 4) and a.shape[2] not in (3, 4):  # planar
+        a = np.moveaxis(a, 0, -1)
+    return a.astype(np.uint16, copy=False)
 
 
 def _png_chunk(ctype: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", zlib.crc32(ctype + body) & 0xFFFFFFFF)
+    return struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", zlib.crc32(ctype + body))
 
 
 def encode_png16(a: np.ndarray, icc: bytes | None = None) -> bytes:
-    """Encode (H, W, C) uint16, C in 1..4, as a 16-bit PNG (Sub filter, zlib level 6)."""
-    h, w, ch = a.shape
-    ctype = {1: 0, 2: 4, 3: 2, 4: 6}[ch]
-    bpp = ch * 2
-    raw = np.ascontiguousarray(a.astype(">u2")).view(np.uint8).reshape(h, w * bpp)
-    filt = raw.copy()
-    filt[:, bpp:] = raw[:, bpp:] - raw[:, :-bpp]
-    body = np.concatenate([np.ones((h, 1), np.uint8), filt], axis=1).tobytes()
-    parts = [PNG_SIG, _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, ctype, 0, 0, 0))]
+    """(H, W, C) uint16, C in 1..4, as a 16-bit PNG (libpng through imagecodecs).
+
+    libpng writes no ICC profile here, so an iCCP chunk is placed after IHDR (where the PNG
+    specification wants it: before any IDAT)."""
+    a = np.ascontiguousarray(a[:, :, 0] if a.shape[2] == 1 else a, dtype=np.uint16)
+    data = bytes(imagecodecs.png_encode(a, level=6))
     if icc:
-        parts.append(_png_chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(icc)))
-    parts += [_png_chunk(b"IDAT", zlib.compress(body, 6)), _png_chunk(b"IEND", b"")]
-    return b"".join(parts)
+        end = 8 + 8 + 13 + 4  # signature, IHDR length/type, IHDR body, CRC
+        data = data[:end] + _png_chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(icc)) + data[end:]
+    return data
 
 
-# ---------------------------------------------------------------------------------------- 16-bit TIFF
 def encode_tiff16(a: np.ndarray, icc: bytes | None = None) -> bytes:
-    """Encode (H, W, C) uint16 as an uncompressed little-endian baseline TIFF (one strip)."""
+    """(H, W, C) uint16 as a deflate-compressed TIFF (tifffile)."""
     if a.shape[2] == 2:  # Pillow cannot open 16-bit grey+alpha TIFFs: store it as RGBA
         a = np.concatenate([a[:, :, :1]] * 3 + [a[:, :, 1:]], axis=2)
-    h, w, ch = a.shape
-    pix = np.ascontiguousarray(a.astype("<u2")).tobytes()
-    entries = []  # (tag, type, count, payload bytes)
-    SHORT, LONG, UNDEF = 3, 4, 7
-    entries.append((256, LONG, 1, struct.pack("<I", w)))
-    entries.append((257, LONG, 1, struct.pack("<I", h)))
-    entries.append((258, SHORT, ch, struct.pack(f"<{ch}H", *([16] * ch))))
-    entries.append((259, SHORT, 1, struct.pack("<H", 1)))
-    entries.append((262, SHORT, 1, struct.pack("<H", 2 if ch >= 3 else 1)))
-    entries.append((273, LONG, 1, None))  # strip offset, patched below
-    entries.append((277, SHORT, 1, struct.pack("<H", ch)))
-    entries.append((278, LONG, 1, struct.pack("<I", h)))
-    entries.append((279, LONG, 1, struct.pack("<I", len(pix))))
-    entries.append((284, SHORT, 1, struct.pack("<H", 1)))
-    if ch in (2, 4):
-        entries.append((338, SHORT, 1, struct.pack("<H", 2)))  # unassociated alpha
-    if icc:
-        entries.append((34675, UNDEF, len(icc), icc))
-    ifd_off = 8
-    ifd_size = 2 + 12 * len(entries) + 4
-    extra_off = ifd_off + ifd_size
-    extra = b""
-    blobs = {}
-    for tag, typ, count, payload in entries:
-        if payload is not None and len(payload) > 4:
-            blobs[tag] = extra_off + len(extra)
-            extra += payload + (b"\x00" if len(payload) % 2 else b"")
-    pix_off = extra_off + len(extra)
-    ifd = struct.pack("<H", len(entries))
-    for tag, typ, count, payload in entries:
-        if tag == 273:
-            payload = struct.pack("<I", pix_off)
-        if len(payload) > 4:
-            value = struct.pack("<I", blobs[tag])
-        else:
-            value = payload.ljust(4, b"\x00")
-        ifd += struct.pack("<HHI", tag, typ, count) + value
-    ifd += struct.pack("<I", 0)
-    return b"II*\x00" + struct.pack("<I", ifd_off) + ifd + extra + pix
-
-
-def _read_tiff16_color(path: Path, im: Image.Image) -> np.ndarray:
-    try:
-        import tifffile  # optional, handles compressed TIFFs
-    except ImportError:
-        tifffile = None
-    if tifffile is not None:
-        a = tifffile.imread(str(path), key=0)
-        if a.ndim == 3 and a.shape[0] in (3, 4) and a.shape[2] not in (3, 4):  # planar
-            a = np.moveaxis(a, 0, -1)
-        return a.astype(np.uint16)
-    ch = len(im.mode)
-    out = np.empty((im.height, im.width, ch), np.uint16)
-    with open(path, "rb") as f:
-        for t in im.tile:
-            rawmode = t.args[0] if isinstance(t.args, tuple) else t.args
-            if t.codec_name != "raw" or ";16" not in rawmode:
-                raise ImageError("compressed 16-bit colour TIFF: `pip install tifffile` to read it")
-            x0, y0, x1, y1 = t.extents
-            dt = ">u2" if rawmode.endswith("B") else "<u2"
-            f.seek(t.offset)
-            n = (x1 - x0) * (y1 - y0) * ch
-            buf = f.read(n * 2)
-            if len(buf) < n * 2:
-                raise ImageError("truncated TIFF")
-            out[y0:y1, x0:x1] = np.frombuffer(buf, dt).reshape(y1 - y0, x1 - x0, ch)
-    return out
+    ch = a.shape[2]
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.ascontiguousarray(a[:, :, 0] if ch == 1 else a, dtype=np.uint16),
+                     photometric="minisblack" if ch == 1 else "rgb",
+                     extrasamples=["unassalpha"] if ch == 4 else None,
+                     compression="zlib", iccprofile=icc or None, metadata=None)
+    return buf.getvalue()
 
 
 # ---------------------------------------------------------------------------------------- reading
@@ -288,7 +188,7 @@ def _from_pil(im: Image.Image, icc: bytes | None) -> tuple[np.ndarray, np.ndarra
                 from PIL import ImageCms
                 src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
                 converted = ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
-            except Exception:
+            except Exception:  # a broken embedded profile: the plain conversion below
                 converted = None
         im = converted if converted is not None else im.convert("RGB")
         icc = None  # the CMYK profile does not describe the RGB result (now sRGB)
@@ -300,8 +200,8 @@ def _from_pil(im: Image.Image, icc: bytes | None) -> tuple[np.ndarray, np.ndarra
     if im.mode == "I":
         return np.clip(np.asarray(im), 0, 65535).astype(np.uint16)[:, :, None], None, icc
     if im.mode == "F":
-        f = np.asarray(im, dtype=np.float32)
-        if np.nanmax(f) <= 1.0:
+        f = np.nan_to_num(np.asarray(im, dtype=np.float32))
+        if f.max(initial=0.0) <= 1.0:
             return np.rint(np.clip(f, 0, 1) * 65535).astype(np.uint16)[:, :, None], None, icc
         return np.rint(np.clip(f, 0, 255)).astype(np.uint8)[:, :, None], None, icc
     if im.mode not in ("L", "LA", "RGB", "RGBA"):
@@ -310,16 +210,31 @@ def _from_pil(im: Image.Image, icc: bytes | None) -> tuple[np.ndarray, np.ndarra
     return px, alpha, icc
 
 
+def _too_many_pixels(e: Exception) -> str:
+    m = re.search(r"\((\d+) pixels\)", str(e))
+    size = f"{int(m.group(1)):,} pixels" if m else "the image"
+    return (f"refused, too many pixels: {size} is over the {Image.MAX_IMAGE_PIXELS:,}-pixel "
+            f"decompression-bomb limit; split the image into parts first")
+
+
 def read_image(path) -> ImageData:
-    """Read one image; raises ImageError (one line, no traceback needed) on any problem."""
+    """Read one image; raises ImageError (one line naming the file) on any problem."""
     path = Path(path)
+    notes: list[str] = []
     try:
         if not path.is_file():
-            raise ImageError("not a file")
+            raise ImageError("broken or looping symbolic link" if path.is_symlink() else "not a file")
         if path.stat().st_size == 0:
             raise ImageError("empty file")
-        with Image.open(path) as im:  # checks the decompression-bomb limit
+        with warnings.catch_warnings():
+            # over Pillow's limit: refused, not a raw warning (2x the limit is refused by Pillow)
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
             fmt = im.format
+            frames = getattr(im, "n_frames", 1) if getattr(im, "is_animated", False) or fmt == "TIFF" else 1
+            if frames > 1:
+                notes.append(f"{frames} frames: only the first is upscaled (split the frames to upscale each)")
             icc = im.info.get("icc_profile") or None
             exif_obj = im.getexif()
             orientation = int(exif_obj.get(ORIENTATION, 1) or 1)
@@ -328,30 +243,32 @@ def read_image(path) -> ImageData:
                 if ORIENTATION in exif_obj:
                     del exif_obj[ORIENTATION]
                 exif = exif_obj.tobytes() if len(exif_obj) else None
-            if fmt == "PNG" and (_png_header(path) or (0, 0))[0] == 16:
-                a, _ = read_png16(path)
-                px, alpha = _split_alpha(a)
+            if fmt == "PNG" and _png_bit_depth(path) == 16:
+                px, alpha = _split_alpha(_decode_png16(path, notes))
             elif fmt == "TIFF" and im.mode in ("RGB", "RGBA") and 16 in tuple(im.tag_v2.get(258, (8,)) or (8,)):
-                px, alpha = _split_alpha(_read_tiff16_color(path, im))
+                px, alpha = _split_alpha(_decode_tiff16(path))
             else:
-                if getattr(im, "n_frames", 1) > 1:
-                    im.seek(0)
                 im.load()
                 px, alpha, icc = _from_pil(im, icc)
     except ImageError as e:
         raise ImageError(f"{path}: {e}") from None
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image (or an unsupported format)") from None
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"{path}: refused, too many pixels ({e})") from None
-    except (OSError, SyntaxError, ValueError, EOFError, zlib.error, struct.error, IndexError) as e:
-        raise ImageError(f"{path}: unreadable or truncated ({e})") from None
-    if px.shape[0] == 0 or px.shape[1] == 0:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"{path}: {_too_many_pixels(e)}") from None
+    except MemoryError:
+        raise ImageError(f"{path}: not enough memory to decode it") from None
+    except PermissionError:
+        raise ImageError(f"{path}: permission denied: make it readable") from None
+    except Exception as e:  # any decoder failure on an untrusted file is that file's problem
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ImageError(f"{path}: unreadable or truncated ({msg})") from None
+    if px.ndim != 3 or px.shape[0] == 0 or px.shape[1] == 0:
         raise ImageError(f"{path}: image has no pixels")
     if orientation != 1:
         px = apply_orientation(px, orientation)
         alpha = apply_orientation(alpha, orientation) if alpha is not None else None
-    return ImageData(px, alpha, icc, exif, fmt)
+    return ImageData(px, alpha, icc, exif, fmt, {"notes": notes})
 
 
 # ---------------------------------------------------------------------------------------- writing
@@ -360,6 +277,12 @@ def normalize_format(fmt: str) -> str:
     if f not in FORMATS:
         raise ValueError(f"unknown output format {fmt!r}: use png, jpg, webp or tiff")
     return f
+
+
+def format_of(path) -> str | None:
+    """The output format a file name asks for (``out.JPG`` -> ``jpg``), or None."""
+    f = Path(path).suffix.lower().lstrip(".")
+    return f if f in FORMATS else None
 
 
 def _to8(a: np.ndarray) -> np.ndarray:
@@ -413,6 +336,24 @@ def write_image(path, img: ImageData, fmt: str = "png", quality: int = 95) -> Pa
         f.flush()
         os.fsync(f.fileno())
     return path
+
+
+def is_complete_image(path) -> bool:
+    """True when ``path`` is a non-empty file whose header an image reader accepts (used by
+    --skip-existing, so a 0-byte or foreign leftover is redone, not counted as done)."""
+    path = Path(path)
+    try:
+        if not path.is_file() or path.stat().st_size == 0:
+            return False
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                im.verify()
+        return True
+    except Image.DecompressionBombError:  # the header was read: a big image, not a broken one
+        return True
+    except Exception:
+        return False
 
 
 def with_pixels(img: ImageData, pixels: np.ndarray, alpha: np.ndarray | None) -> ImageData:

@@ -5,7 +5,9 @@ One class, :class:`Tiler`, owns all of it.
 * ``mode="blend"`` (default): tiles of one fixed shape, ``overlap`` low-resolution pixels shared
   between neighbours, merged with half-sine (or linear) feathering weights normalised by their
   sum, so seams vanish. Edge tiles are aligned to the image border (no padding inside the image);
-  an image smaller than the tile is reflect-padded up to the tile. Output rows are finalised strip
+  an image smaller than the tile is reflect-padded (centred) up to the tile, or at least to
+  ``MIN_TILE`` (a 1x1 or 3x2 image alone is all border to the model and comes out in wrong
+  colours). Output rows are finalised strip
   by strip into ``out`` (which may be uint8/uint16), so the working memory is one row of tiles
   whatever the image size.
 * ``mode="official"``: the partitioning of the official MambaCSR test (``MambaCSRModel.test``):
@@ -28,6 +30,7 @@ BatchFn = Callable[[np.ndarray], np.ndarray]
 
 OFFICIAL_PART = 192  # the official test cuts parts of at most 192 LR pixels
 OFFICIAL_PAD = 64  # ... and mirror-pads each part to a multiple of 64
+MIN_TILE = 16  # smallest side fed to the model; also the smallest --tile
 
 
 def _as_hw(tile) -> tuple[int, int] | None:
@@ -78,13 +81,14 @@ def _store(out: np.ndarray, index, values: np.ndarray) -> None:
 
 
 def _pad_reflect(a: np.ndarray, pad_h: int, pad_w: int) -> np.ndarray:
-    """Reflect-pad bottom/right of (..., H, W); repeats the reflection when the pad is large."""
+    """Reflect-pad (..., H, W) by ``pad_h`` rows and ``pad_w`` columns split evenly before and
+    after, so a small image sits in the middle of its tile, away from the model's border effects
+    (repeats the reflection when the pad is large; repeats the pixel when a side is 1)."""
     if pad_h <= 0 and pad_w <= 0:
         return a
-    widths = [(0, 0)] * (a.ndim - 2) + [(0, max(pad_h, 0)), (0, max(pad_w, 0))]
+    ph, pw = max(pad_h, 0), max(pad_w, 0)
+    widths = [(0, 0)] * (a.ndim - 2) + [(ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)]
     mode = "reflect" if min(a.shape[-2:]) > 1 else "edge"
-    if mode == "reflect" and (a.shape[-2] == 1 or a.shape[-1] == 1):
-        mode = "edge"
     return np.pad(a, widths, mode=mode)
 
 
@@ -142,7 +146,8 @@ class Tiler:
         if self.fixed:
             return th, tw
         m = self.multiple
-        return min(th, -(-h // m) * m), min(tw, -(-w // m) * m)
+        lo = -(-MIN_TILE // m) * m
+        return min(th, max(lo, -(-h // m) * m)), min(tw, max(lo, -(-w // m) * m))
 
     def plan(self, h: int, w: int) -> list[tuple[int, int]]:
         """Tile origins (y, x) in LR pixels, raster order (blend mode)."""
@@ -188,6 +193,7 @@ class Tiler:
         s = self.scale
         th, tw = self.tile_shape(h, w)
         eh, ew = min(th, h), min(tw, w)  # valid (unpadded) part of each tile
+        py, px = (th - eh) // 2 * s, (tw - ew) // 2 * s  # where it sits in the output of a padded tile
         tiles = self.plan(h, w)
         last_y = max(y for y, _ in tiles)
         last_x = max(x for _, x in tiles)
@@ -229,7 +235,7 @@ class Tiler:
                     wcache[key] = wy[:, None] * wx[None, :]
                 wt = wcache[key]
                 oy, ox = y * s - acc_y, x * s
-                acc[:, oy: oy + eh * s, ox: ox + ew * s] += r[:, : eh * s, : ew * s] * wt
+                acc[:, oy: oy + eh * s, ox: ox + ew * s] += r[:, py: py + eh * s, px: px + ew * s] * wt
                 wacc[:, oy: oy + eh * s, ox: ox + ew * s] += wt
             if progress:
                 progress(len(chunk))

@@ -53,13 +53,27 @@ def tta_fn(fn: Callable[[np.ndarray], np.ndarray], square_only: bool = False):
     return run
 
 
+def _resize_plane(plane: np.ndarray, size: tuple[int, int], method) -> np.ndarray:
+    """Resize an (H, W) uint8/uint16 plane to ``size`` (w, h) in float (mode "F": 16-bit safe)."""
+    big = np.asarray(Image.fromarray(plane.astype(np.float32)).resize(size, method))
+    m = np.iinfo(plane.dtype).max
+    return np.clip(np.rint(big), 0, m).astype(plane.dtype)
+
+
 def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
     """Bicubic upscaling of an alpha plane (uint8 or uint16)."""
     h, w = alpha.shape
-    im = Image.fromarray(alpha.astype(np.float32))  # mode "F": no 8-bit rounding, 16-bit safe
-    big = np.asarray(im.resize((w * scale, h * scale), Image.Resampling.BICUBIC))
-    m = np.iinfo(alpha.dtype).max
-    return np.clip(np.rint(big), 0, m).astype(alpha.dtype)
+    return _resize_plane(alpha, (w * scale, h * scale), Image.Resampling.BICUBIC)
+
+
+def resize(img: ImageData, size: tuple[int, int]) -> ImageData:
+    """Lanczos resize to ``size`` (w, h), plane by plane: the final step of ``--outscale``."""
+    if img.size == tuple(size):
+        return img
+    planes = [_resize_plane(img.pixels[:, :, c], size, Image.Resampling.LANCZOS)
+              for c in range(img.pixels.shape[2])]
+    alpha = _resize_plane(img.alpha, size, Image.Resampling.LANCZOS) if img.alpha is not None else None
+    return with_pixels(img, np.stack(planes, axis=2), alpha)
 
 
 class Upscaler:

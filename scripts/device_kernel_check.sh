@@ -1,6 +1,13 @@
 #!/usr/bin/env bash
-# On the GPU device: build the kernel (binding cache and CMake), run the GPU tests, benchmark.
-# Logs go to $OUT (or ./device_out). Usage: bash scripts/device_kernel_check.sh [bench args...]
+# On a GPU machine: build the kernel (binding cache, and CMake in the background), check it under
+# compute-sanitizer (memcheck on a small subset, racecheck on one chunked call), benchmark, run
+# the GPU tests. Logs go to $OUT (or ./device_out).
+#
+#   bash scripts/device_kernel_check.sh [bench_scan.py args...]
+#
+# MAMBACSR_SCAN_LIB=/path/libmambacsr_scan.so uses a prebuilt library (no build here);
+# BASELINE_LIB=/path/to/an ABI-1 library adds the old kernel's column to the benchmark;
+# TESTS=0 / SANITIZE=0 / BENCH=0 skip a step; PYTEST_ARGS narrows the tests.
 set -u
 OUT=${OUT:-$PWD/device_out}
 mkdir -p "$OUT"
@@ -12,40 +19,109 @@ PY=${PYTHON:-python3}
   $PY -c 'import torch; print("torch", torch.__version__, torch.version.cuda, torch.cuda.get_device_name())'
 } 2>&1 | tee "$OUT/env.log"
 
-# CMake build of the kernel library (sm_90 only, to keep it short) in the background.
-( cmake -S plugins -B /tmp/mambacsr-build -DCMAKE_CUDA_ARCHITECTURES=90 -G Ninja >/dev/null &&
-  cmake --build /tmp/mambacsr-build ) >"$OUT/cmake.log" 2>&1 &
+# CMake build of the kernel library alone (sm_90, to keep it short), in the background.
+( cmake -S plugins -B /tmp/mambacsr-build -DCMAKE_CUDA_ARCHITECTURES=90 -DMAMBACSR_BUILD_PLUGIN=OFF -G Ninja >/dev/null &&
+  cmake --build /tmp/mambacsr-build --target mambacsr_scan ) >"$OUT/cmake.log" 2>&1 &
 CMAKE_PID=$!
 
-# Binding build (nvcc into the cache), with the compiler's resource report.
 $PY - <<'PY' 2>&1 | tee "$OUT/build.log"
-import time, torch
+import os, time, torch
 from mambacsr.ops import scan_cuda
 t = time.time()
-cap = "%d%d" % torch.cuda.get_device_capability()
-print("library:", scan_cuda.build_library(cap), "built in %.1f s" % (time.time() - t))
+if not os.environ.get("MAMBACSR_SCAN_LIB"):
+    cap = "%d%d" % torch.cuda.get_device_capability()
+    print("library:", scan_cuda.build_library(cap), "built in %.1f s" % (time.time() - t))
+else:
+    print("library:", os.environ["MAMBACSR_SCAN_LIB"], "(prebuilt)")
 print("variants:", scan_cuda.variant_names())
 PY
 
 set -o pipefail
-if [ "${PROFILE:-0}" = 1 ]; then
-  # Nsight Compute on one MambaCSR-shaped call per variant (fp32, batch 8, L 4096), SASS dump.
-  cuobjdump -sass "$(ls $MAMBACSR_CACHE/scan_cuda/*/libmambacsr_scan.so | head -1)" > "$OUT/sass.txt" 2>&1
-  for v in ${PROFILE_VARIANTS:-1}; do
-    timeout 200 ncu --clock-control none --section SchedulerStats --section WarpStateStats \
-      --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section Occupancy \
-      --section SpeedOfLight --section InstructionStats -k regex:scan_kernel -c 1 \
-      $PY -c "
-import torch; from mambacsr.ops import scan_cuda
-import sys; sys.path.insert(0, 'scripts'); import bench_scan as b
-s = b.make_set(8, 720, 2, 16, 4096, torch.float32)
-scan_cuda.selective_scan_cuda(*s, True, variant=$v); torch.cuda.synchronize()" 2>&1 | tee "$OUT/ncu_v$v.log" | grep -E "Duration|Issue Slots Busy|Eligible Warps|Active Warps Per|No Eligible|Stall|Warp Cycles Per Issued|Achieved Occupancy|Registers|Executed Ipc A|Pipe|L1/TEX|Shared"
-  done
+SAN_RC=0
+if [ "${SANITIZE:-1}" = 1 ]; then
+  # A small C++ host program through the C ABI (no framework under the sanitizer): every path
+  # on small problems (identity, window with padding and mixed groups, cross-scale, column-first
+  # 32-row windows; fp32 and fp16; shared u; aligned and 1-element-off pointers; automatic,
+  # single pass and chunked, with the workspace's index tables).
+  LIB=${MAMBACSR_SCAN_LIB:-$(ls $MAMBACSR_CACHE/scan_cuda/*/libmambacsr_scan.so | head -1)}
+  cat > /tmp/san_case.cu <<'CPP'
+#include "mambacsr_scan.h"
+#include <cuda_fp16.h>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+static void* upload(size_t n, int dtype, int off, unsigned seed) {
+  const size_t es = dtype ? 2 : 4;
+  std::vector<unsigned char> h((n + off) * es);
+  srand(seed);
+  for (size_t i = 0; i < n + off; ++i) {
+    float v = (rand() / (float)RAND_MAX) * 2.f - 1.f;
+    if (dtype) { __half x = __float2half(v); memcpy(&h[i * es], &x, 2); } else memcpy(&h[i * es], &v, 4);
+  }
+  void* d = nullptr;
+  cudaMalloc(&d, h.size());
+  cudaMemcpy(d, h.data(), h.size(), cudaMemcpyHostToDevice);
+  return (unsigned char*)d + off * es;
+}
+int main(int argc, char** argv) {
+  const bool quick = argc > 1;
+  mambacsr_scan_order_t orders[4] = {};
+  orders[1].kind = MAMBACSR_ORDER_WINDOW; orders[1].height = 13; orders[1].width = 21;
+  orders[1].window[0] = orders[1].window[1] = 8; orders[1].flags[1] = MAMBACSR_ORDER_COLUMN_FIRST | MAMBACSR_ORDER_FLIP;
+  orders[2].kind = MAMBACSR_ORDER_CROSS_SCALE; orders[2].height = 32; orders[2].width = 48;
+  orders[2].window[0] = orders[2].window[1] = 16; orders[2].flags[0] = MAMBACSR_ORDER_COLUMN_FIRST; orders[2].flags[1] = MAMBACSR_ORDER_FLIP;
+  orders[3].kind = MAMBACSR_ORDER_WINDOW; orders[3].height = 40; orders[3].width = 56;
+  orders[3].window[0] = orders[3].window[1] = 32; orders[3].flags[0] = MAMBACSR_ORDER_COLUMN_FIRST;
+  orders[3].flags[1] = MAMBACSR_ORDER_COLUMN_FIRST | MAMBACSR_ORDER_FLIP;
+  const int64_t lens[4] = {300, 13 * 21, 32 * 48 + 16 * 24, 40 * 56};
+  const int64_t bt = 2, k = 2, c = 9, kc = 18, n = 16;
+  int bad = 0, cases = 0;
+  for (int o = quick ? 2 : 0; o < 4; ++o)
+    for (int dtype = 0; dtype < (quick ? 1 : 2); ++dtype)
+      for (int chunks = 0; chunks <= 3; chunks += quick ? 3 : 1)
+        for (int off = 0; off < (quick ? 1 : 2); ++off) {
+          const int64_t L = lens[o];
+          void* u = upload(bt * c * L, dtype, off, 1);
+          void* d = upload(bt * kc * L, dtype, off, 2);
+          void* B = upload(bt * k * n * L, dtype, off, 3);
+          void* C = upload(bt * k * n * L, dtype, off, 4);
+          void* y = upload(bt * kc * L, dtype, off, 5);
+          float* A = (float*)upload(kc * n, 0, 0, 6);
+          float* D = (float*)upload(kc, 0, 0, 7);
+          float* bias = (float*)upload(kc, 0, 0, 8);
+          const int variant = MAMBACSR_SCAN_VARIANT(0, chunks);
+          const mambacsr_scan_order_t* ord = o ? &orders[o] : nullptr;
+          size_t ws = mambacsr_selective_scan_workspace_size_ex(bt, kc, k, n, L, ord, dtype, variant);
+          void* wsp = nullptr;
+          if (ws) cudaMalloc(&wsp, ws);
+          int st = mambacsr_selective_scan_ordered(u, d, A, B, C, D, bias, y, bt, kc, k, n, L, 1, ord, dtype, 1,
+                                                   variant, wsp, ws, 0);
+          cudaError_t e = cudaDeviceSynchronize();
+          ++cases;
+          if (st || e != cudaSuccess) { ++bad; printf("case order %d dtype %d chunks %d off %d: status %d, %s\n", o, dtype, chunks, off, st, cudaGetErrorString(e)); }
+        }
+  printf("%d cases, %d failed\n", cases, bad);
+  return bad ? 1 : 0;
+}
+CPP
+  nvcc -O1 -std=c++17 -I mambacsr/ops/csrc/cuda /tmp/san_case.cu -o /tmp/san_case -L"$(dirname "$LIB")" \
+       -l:"$(basename "$LIB")" -Xlinker -rpath="$(dirname "$LIB")" 2>&1 | tail -5
+  timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 /tmp/san_case 2>&1 | tail -25 | tee "$OUT/memcheck.log"
+  SAN_RC=$?
+  timeout 100 compute-sanitizer --tool racecheck --error-exitcode 9 /tmp/san_case quick 2>&1 | tail -15 | tee "$OUT/racecheck.log"
+  SAN_RC=$((SAN_RC + $?))
 fi
-timeout 420 $PY -m pytest -q -x -rs tests/test_scan_cuda.py 2>&1 | tee "$OUT/tests.log"
-TEST_RC=$?
-timeout 300 $PY scripts/bench_scan.py --json "$OUT/bench.json" "$@" 2>&1 | tee "$OUT/bench.log"
-BENCH_RC=$?
+BENCH_RC=0
+if [ "${BENCH:-1}" = 1 ]; then
+  timeout 300 $PY scripts/bench_scan.py ${BASELINE_LIB:+--baseline-lib "$BASELINE_LIB"} --json "$OUT/bench.json" "$@" 2>&1 | tee "$OUT/bench.log" | grep -v '^{'
+  BENCH_RC=$?
+fi
+TEST_RC=0
+if [ "${TESTS:-1}" = 1 ]; then
+  timeout 300 $PY -m pytest -q -rs ${PYTEST_ARGS:-} tests/test_scan_cuda.py 2>&1 | tee "$OUT/tests.log" | tail -40
+  TEST_RC=$?
+fi
 wait $CMAKE_PID; CMAKE_RC=$?
-tail -3 "$OUT/cmake.log"
-echo "tests rc=$TEST_RC bench rc=$BENCH_RC cmake rc=$CMAKE_RC"
+tail -2 "$OUT/cmake.log"
+echo "sanitizer rc=$SAN_RC tests rc=$TEST_RC bench rc=$BENCH_RC cmake rc=$CMAKE_RC"

@@ -213,9 +213,11 @@ def test_evaluate_onnx_row(tmp_path, capsys):
     assert "up.onnx" in capsys.readouterr().out
 
 
-def test_train_smoke_and_resume(tmp_path):
+def test_train_smoke_and_resume(tmp_path, monkeypatch):
     import mambacsr
     import train
+
+    monkeypatch.setenv("MAMBACSR_SCAN", "chunked")  # what train.py sets; restored after this test
 
     src = tmp_path / "hr"
     src.mkdir()

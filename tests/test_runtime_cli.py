@@ -140,7 +140,7 @@ def test_skip_existing_and_name_collisions(tmp_path, capsys, dyn_onnx):
     write_rgb(src / "a.jpg")  # same stem: second one would collide
     out = tmp_path / "out"
     code, _, err = run_cli(capsys, "upscale", src, "-o", out, "--onnx", dyn_onnx, "-q")
-    assert code == 1 and "already written" in err
+    assert code == 1 and "also the output of" in err
     mtime = (out / "a.png").stat().st_mtime_ns
     code, stdout, _ = run_cli(capsys, "upscale", src / "a.png", "-o", out, "--onnx", dyn_onnx,
                               "--skip-existing", "-q")

@@ -75,7 +75,7 @@ def tiny_model():
 
 
 # ------------------------------------------------------------------------------------ blend
-@pytest.mark.parametrize("shape", [(40, 56), (17, 9), (64, 64)])
+@pytest.mark.parametrize("shape", [(40, 56), (17, 19), (64, 64)])
 def test_one_tile_equals_whole_image(convnet, shape):
     img = natural_image(*shape)
     fn = torch_fn(convnet)
@@ -137,6 +137,23 @@ def test_fixed_tile_pads_small_images():
     img = natural_image(10, 30)
     out = Tiler(2, 16, overlap=4, fixed=True).run(img, fn)
     assert all(s[2:] == (16, 16) for s in seen)
+    np.testing.assert_allclose(out, nearest_fn(2)(img[None])[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 2), (1, 40), (15, 9)])
+def test_tiny_images_are_padded_to_the_minimum_tile(shape):
+    """A 1x1 or 3x2 image is never fed to the model alone: it is reflect-padded to MIN_TILE, and
+    the output is cropped back (exact for a pointwise model)."""
+    from runtime.tiling import MIN_TILE
+    seen = []
+
+    def fn(b):
+        seen.append(b.shape)
+        return nearest_fn(2)(b)
+
+    img = natural_image(*shape)
+    out = Tiler(2, 64, overlap=8).run(img, fn)
+    assert all(s[2] >= MIN_TILE and s[3] >= MIN_TILE for s in seen), seen
     np.testing.assert_allclose(out, nearest_fn(2)(img[None])[0], atol=1e-6)
 
 

@@ -15,6 +15,7 @@ path) and one warning says why.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import shutil
@@ -26,18 +27,22 @@ from pathlib import Path
 
 import torch
 
+from ..scan_order import ScanOrder
+
 CSRC_DIR = Path(__file__).resolve().parent / "csrc" / "cuda"
-SOURCES = ("selective_scan.cu", "mambacsr_scan.h")
+SOURCES = ("selective_scan.cu", "mambacsr_scan.h", "../mambacsr_scan_order.h")
 LIB_ENV = "MAMBACSR_SCAN_LIB"
 CACHE_ENV = "MAMBACSR_CACHE"  # one cache folder for the C and CUDA kernels
 MAX_STATES = 64
-ABI_VERSION = 1
+MAX_GROUPS = 8  # MAMBACSR_SCAN_MAX_GROUPS
+ABI_VERSION = 2
 
 _DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _STATUS = {0: "ok", 1: "invalid argument", 2: "unsupported shape or dtype", 3: "CUDA launch failed"}
 
 _lock = threading.Lock()
 _libs: dict[str, ctypes.CDLL | None] = {}
+_ws_sizes: dict[tuple, int] = {}  # workspace bytes per problem (the choice is deterministic)
 _warned = False
 
 
@@ -124,19 +129,41 @@ def build_library(arch: str, nvcc: str | None = None, out_dir: Path | None = Non
     return lib
 
 
+class _Order(ctypes.Structure):
+    """mambacsr_scan_order_t (mambacsr_scan_order.h)."""
+    _fields_ = [("kind", ctypes.c_int32), ("height", ctypes.c_int32), ("width", ctypes.c_int32),
+                ("window", ctypes.c_int32 * MAX_GROUPS), ("flags", ctypes.c_int32 * MAX_GROUPS)]
+
+
+@functools.lru_cache(maxsize=256)
+def _order_struct(order: ScanOrder | None):
+    if order is None:
+        return None
+    if len(order.windows) > MAX_GROUPS:
+        raise ValueError(f"at most {MAX_GROUPS} groups per ordered scan, got {len(order.windows)}")
+    pad = [0] * (MAX_GROUPS - len(order.windows))
+    return _Order(order.kind, order.height, order.width,
+                  (ctypes.c_int32 * MAX_GROUPS)(*order.windows, *pad),
+                  (ctypes.c_int32 * MAX_GROUPS)(*order.flags, *pad))
+
+
 def _bind(path: str) -> ctypes.CDLL:
     lib = ctypes.CDLL(path)
-    fn = lib.mambacsr_selective_scan_ex
-    fn.argtypes = ([ctypes.c_void_p] * 8 + [ctypes.c_int64] * 5 +
-                   [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p])
-    fn.restype = ctypes.c_int
     lib.mambacsr_scan_abi_version.restype = ctypes.c_int
-    lib.mambacsr_scan_variant_count.restype = ctypes.c_int
-    lib.mambacsr_scan_variant_name.argtypes = [ctypes.c_int]
-    lib.mambacsr_scan_variant_name.restype = ctypes.c_char_p
     if lib.mambacsr_scan_abi_version() != ABI_VERSION:
         raise ScanBuildError(f"{path}: ABI version {lib.mambacsr_scan_abi_version()}, "
                              f"expected {ABI_VERSION}")
+    fn = lib.mambacsr_selective_scan_ordered
+    fn.argtypes = ([ctypes.c_void_p] * 8 + [ctypes.c_int64] * 5 +
+                   [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                    ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p])
+    fn.restype = ctypes.c_int
+    ws = lib.mambacsr_selective_scan_workspace_size_ex
+    ws.argtypes = [ctypes.c_int64] * 5 + [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    ws.restype = ctypes.c_size_t
+    lib.mambacsr_scan_variant_count.restype = ctypes.c_int
+    lib.mambacsr_scan_variant_name.argtypes = [ctypes.c_int]
+    lib.mambacsr_scan_variant_name.restype = ctypes.c_char_p
     return lib
 
 
@@ -184,15 +211,19 @@ def variant_names() -> list[str]:
             for i in range(lib.mambacsr_scan_variant_count() + 1)]
 
 
-def selective_scan_cuda(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, *, variant: int = 0,
+def selective_scan_cuda(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus,
+                        order: ScanOrder | None = None, *, variant: int = 0, chunks: int = 0,
                         out: torch.Tensor | None = None):
     """SelectiveScan on CUDA tensors through the project's kernel; None when unavailable.
 
-    u, delta (batch, K*C, L), Bs, Cs (batch, K, N, L): float32, float16 or bfloat16 (delta, Bs
-    and Cs are cast to u's dtype if they differ); A (K*C, N), D, delta_bias (K*C,) float32.
-    Returns y (batch, K*C, L) of u's dtype, computed on PyTorch's current stream.
+    Storage-order contract (mambacsr_scan.h): u (batch, K*C, L), or (batch, C, L) shared by
+    the K groups; delta (batch, K*C, L); Bs, Cs (batch, K, N, L): float32, float16 or bfloat16
+    (delta, Bs and Cs are cast to u's dtype if they differ); A (K*C, N), D, delta_bias (K*C,)
+    float32; `order` the scan order (None: identity). Returns y (batch, K*C, L) of u's dtype,
+    computed on PyTorch's current stream. `variant` (kernel id, 0 = automatic) and `chunks`
+    (0 = automatic, 1 = single pass, >= 2 = that many chunks) are for benchmarks and tests.
     """
-    if not u.is_cuda or u.dtype not in _DTYPES or u.dim() != 3 or Bs.dim() != 4:
+    if not u.is_cuda or u.dtype not in _DTYPES or u.dim() != 3 or delta.dim() != 3 or Bs.dim() != 4:
         return None
     if Bs.shape[2] > MAX_STATES:
         return None
@@ -202,22 +233,49 @@ def selective_scan_cuda(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, *, v
         _warn_once(str(exc))
         return None
     dtype = u.dtype
-    bt, kc, length = u.shape
+    bt, kc, length = delta.shape
     k, n = Bs.shape[1], Bs.shape[2]
+    u_shared = int(u.shape[1] != kc)
     u = u.contiguous()
     delta, Bs, Cs = (t.to(dtype).contiguous() for t in (delta, Bs, Cs))
-    A, D, delta_bias = (t.to(device=u.device, dtype=torch.float32).contiguous()
+    A, D, delta_bias = (None if t is None else t.to(device=u.device, dtype=torch.float32).contiguous()
                         for t in (A, D, delta_bias))
-    y = torch.empty_like(u) if out is None else out
-    with torch.cuda.device(u.device):
-        stream = torch.cuda.current_stream(u.device).cuda_stream
-        status = lib.mambacsr_selective_scan_ex(
-            u.data_ptr(), delta.data_ptr(), A.data_ptr(), Bs.data_ptr(), Cs.data_ptr(),
-            D.data_ptr(), delta_bias.data_ptr(), y.data_ptr(), bt, kc, k, n, length,
-            _DTYPES[dtype], int(bool(delta_softplus)), int(variant), stream)
-    if status == 2 and variant == 0:
+    y = torch.empty(bt, kc, length, device=u.device, dtype=dtype) if out is None else out
+    code = int(variant) + 256 * int(chunks)
+    c_order = _order_struct(order)
+    order_ptr = ctypes.byref(c_order) if c_order is not None else None
+    key = (u.device.index, bt, kc, k, n, length, order, dtype, code)
+    ws_bytes = _ws_sizes.get(key)
+    if ws_bytes is None:
+        with torch.cuda.device(u.device):  # the choice depends on the device's SM count
+            ws_bytes = _ws_sizes[key] = lib.mambacsr_selective_scan_workspace_size_ex(
+                bt, kc, k, n, length, order_ptr, _DTYPES[dtype], code)
+    # The caching allocator: no device-wide allocation, safe inside CUDA-graph capture.
+    ws = torch.empty(ws_bytes, device=u.device, dtype=torch.uint8) if ws_bytes else None
+    ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+    stream = torch.cuda.current_stream(u.device).cuda_stream
+    args = (ptr(u), ptr(delta), ptr(A), ptr(Bs), ptr(Cs), ptr(D), ptr(delta_bias), ptr(y),
+            bt, kc, k, n, length, u_shared, order_ptr, _DTYPES[dtype], int(bool(delta_softplus)),
+            code, ptr(ws), ws_bytes, stream)
+    if u.device.index == torch.cuda.current_device():
+        status = lib.mambacsr_selective_scan_ordered(*args)
+    else:
+        with torch.cuda.device(u.device):
+            status = lib.mambacsr_selective_scan_ordered(*args)
+    if status == 2 and code == 0:
         return None
     if status != 0:
-        raise RuntimeError(f"mambacsr_selective_scan failed: {_STATUS.get(status, status)} "
-                           f"(u {tuple(u.shape)} {dtype}, N={n}, variant={variant})")
+        raise RuntimeError(f"mambacsr_selective_scan_ordered failed: {_STATUS.get(status, status)} "
+                           f"(u {tuple(u.shape)} {dtype}, N={n}, order={order}, variant={variant}, "
+                           f"chunks={chunks})")
     return y
+
+
+def workspace_bytes(bt: int, kc: int, k: int, n: int, length: int, dtype: torch.dtype,
+                    order: ScanOrder | None = None, variant: int = 0, chunks: int = 0) -> int:
+    """Workspace bytes the kernel asks for (chunk states, index tables; 0: none needed)."""
+    lib = load_library()
+    c_order = _order_struct(order)
+    return lib.mambacsr_selective_scan_workspace_size_ex(
+        bt, kc, k, n, length, ctypes.byref(c_order) if c_order is not None else None,
+        _DTYPES[dtype], int(variant) + 256 * int(chunks))

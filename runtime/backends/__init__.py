@@ -90,7 +90,7 @@ def default_checkpoint() -> Path:
 def open_backend(backend: str = "auto", *, engine=None, plugin=None, onnx=None, ckpt=None,
                  config=None, device: str | None = "auto", precision: str = "fp32",
                  tile: int | None = None, batch: int | None = None, threads: int | None = None,
-                 log: Callable[[str], None] = lambda m: None) -> Backend:
+                 compile: bool = True, log: Callable[[str], None] = lambda m: None) -> Backend:
     """Open the backend for the model flags given (engine > onnx > ckpt > shipped default)."""
     given = [n for n, v in (("--engine", engine), ("--onnx", onnx), ("--ckpt", ckpt)) if v]
     if len(given) > 1:
@@ -103,6 +103,7 @@ def open_backend(backend: str = "auto", *, engine=None, plugin=None, onnx=None, 
     if not given:
         ckpt = default_checkpoint()
         log(f"model: shipped default {ckpt}")
+    ckpt_why = "a checkpoint was given" if given else "the shipped default model is a checkpoint"
 
     if backend == "auto":
         if engine:
@@ -110,7 +111,7 @@ def open_backend(backend: str = "auto", *, engine=None, plugin=None, onnx=None, 
         elif onnx:
             backend, why = "ort", "an ONNX file was given (build a TensorRT engine with `mambacsr-rt build` for speed)"
         else:
-            backend, why = "torch", "a checkpoint was given"
+            backend, why = "torch", ckpt_why
         log(f"backend: {backend} ({why})")
     if not installed(backend):
         pkg = {"trt": "tensorrt (pip install 'mambacsr-deploy[trt]')", "ort": "onnxruntime",
@@ -142,7 +143,8 @@ def open_backend(backend: str = "auto", *, engine=None, plugin=None, onnx=None, 
     if onnx:
         raise UserError("the torch backend needs a checkpoint (--ckpt); use --backend ort for --onnx")
     from runtime.backends.torch_backend import TorchBackend
-    return TorchBackend.from_checkpoint(ckpt, config=config, device=dev, precision=precision, threads=threads)
+    return TorchBackend.from_checkpoint(ckpt, config=config, device=dev, precision=precision, threads=threads,
+                                        compile=compile)
 
 
 def _export_for_ort(ckpt, config, tile: int, batch: int, precision: str, log) -> Path:

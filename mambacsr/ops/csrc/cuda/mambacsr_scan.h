@@ -2,7 +2,7 @@
  * mambacsr_scan.h - C ABI of the MambaCSR selective-scan CUDA kernel.
  *
  * One kernel, two callers: the PyTorch binding (mambacsr/ops/scan_cuda.py, through ctypes) and
- * the TensorRT plugin (plugins/selectiveScan). Contract (docs/DESIGN.md), for batch b, channel c
+ * the TensorRT plugin (plugins/selectiveScan). Contract (DESIGN.md), for batch b, channel c
  * of group g = c / C (C = KC / K, c' = c % C), state n, sequence token t of group g
  * (order: mambacsr_scan_order.h), with h = 0 at t = 0, s = source(g, t), o = target(g, t):
  *
@@ -69,9 +69,12 @@ MAMBACSR_API int mambacsr_selective_scan_ex(
     int dtype, int delta_softplus, int variant, cudaStream_t stream);
 
 /* The full contract: storage-order I/O, a scan order (NULL: identity), u shared by the groups
- * (u_shared != 0: u is (batch, KC / K, L)), a kernel variant (0 = automatic) and a workspace.
- * With at least mambacsr_selective_scan_workspace_size() bytes of workspace, small batches split
- * each sequence into chunks scanned in parallel; with less (or NULL) the single-pass kernel runs. */
+ * (u_shared != 0: u is (batch, KC / K, L)), a kernel variant (0 = automatic) and a workspace
+ * (16-byte aligned, contents undefined on entry and exit). With at least
+ * mambacsr_selective_scan_workspace_size() bytes of workspace, small batches split each sequence
+ * into chunks scanned in parallel and the order's token positions are computed once per call;
+ * with less (or NULL) the single-pass kernel runs, computing positions in every block. The
+ * result is the same either way, up to float32 rounding. */
 MAMBACSR_API int mambacsr_selective_scan_ordered(
     const void* u, const void* delta, const float* A, const void* Bs, const void* Cs,
     const float* D, const float* delta_bias, void* y,
@@ -83,6 +86,16 @@ MAMBACSR_API int mambacsr_selective_scan_ordered(
 MAMBACSR_API size_t mambacsr_selective_scan_workspace_size(
     int64_t batch, int64_t kc, int64_t k, int64_t n, int64_t length,
     const mambacsr_scan_order_t* order, int dtype);
+
+/* `variant` of the calls above: a kernel id (1..mambacsr_scan_variant_count(), 0 = automatic)
+ * plus 256 * chunks (0 = automatic, 1 = single pass, >= 2 = that many chunks; a requested
+ * chunk count without its workspace is an invalid argument). For benchmarks and tests. */
+#define MAMBACSR_SCAN_VARIANT(kernel, chunks) ((kernel) + 256 * (chunks))
+
+/* Workspace bytes for an explicit `variant` (0: the same as _workspace_size). */
+MAMBACSR_API size_t mambacsr_selective_scan_workspace_size_ex(
+    int64_t batch, int64_t kc, int64_t k, int64_t n, int64_t length,
+    const mambacsr_scan_order_t* order, int dtype, int variant);
 
 /* Number of variants (ids 1..count) and a short name for one ("" when out of range). */
 MAMBACSR_API int mambacsr_scan_variant_count(void);

@@ -1,19 +1,31 @@
-// selective_scan.cu - the MambaCSR SelectiveScan CUDA kernel (contract: mambacsr_scan.h).
+// selective_scan.cu - the MambaCSR SelectiveScan CUDA kernel (contract: mambacsr_scan.h, orders:
+// mambacsr_scan_order.h). Design log with measurements: NOTES.md beside this file.
 //
-// Design (counts for MambaCSR's shape, K*C = 720, N = 16, K = 2; see plugins/NOTES.md):
-//  * The work is one exp per (batch, channel, state, token): the special-function unit is the
-//    floor, not memory. So every exp is computed exactly once, on the recurrence's own thread,
-//    and the state stays in registers for the whole sequence (no chunk carry pass, which would
-//    need a second exp per element).
-//  * A block owns CB channels of one (batch, group) and walks L in tiles of NT tokens. W threads
-//    share a channel, each holding S of its N states (state n = s * W + lane), so a warp holds
-//    32 / W channels and there are batch * KC * W / 32 independent warps.
-//  * Per tile: u, delta, Bs, Cs are read once with 16-byte loads, prefetched into registers one
-//    tile ahead; softplus(delta + bias), dt * u and D * u are computed once per (channel, token)
-//    into shared memory; Bs/Cs of the group are staged once in shared memory and shared by the
-//    block's CB channels. The W partial sums of a token are combined by a transpose-reduce over
-//    W lanes and W tokens (W - 1 shuffles for W tokens), written once, and the tile is stored
-//    with 16-byte stores.
+//  * One exp per (batch, channel, state, token) is the floor (special-function unit), so the
+//    state stays in registers and every exp is computed on the recurrence's own thread.
+//  * A block owns CB channels of one (batch, group) and one chunk of the group's sequence, and
+//    walks it in tiles of NT tokens. W threads share a channel, each holding S of its N states
+//    (state n = s * W + lane); R channels per thread.
+//  * Per tile: the storage positions of the tile's tokens (mambacsr_order_source / _target) go
+//    to shared memory, loaded from a table that order_table_kernel writes once per call into
+//    the workspace (computed in every block without workspace; inline for the identity order).
+//    u, delta, Bs, Cs are gathered with 16-byte loads wherever VEC consecutive tokens are VEC
+//    contiguous (ascending or descending) aligned elements, element by element otherwise, and
+//    prefetched into registers one tile ahead, untouched until used; softplus(delta + bias),
+//    dt * u and D * u are computed once per (channel, token) into shared memory; Bs/Cs are
+//    staged once and shared by the block's CB channels. The W partial sums of a token are
+//    combined by a transpose-reduce (W - 1 shuffles per W tokens) and y is scattered like the
+//    inputs were gathered.
+//  * Small batches do not fill the GPU with one block per channel group (batch 1: 11,520
+//    recurrences), so the sequence is cut into chunks scanned in parallel: pass 1 (MODE_STATE)
+//    scans every chunk but the last from h = 0 and stores its end state and its sum of dt into
+//    the caller's workspace; pass 2 (MODE_OUT) folds the end states of the chunks before its own
+//    (h = exp(A * sum dt) * h + h_end, one exp per chunk and state) and rescans its chunk from
+//    there, writing y. The single pass is MODE_OUT with one chunk.
+//  * SEG > 1: a block scans SEG adjacent chunks side by side, each tile holding QT = NT / SEG
+//    tokens of each. With chunks of one column of a column-first window (c_w64: the transpose
+//    of the tile), a tile's tokens are then rows of SEG contiguous elements instead of one
+//    element per row.
 #include "mambacsr_scan.h"
 
 #include <cuda_bf16.h>
@@ -21,6 +33,7 @@
 #include <cuda_runtime.h>
 
 #include <stdint.h>
+#include <string.h>
 
 namespace {
 
@@ -30,8 +43,8 @@ constexpr float kLog2e = 1.4426950408889634f;
 // ---- element types ---------------------------------------------------------------------------
 template <typename T> struct Elem;
 template <> struct Elem<float> {
-    __device__ static float load(const float* p) { return __ldg(p); }
-    __device__ static void store(float* p, float v) { *p = v; }
+    __device__ static uint32_t bits(const float* p) { return __ldg(reinterpret_cast<const unsigned int*>(p)); }
+    __device__ static void store_bits(float* p, uint32_t v) { *reinterpret_cast<unsigned int*>(p) = v; }
     __device__ static void unpack(const uint4& v, float* out) {
         out[0] = __uint_as_float(v.x); out[1] = __uint_as_float(v.y);
         out[2] = __uint_as_float(v.z); out[3] = __uint_as_float(v.w);
@@ -42,8 +55,8 @@ template <> struct Elem<float> {
     }
 };
 template <> struct Elem<__half> {
-    __device__ static float load(const __half* p) { return __half2float(__ldg(p)); }
-    __device__ static void store(__half* p, float v) { *p = __float2half_rn(v); }
+    __device__ static uint32_t bits(const __half* p) { return __ldg(reinterpret_cast<const unsigned short*>(p)); }
+    __device__ static void store_bits(__half* p, uint32_t v) { *reinterpret_cast<unsigned short*>(p) = (unsigned short)v; }
     __device__ static void unpack(const uint4& v, float* out) {
         const uint32_t w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
@@ -64,8 +77,8 @@ template <> struct Elem<__half> {
     }
 };
 template <> struct Elem<__nv_bfloat16> {
-    __device__ static float load(const __nv_bfloat16* p) { return __bfloat162float(__ldg(p)); }
-    __device__ static void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+    __device__ static uint32_t bits(const __nv_bfloat16* p) { return __ldg(reinterpret_cast<const unsigned short*>(p)); }
+    __device__ static void store_bits(__nv_bfloat16* p, uint32_t v) { *reinterpret_cast<unsigned short*>(p) = (unsigned short)v; }
     __device__ static void unpack(const uint4& v, float* out) {
         const uint32_t w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
@@ -127,6 +140,85 @@ __device__ __forceinline__ float softplus(float x) {
     return fmaxf(x, 0.f) + (e < 0.0625f ? series : lg);
 }
 
+// ---- gathers and scatters of VEC consecutive tokens --------------------------------------------
+// A group of VEC tokens whose storage positions are VEC consecutive elements, aligned to 16
+// bytes, ascending or descending, moves with one 16-byte access; any other group element by
+// element (position -1: a virtual token, reads 0, is not written).
+enum : int { RUN_SCALAR = 0, RUN_ASC = 1, RUN_DESC = 2 };
+
+template <int VEC>
+__device__ __forceinline__ int run_kind(const int (&s)[VEC], bool vec_ok) {
+    bool asc = vec_ok && s[0] >= 0 && s[0] % VEC == 0;
+    bool desc = vec_ok && s[VEC - 1] >= 0 && s[VEC - 1] % VEC == 0;
+#pragma unroll
+    for (int e = 1; e < VEC; ++e) {
+        asc = asc && s[e] == s[0] + e;
+        desc = desc && s[e] == s[0] - e;
+    }
+    return asc ? RUN_ASC : desc ? RUN_DESC : RUN_SCALAR;
+}
+
+// Element order of a 16-byte vector reversed.
+template <typename T>
+__device__ __forceinline__ uint4 reverse16(const uint4& v) {
+    if (sizeof(T) == 4) return make_uint4(v.w, v.z, v.y, v.x);
+    return make_uint4(__byte_perm(v.w, 0, 0x1032), __byte_perm(v.z, 0, 0x1032),
+                      __byte_perm(v.y, 0, 0x1032), __byte_perm(v.x, 0, 0x1032));
+}
+
+// The raw 16 bytes of a group, element order as stored (a descending group comes out reversed:
+// prep_regs flips it when it unpacks). Nothing but the load touches the destination registers,
+// so the load stays in flight until the values are used one tile later (a permute or a select
+// here would wait for it).
+template <typename T, int VEC, bool STREAM>
+__device__ __forceinline__ uint4 gather(const T* row, const int (&s)[VEC], int kind) {
+    if (kind != RUN_SCALAR) {
+        const T* q = row + (kind == RUN_DESC ? s[VEC - 1] : s[0]);
+        return STREAM ? ld_stream(q) : ld_shared_input(q);
+    }
+    uint32_t w[4] = {0u, 0u, 0u, 0u};
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+        uint32_t v = 0u;
+        if (s[e] >= 0) v = Elem<T>::bits(row + s[e]);
+        if (sizeof(T) == 4) w[e] = v;
+        else w[e / 2] |= v << (16 * (e % 2));
+    }
+    return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// Unpacks a gathered group into token order.
+template <typename T, int VEC>
+__device__ __forceinline__ void unpack_group(const uint4& v, bool reversed, float (&out)[VEC]) {
+    float f[VEC];
+    Elem<T>::unpack(v, f);
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) out[e] = reversed ? f[VEC - 1 - e] : f[e];
+}
+
+template <typename T, int VEC>
+__device__ __forceinline__ void scatter(T* row, const int (&s)[VEC], int kind, const uint4& v) {
+    if (kind == RUN_ASC) { st_stream(row + s[0], v); return; }
+    if (kind == RUN_DESC) { st_stream(row + s[VEC - 1], reverse16<T>(v)); return; }
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+        if (s[e] < 0) continue;
+        const uint32_t x = sizeof(T) == 4 ? w[e] : (w[e / 2] >> (16 * (e % 2))) & 0xffffu;
+        Elem<T>::store_bits(row + s[e], x);
+    }
+}
+
+// ---- the kernel ------------------------------------------------------------------------------
+enum : int { MODE_OUT = 0, MODE_STATE = 1 };
+
+// Storage position of token t (mambacsr_order_source / _target) of a one-group order. Not
+// inlined: the index arithmetic (64-bit divisions) would otherwise share the register budget
+// of the scan loop, and it runs once per token of a tile.
+__device__ __noinline__ int order_index(const mambacsr_scan_order_t& o, int64_t t, int64_t length, int target) {
+    return (int)(target ? mambacsr_order_target(&o, 0, t, length) : mambacsr_order_source(&o, 0, t, length));
+}
+
 struct Params {
     const void* u;
     const void* delta;
@@ -136,20 +228,33 @@ struct Params {
     const float* D;
     const float* bias;
     void* y;
-    int64_t L;
+    float* ws_h;        // chunked: end state of chunk i, (chunk, batch * KC, N)
+    float* ws_dt;       // chunked: sum of dt over chunk i, (chunk, batch * KC)
+    const int* ws_idx;  // token positions precomputed by order_table_kernel, (K, maps, idx_len); or null
+    int64_t idx_len;
+    int64_t L;          // storage length
+    int64_t chunk_len;  // tokens per chunk, a multiple of NT / SEG; single pass: >= every seq_len
+    int n_chunks;
+    int batch;
     int kc;
     int k;
     int n;
     int ch_per_group;
     int n_cblocks;
     int softplus;
-    int vec_ok;
+    int vec_ok;         // every row starts 16-byte aligned
+    int u_shared;
+    int tables;         // token positions through shared-memory tables (WINDOW, CROSS_SCALE)
+    int two_maps;       // target differs from source (CROSS_SCALE)
+    mambacsr_scan_order_t order;
 };
 
-template <typename T, int R, int S, int W, int CB, int NT>
-__global__ void __launch_bounds__(W * CB / R)
+template <typename T, int R, int S, int W, int CB, int NT, int SEG, int MINB, int MODE>
+__global__ void __launch_bounds__(W * CB * SEG / R, MINB)
 scan_kernel(const Params p) {
-    constexpr int THREADS = W * CB / R;
+    constexpr bool OUT = MODE == MODE_OUT;
+    constexpr int THREADS = W * CB * SEG / R;
+    constexpr int QT = NT / SEG;  // tokens of each segment per tile
     constexpr int NMAX = S * W;
     constexpr int VEC = 16 / int(sizeof(T));
     constexpr int PA = NT + 8;  // pitch of the per-channel arrays (bank spread for the y writes)
@@ -159,38 +264,83 @@ scan_kernel(const Params p) {
     constexpr int IT_U = (NV_U + THREADS - 1) / THREADS;
     constexpr int IT_B = (NMAX * VPR + THREADS - 1) / THREADS;
     static_assert(W == 4 || W == 8 || W == 16, "W must be 4, 8 or 16");
-    static_assert(NT % W == 0 && NT % VEC == 0, "tile size");
+    static_assert(QT % W == 0 && NT % VEC == 0, "tile size");
+    static_assert(SEG == 1 || SEG % VEC == 0, "a staged token group lies in one tile row of the segments");
     static_assert(THREADS % 32 == 0 && CB % R == 0, "whole warps, whole channel groups");
+    static_assert(THREADS % VPR == 0, "a thread stages the same token group of every row");
     using E = Elem<T>;
 
     __shared__ __align__(16) float sDt[CB * PA];
     __shared__ __align__(16) float sDtu[CB * PA];
-    __shared__ __align__(16) float sY[CB * PA];
+    __shared__ __align__(16) float sY[OUT ? CB * PA : 4];
     __shared__ __align__(16) float sB[NMAX * PB];
-    __shared__ __align__(16) float sC[NMAX * PB];
+    __shared__ __align__(16) float sC[OUT ? NMAX * PB : 4];
+    __shared__ __align__(16) int sIdx[3][2][NT];  // [tile % 3][source, target][token]
 
     const int tid = threadIdx.x;
     int blk = blockIdx.x;
     const int cb = blk % p.n_cblocks;
     blk /= p.n_cblocks;
     const int g = blk % p.k;
-    const int b = blk / p.k;
-    const int c_first = g * p.ch_per_group + cb * CB;
-    const int nch = min(CB, p.ch_per_group - cb * CB);
+    blk /= p.k;
+    const int b = blk % p.batch;
+    const int chunk0 = (blk / p.batch) * SEG;  // the block's first chunk
+    const int ch_first = cb * CB;
+    const int c_first = g * p.ch_per_group + ch_first;
+    const int nch = min(CB, p.ch_per_group - ch_first);
     const int N = p.n;
     const int64_t L = p.L;
+
+    // This group's order as group 0 of its own (a constant index keeps it in registers).
+    // (Selected without a run-time index into the parameter struct, which would copy it to
+    // local memory; groups past MAMBACSR_SCAN_MAX_GROUPS only exist for the identity order.)
+    mambacsr_scan_order_t og = p.order;
+#pragma unroll
+    for (int i = 1; i < MAMBACSR_SCAN_MAX_GROUPS; ++i) {
+        if (i == g) {
+            og.window[0] = p.order.window[i];
+            og.flags[0] = p.order.flags[i];
+        }
+    }
+    if (g >= MAMBACSR_SCAN_MAX_GROUPS) og.flags[0] = 0;
+    mambacsr_scan_order_t oid = og;  // the identity order, its kind a compile-time constant
+    oid.kind = MAMBACSR_ORDER_IDENTITY;
+    const int64_t seq = mambacsr_order_seq_len(&og, 0, L);
+    const int64_t clen = p.chunk_len;
+    const int64_t t_begin = (int64_t)chunk0 * clen;  // the block's first token
+    if (t_begin >= seq) return;
+    // Tiles: SEG == 1: NT consecutive tokens of one chunk; SEG > 1: QT consecutive tokens of each
+    // of SEG consecutive chunks, tile position i = q * SEG + segment (segments fastest, so that
+    // VEC adjacent positions are the same token of adjacent chunks: adjacent columns of a
+    // column-first window).
+    const int64_t block_len = min(seq - t_begin, clen);  // the first segment is the longest
+    const int ntiles = (int)((block_len + QT - 1) / QT);
+    auto token_of = [&](int tile, int i) -> int64_t {  // sequence token at tile position i; -1: none
+        const int seg_i = SEG == 1 ? 0 : i % SEG;
+        const int64_t off = (int64_t)tile * QT + (SEG == 1 ? i : i / SEG);
+        const int64_t t = (int64_t)(chunk0 + seg_i) * clen + off;
+        return (off < clen && t < seq) ? t : -1;
+    };
+    auto spos = [&](int i) { return SEG == 1 ? i : (i % SEG) * QT + i / SEG; };  // scan layout
+
     const int64_t row0 = ((int64_t)b * p.kc + c_first) * L;
-    const T* __restrict__ u = static_cast<const T*>(p.u) + row0;
+    const int64_t urow0 = p.u_shared ? ((int64_t)b * p.ch_per_group + ch_first) * L : row0;
+    const T* __restrict__ u = static_cast<const T*>(p.u) + urow0;
     const T* __restrict__ dl = static_cast<const T*>(p.delta) + row0;
     T* __restrict__ y = static_cast<T*>(p.y) + row0;
     const int64_t brow0 = ((int64_t)b * p.k + g) * N * L;
     const T* __restrict__ Bp = static_cast<const T*>(p.B) + brow0;
     const T* __restrict__ Cp = static_cast<const T*>(p.C) + brow0;
+    const int64_t bkc = (int64_t)p.batch * p.kc;
+    const int64_t ws0 = (int64_t)b * p.kc + c_first;  // workspace row of the block's channel 0
 
-    // Scan role: channels cg * R .. cg * R + R - 1 of the block, lane w of their W lanes,
-    // states s * W + w.
-    const int cg = tid / W;
+    // Scan role: segment `seg`, channels cg * R .. cg * R + R - 1 of the block, lane w of their
+    // W lanes, states s * W + w.
     const int w = tid % W;
+    const int seg = (tid / W) / (CB / R);
+    const int cg = (tid / W) % (CB / R);
+    const int chunk = chunk0 + seg;
+    const bool seg_live = (int64_t)chunk * clen < seq;
     float A2[R][S], h[R][S];
 #pragma unroll
     for (int r = 0; r < R; ++r) {
@@ -202,146 +352,225 @@ scan_kernel(const Params p) {
             h[r][s] = 0.f;
         }
     }
+    if (OUT && chunk > 0 && seg_live) {
+        // Carry in: fold the end states of the chunks before this one, FOLD chunks' loads in
+        // flight at a time (the fold is latency-bound: a few dependent round trips).
+        constexpr int FOLD = 8;
+#pragma unroll 1
+        for (int i0 = 0; i0 < chunk; i0 += FOLD) {
+            float dv[FOLD][R], hv[FOLD][R][S];
+#pragma unroll
+            for (int q = 0; q < FOLD; ++q) {
+#pragma unroll
+                for (int r = 0; r < R; ++r) {
+                    const int row = cg * R + r;
+                    const bool ok = i0 + q < chunk && row < nch;
+                    const int64_t wrow = (int64_t)(i0 + q) * bkc + ws0 + row;
+                    dv[q][r] = ok ? p.ws_dt[wrow] : 0.f;
+#pragma unroll
+                    for (int s = 0; s < S; ++s) {
+                        const int n = s * W + w;
+                        hv[q][r][s] = (ok && n < N) ? p.ws_h[wrow * N + n] : 0.f;
+                    }
+                }
+            }
+#pragma unroll
+            for (int q = 0; q < FOLD; ++q)
+#pragma unroll
+                for (int r = 0; r < R; ++r)
+#pragma unroll
+                    for (int s = 0; s < S; ++s)
+                        h[r][s] = fmaf(exp2_approx(dv[q][r] * A2[r][s]), h[r][s], hv[q][r][s]);
+        }
+    }
     // Padding states (n >= N) read B = C = 0 forever.
     for (int i = tid; i < (NMAX - N) * PB; i += THREADS) {
         sB[N * PB + i] = 0.f;
-        sC[N * PB + i] = 0.f;
+        if (OUT) sC[N * PB + i] = 0.f;
     }
 
-    const int64_t ntiles = (L + NT - 1) / NT;
-    auto tile_full = [&](int64_t tile) { return p.vec_ok && (tile + 1) * NT <= L; };
+    // Token positions. Positions past a chunk's end read as virtual (-1) and are never
+    // written; prep_regs also zeroes their dt, so they leave the state alone.
+    const int col = (tid % VPR) * VEC;  // this thread's token group in every tile and row
+    // Index tables of tile + 2: fetched (precomputed table in the workspace) or computed before
+    // the tile's scan, stored to shared memory after it, so their latency hides behind the scan.
+    constexpr int IT_I = (2 * NT + THREADS - 1) / THREADS;
+    const int maps = p.two_maps ? 2 : 1;
+    int idx_reg[IT_I];
+    auto fetch_idx = [&](int tile) {
+        if (!p.tables || tile >= ntiles) return;
+#pragma unroll
+        for (int q = 0; q < IT_I; ++q) {
+            const int i = tid + q * THREADS;
+            if (i >= maps * NT) continue;
+            const int which = i >= NT;
+            const int64_t t = token_of(tile, i % NT);
+            idx_reg[q] = t < 0 ? -1
+                         : p.ws_idx ? __ldg(p.ws_idx + ((int64_t)g * maps + which) * p.idx_len + t)
+                                    : order_index(og, t, L, which);
+        }
+    };
+    auto commit_idx = [&](int tile) {
+        if (!p.tables || tile >= ntiles) return;
+#pragma unroll
+        for (int q = 0; q < IT_I; ++q) {
+            const int i = tid + q * THREADS;
+            if (i < maps * NT) sIdx[tile % 3][0][i] = idx_reg[q];  // [source | target] rows
+        }
+    };
+    auto group_idx = [&](int tile, bool target, int (&s)[VEC]) {
+        if (p.tables) {
+            const int* q = &sIdx[tile % 3][(target && p.two_maps) ? 1 : 0][col];
+#pragma unroll
+            for (int e = 0; e < VEC; e += 4) {
+                const int4 v = *reinterpret_cast<const int4*>(q + e);
+                s[e] = v.x; s[e + 1] = v.y; s[e + 2] = v.z; s[e + 3] = v.w;
+            }
+        } else if (SEG == 1) {
+            // Identity order: linear in t, so two evaluations give the whole group.
+            const int64_t t0 = t_begin + (int64_t)tile * NT + col;
+            const int s0 = (int)mambacsr_order_source(&oid, 0, t0, L);
+            const int step = (int)mambacsr_order_source(&oid, 0, t0 + 1, L) - s0;
+            const int left = (int)min((int64_t)VEC, t_begin + block_len - t0);
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) s[e] = e < left ? s0 + step * e : -1;
+        } else {
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) {
+                const int64_t t = token_of(tile, col + e);
+                s[e] = t >= 0 ? (int)mambacsr_order_source(&oid, 0, t, L) : -1;
+            }
+        }
+    };
 
-    uint4 ru[IT_U], rd[IT_U], rb[IT_B], rc[IT_B];
-    auto load_regs = [&](int64_t tile) {
-        const int64_t t0 = tile * NT;
+    uint4 ru[IT_U], rd[IT_U], rb[IT_B], rc[OUT ? IT_B : 1];
+    bool ld_rev = false;  // the registers hold a descending group (load_regs -> prep_regs)
+    auto load_regs = [&](int tile) {
+        int s[VEC];
+        group_idx(tile, false, s);
+        const int kind = run_kind<VEC>(s, p.vec_ok != 0);
+        ld_rev = kind == RUN_DESC;
 #pragma unroll
         for (int i = 0; i < IT_U; ++i) {
             const int vi = tid + i * THREADS;
-            const int row = vi / VPR, col = (vi % VPR) * VEC;
+            const int row = vi / VPR;
             if (vi < NV_U && row < nch) {
-                ru[i] = ld_stream(u + row * L + t0 + col);
-                rd[i] = ld_stream(dl + row * L + t0 + col);
+                ru[i] = gather<T, VEC, true>(u + row * L, s, kind);
+                rd[i] = gather<T, VEC, true>(dl + row * L, s, kind);
             }
         }
 #pragma unroll
         for (int i = 0; i < IT_B; ++i) {
             const int vi = tid + i * THREADS;
-            const int row = vi / VPR, col = (vi % VPR) * VEC;
+            const int row = vi / VPR;
             if (vi < N * VPR) {
-                rb[i] = ld_shared_input(Bp + row * L + t0 + col);
-                rc[i] = ld_shared_input(Cp + row * L + t0 + col);
+                rb[i] = gather<T, VEC, false>(Bp + row * L, s, kind);
+                if (OUT) rc[OUT ? i : 0] = gather<T, VEC, false>(Cp + row * L, s, kind);
             }
         }
     };
-    auto prep_values = [&](int row, float uf, float df, float bias, float dskip, float& dt,
-                           float& dtu, float& du) {
-        (void)row;
-        float x = df + bias;
-        dt = p.softplus ? softplus(x) : x;
-        dtu = dt * uf;
-        du = dskip * uf;
+    // Writes VEC values of a row at tile positions col .. col + VEC - 1, in scan layout.
+    auto put = [&](float* base, const float (&v)[VEC]) {
+        if constexpr (SEG == 1) {
+#pragma unroll
+            for (int e = 0; e < VEC; e += 4)
+                *reinterpret_cast<float4*>(base + col + e) = make_float4(v[e], v[e + 1], v[e + 2], v[e + 3]);
+        } else {
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) base[spos(col + e)] = v[e];
+        }
     };
-    auto prep_regs = [&]() {
+    // Position col + e holds a token iff its offset in its chunk is below clen and its offset
+    // from the block's first token below `rem` (32-bit: both are below the sequence length).
+    const int clen32 = (int)clen;
+    const int rem = (int)min(seq - t_begin, (int64_t)SEG * clen);
+    auto prep_regs = [&](int tile) {
+        bool ok[VEC];  // position holds a token of its chunk
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+            const int off = tile * QT + (SEG == 1 ? col + e : col / SEG);
+            ok[e] = off < clen32 && (SEG == 1 ? off : ((col + e) % SEG) * clen32 + off) < rem;
+        }
 #pragma unroll
         for (int i = 0; i < IT_U; ++i) {
             const int vi = tid + i * THREADS;
-            const int row = vi / VPR, col = (vi % VPR) * VEC;
+            const int row = vi / VPR;
             if (vi < NV_U) {
                 float dt[VEC], dtu[VEC], du[VEC];
                 if (row < nch) {
                     float uf[VEC], df[VEC];
-                    E::unpack(ru[i], uf);
-                    E::unpack(rd[i], df);
+                    unpack_group<T, VEC>(ru[i], ld_rev, uf);
+                    unpack_group<T, VEC>(rd[i], ld_rev, df);
                     const float bias = p.bias ? __ldg(p.bias + c_first + row) : 0.f;
                     const float dskip = p.D ? __ldg(p.D + c_first + row) : 0.f;
 #pragma unroll
-                    for (int e = 0; e < VEC; ++e)
-                        prep_values(row, uf[e], df[e], bias, dskip, dt[e], dtu[e], du[e]);
+                    for (int e = 0; e < VEC; ++e) {
+                        const float x = df[e] + bias;
+                        const float d = ok[e] ? (p.softplus ? softplus(x) : x) : 0.f;
+                        dt[e] = d;
+                        dtu[e] = d * uf[e];
+                        du[e] = dskip * uf[e];
+                    }
                 } else {
 #pragma unroll
                     for (int e = 0; e < VEC; ++e) dt[e] = dtu[e] = du[e] = 0.f;
                 }
-#pragma unroll
-                for (int e = 0; e < VEC; e += 4) {
-                    const int o = row * PA + col + e;
-                    *reinterpret_cast<float4*>(sDt + o) = make_float4(dt[e], dt[e + 1], dt[e + 2], dt[e + 3]);
-                    *reinterpret_cast<float4*>(sDtu + o) = make_float4(dtu[e], dtu[e + 1], dtu[e + 2], dtu[e + 3]);
-                    *reinterpret_cast<float4*>(sY + o) = make_float4(du[e], du[e + 1], du[e + 2], du[e + 3]);
-                }
+                put(sDt + row * PA, dt);
+                put(sDtu + row * PA, dtu);
+                if (OUT) put(sY + row * PA, du);
             }
         }
 #pragma unroll
         for (int i = 0; i < IT_B; ++i) {
             const int vi = tid + i * THREADS;
-            const int row = vi / VPR, col = (vi % VPR) * VEC;
+            const int row = vi / VPR;
             if (vi < N * VPR) {
                 float bf[VEC], cf[VEC];
-                E::unpack(rb[i], bf);
-                E::unpack(rc[i], cf);
-#pragma unroll
-                for (int e = 0; e < VEC; e += 4) {
-                    const int o = row * PB + col + e;
-                    *reinterpret_cast<float4*>(sB + o) = make_float4(bf[e], bf[e + 1], bf[e + 2], bf[e + 3]);
-                    *reinterpret_cast<float4*>(sC + o) = make_float4(cf[e], cf[e + 1], cf[e + 2], cf[e + 3]);
+                unpack_group<T, VEC>(rb[i], ld_rev, bf);
+                put(sB + row * PB, bf);
+                if (OUT) {
+                    unpack_group<T, VEC>(rc[OUT ? i : 0], ld_rev, cf);
+                    put(sC + row * PB, cf);
                 }
             }
         }
     };
-    auto prep_scalar = [&](int64_t tile) {
-        const int64_t t0 = tile * NT;
-        for (int idx = tid; idx < CB * NT; idx += THREADS) {
-            const int row = idx / NT, col = idx % NT;
-            float dt = 0.f, dtu = 0.f, du = 0.f;
-            if (row < nch && t0 + col < L) {
-                const float uf = E::load(u + row * L + t0 + col);
-                const float df = E::load(dl + row * L + t0 + col);
-                const float bias = p.bias ? __ldg(p.bias + c_first + row) : 0.f;
-                const float dskip = p.D ? __ldg(p.D + c_first + row) : 0.f;
-                prep_values(row, uf, df, bias, dskip, dt, dtu, du);
-            }
-            sDt[row * PA + col] = dt;
-            sDtu[row * PA + col] = dtu;
-            sY[row * PA + col] = du;
-        }
-        for (int idx = tid; idx < N * NT; idx += THREADS) {
-            const int row = idx / NT, col = idx % NT;
-            const bool ok = t0 + col < L;
-            sB[row * PB + col] = ok ? E::load(Bp + row * L + t0 + col) : 0.f;
-            sC[row * PB + col] = ok ? E::load(Cp + row * L + t0 + col) : 0.f;
-        }
-    };
-    auto output_vec = [&](int64_t tile) {
-        const int64_t t0 = tile * NT;
+    auto output = [&](int tile) {
+        int s[VEC];
+        group_idx(tile, true, s);
+        const int kind = run_kind<VEC>(s, p.vec_ok != 0);
 #pragma unroll
         for (int i = 0; i < IT_U; ++i) {
             const int vi = tid + i * THREADS;
-            const int row = vi / VPR, col = (vi % VPR) * VEC;
+            const int row = vi / VPR;
             if (vi < NV_U && row < nch) {
                 float v[VEC];
+                if constexpr (SEG == 1) {
 #pragma unroll
-                for (int e = 0; e < VEC; e += 4) {
-                    const float4 f = *reinterpret_cast<const float4*>(sY + row * PA + col + e);
-                    v[e] = f.x; v[e + 1] = f.y; v[e + 2] = f.z; v[e + 3] = f.w;
+                    for (int e = 0; e < VEC; e += 4) {
+                        const float4 f = *reinterpret_cast<const float4*>(sY + row * PA + col + e);
+                        v[e] = f.x; v[e + 1] = f.y; v[e + 2] = f.z; v[e + 3] = f.w;
+                    }
+                } else {
+#pragma unroll
+                    for (int e = 0; e < VEC; ++e) v[e] = sY[row * PA + spos(col + e)];
                 }
-                st_stream(y + row * L + t0 + col, E::pack(v));
+                scatter<T, VEC>(y + row * L, s, kind, E::pack(v));
             }
         }
     };
-    auto output_scalar = [&](int64_t tile) {
-        const int64_t t0 = tile * NT;
-        for (int idx = tid; idx < CB * NT; idx += THREADS) {
-            const int row = idx / NT, col = idx % NT;
-            if (row < nch && t0 + col < L) E::store(y + row * L + t0 + col, sY[row * PA + col]);
-        }
-    };
+    float dsum[R];  // MODE_STATE: this lane's share (tokens j = w mod W) of sum(dt) per channel
+#pragma unroll
+    for (int r = 0; r < R; ++r) dsum[r] = 0.f;
+    const int sbase = seg * QT;  // the segment's columns in the scan layout
     auto scan_tile = [&]() {
 #pragma unroll 2
-        for (int j0 = 0; j0 < NT; j0 += W) {
+        for (int j0 = 0; j0 < QT; j0 += W) {
             float dt[R][W], dtu[R][W], part[R][W];
 #pragma unroll
             for (int r = 0; r < R; ++r) {
-                const float* dtRow = sDt + (cg * R + r) * PA + j0;
-                const float* dtuRow = sDtu + (cg * R + r) * PA + j0;
+                const float* dtRow = sDt + (cg * R + r) * PA + sbase + j0;
+                const float* dtuRow = sDtu + (cg * R + r) * PA + sbase + j0;
 #pragma unroll
                 for (int q = 0; q < W; q += 4) {
                     const float4 a = *reinterpret_cast<const float4*>(dtRow + q);
@@ -349,20 +578,23 @@ scan_kernel(const Params p) {
                     dt[r][q] = a.x; dt[r][q + 1] = a.y; dt[r][q + 2] = a.z; dt[r][q + 3] = a.w;
                     dtu[r][q] = c.x; dtu[r][q + 1] = c.y; dtu[r][q + 2] = c.z; dtu[r][q + 3] = c.w;
                 }
+                if (!OUT) dsum[r] += dtRow[w];
 #pragma unroll
                 for (int j = 0; j < W; ++j) part[r][j] = 0.f;
             }
 #pragma unroll
             for (int s = 0; s < S; ++s) {
-                const float* bRow = sB + (s * W + w) * PB + j0;
-                const float* cRow = sC + (s * W + w) * PB + j0;
+                const float* bRow = sB + (s * W + w) * PB + sbase + j0;
+                const float* cRow = sC + (OUT ? (s * W + w) * PB + sbase + j0 : 0);
                 float bb[W], cc[W];
 #pragma unroll
                 for (int q = 0; q < W; q += 4) {
                     const float4 x = *reinterpret_cast<const float4*>(bRow + q);
-                    const float4 z = *reinterpret_cast<const float4*>(cRow + q);
                     bb[q] = x.x; bb[q + 1] = x.y; bb[q + 2] = x.z; bb[q + 3] = x.w;
-                    cc[q] = z.x; cc[q + 1] = z.y; cc[q + 2] = z.z; cc[q + 3] = z.w;
+                    if (OUT) {
+                        const float4 z = *reinterpret_cast<const float4*>(cRow + q);
+                        cc[q] = z.x; cc[q + 1] = z.y; cc[q + 2] = z.z; cc[q + 3] = z.w;
+                    }
                 }
 #pragma unroll
                 for (int j = 0; j < W; ++j) {
@@ -370,87 +602,135 @@ scan_kernel(const Params p) {
                     for (int r = 0; r < R; ++r) {
                         const float a = exp2_approx(dt[r][j] * A2[r][s]);
                         h[r][s] = fmaf(a, h[r][s], dtu[r][j] * bb[j]);
-                        part[r][j] = fmaf(cc[j], h[r][s], part[r][j]);
+                        if (OUT) part[r][j] = fmaf(cc[j], h[r][s], part[r][j]);
                     }
                 }
             }
-            // Transpose-reduce over the W lanes of the channel group: afterwards lane w holds
-            // the sum over all N states for token j0 + w of each of its R channels.
+            if constexpr (OUT) {
+                // Transpose-reduce over the W lanes of the channel group: afterwards lane w
+                // holds the sum over all N states for token j0 + w of each of its R channels.
 #pragma unroll
-            for (int off = W / 2; off >= 1; off /= 2) {
-                const bool hi = (w & off) != 0;
+                for (int off = W / 2; off >= 1; off /= 2) {
+                    const bool hi = (w & off) != 0;
 #pragma unroll
-                for (int r = 0; r < R; ++r) {
+                    for (int r = 0; r < R; ++r) {
 #pragma unroll
-                    for (int i = 0; i < off; ++i) {
-                        const float send = hi ? part[r][i] : part[r][i + off];
-                        const float keep = hi ? part[r][i + off] : part[r][i];
-                        part[r][i] = keep + __shfl_xor_sync(kFullMask, send, off);
+                        for (int i = 0; i < off; ++i) {
+                            const float send = hi ? part[r][i] : part[r][i + off];
+                            const float keep = hi ? part[r][i + off] : part[r][i];
+                            part[r][i] = keep + __shfl_xor_sync(kFullMask, send, off);
+                        }
                     }
                 }
-            }
 #pragma unroll
-            for (int r = 0; r < R; ++r) sY[(cg * R + r) * PA + j0 + w] += part[r][0];
+                for (int r = 0; r < R; ++r) sY[(cg * R + r) * PA + sbase + j0 + w] += part[r][0];
+            }
         }
     };
 
-    if (ntiles == 0) return;
-    if (tile_full(0)) {
-        load_regs(0);
-        prep_regs();
-    } else {
-        prep_scalar(0);
-    }
-    if (ntiles > 1 && tile_full(1)) load_regs(1);
-    for (int64_t tile = 0; tile < ntiles; ++tile) {
+    // Pipeline: indices two tiles ahead (three buffers), global loads one tile ahead (registers).
+    // Two barriers per tile; each thread overwrites only the staged y elements it has just
+    // stored, and the index buffer it overwrites was last read before the previous barrier.
+    fetch_idx(0);
+    commit_idx(0);
+    fetch_idx(1);
+    commit_idx(1);
+    if (p.tables) __syncthreads();
+    load_regs(0);
+    prep_regs(0);
+    if (ntiles > 1) load_regs(1);
+    for (int tile = 0; tile < ntiles; ++tile) {
         __syncthreads();  // tile's inputs are in shared memory
+        fetch_idx(tile + 2);
         scan_tile();
-        __syncthreads();  // tile's outputs are complete
-        const bool full = tile_full(tile);
-        const bool has_next = tile + 1 < ntiles;
-        const bool next_full = has_next && tile_full(tile + 1);
-        if (full) output_vec(tile); else output_scalar(tile);
-        if (has_next) {
-            // With the same (thread -> element) mapping on both sides, each thread only
-            // overwrites the y elements it has just stored: no barrier needed.
-            if (!(full && next_full)) __syncthreads();
-            if (next_full) prep_regs(); else prep_scalar(tile + 1);
-            if (tile + 2 < ntiles && tile_full(tile + 2)) load_regs(tile + 2);
+        commit_idx(tile + 2);
+        __syncthreads();  // tile's outputs are complete (and tile + 2's indices)
+        if (OUT) output(tile);
+        if (tile + 1 < ntiles) {
+            prep_regs(tile + 1);
+            if (tile + 2 < ntiles) load_regs(tile + 2);
+        }
+    }
+
+    if (!OUT) {
+        // End state and sum(dt) of this chunk, for the carry of the chunks after it.
+        const bool keep = seg_live && chunk < p.n_chunks - 1;
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const int row = cg * R + r;
+#pragma unroll
+            for (int s = 0; s < S; ++s) {
+                const int n = s * W + w;
+                if (keep && row < nch && n < N) p.ws_h[((int64_t)chunk * bkc + ws0 + row) * N + n] = h[r][s];
+            }
+            float v = dsum[r];
+#pragma unroll
+            for (int off = W / 2; off >= 1; off /= 2) v += __shfl_xor_sync(kFullMask, v, off);
+            if (keep && w == 0 && row < nch) p.ws_dt[(int64_t)chunk * bkc + ws0 + row] = v;
         }
     }
 }
 
+// Token positions of every group (source, and target for CROSS_SCALE), once per call into the
+// workspace: the scan kernels then load each tile's positions instead of computing them in
+// every block (the index arithmetic is ~100 instructions per token).
+__global__ void order_table_kernel(const mambacsr_scan_order_t o, int k, int maps, int64_t L,
+                                   int64_t idx_len, int* out) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)k * maps * idx_len) return;
+    const int64_t t = i % idx_len;
+    const int which = (int)((i / idx_len) % maps);
+    const int g = (int)(i / (idx_len * maps));
+    mambacsr_scan_order_t og = o;
+#pragma unroll
+    for (int j = 1; j < MAMBACSR_SCAN_MAX_GROUPS; ++j) {
+        if (j == g) {
+            og.window[0] = o.window[j];
+            og.flags[0] = o.flags[j];
+        }
+    }
+    out[i] = t < mambacsr_order_seq_len(&og, 0, L) ? order_index(og, t, L, which) : -1;
+}
+
 // ---- variants -------------------------------------------------------------------------------
 // R channels x S states per thread, W threads per channel group (N <= S * W), CB channels per
-// block, NT tokens per tile. Per (thread, token): 2R + 2S shared-memory reads for R * S exps.
+// block, NT tokens per tile, SEG chunks per block, at least MINB resident blocks per SM (a
+// register cap: it keeps ptxas from trading occupancy for registers). Per (thread, token):
+// 2R + 2S shared-memory reads for R * S exps.
 struct Variant {
     const char* name;
-    int r, s, w, cb, nt;
+    int r, s, w, cb, nt, seg;
 };
 
 #define MAMBACSR_VARIANTS(X)      \
-    X(1, 1, 2, 8, 16, 64)         \
-    X(2, 2, 2, 8, 16, 32)         \
-    X(3, 2, 4, 4, 32, 32)         \
-    X(4, 4, 4, 4, 32, 32)         \
-    X(5, 1, 4, 4, 32, 64)         \
-    X(6, 1, 4, 8, 16, 64)         \
-    X(7, 1, 8, 8, 16, 32)         \
-    X(8, 2, 8, 8, 32, 32)
+    X(1, 1, 2, 8, 16, 64, 1, 4)   \
+    X(2, 2, 4, 4, 32, 32, 1, 1)   \
+    X(3, 1, 4, 4, 32, 64, 1, 3)   \
+    X(4, 1, 4, 8, 16, 64, 1, 1)   \
+    X(5, 1, 8, 8, 16, 32, 1, 1)   \
+    X(6, 2, 8, 8, 32, 32, 1, 1)   \
+    X(7, 1, 4, 4, 8, 64, 8, 2)
 
-constexpr int kNumVariants = 8;
+constexpr int kNumVariants = 7;
+constexpr int kSegVariant = 7;  // chunked, 8 adjacent chunks per block
 const Variant kVariants[kNumVariants + 1] = {
-    {"auto", 0, 0, 0, 0, 0},
-#define X(id, R, S, W, CB, NT) {"R" #R "_S" #S "_W" #W "_CB" #CB "_NT" #NT, R, S, W, CB, NT},
+    {"auto", 0, 0, 0, 0, 0, 0},
+#define X(id, R, S, W, CB, NT, SEG, MINB) \
+    {"R" #R "_S" #S "_W" #W "_CB" #CB "_NT" #NT "_SEG" #SEG, R, S, W, CB, NT, SEG},
     MAMBACSR_VARIANTS(X)
 #undef X
 };
 
 template <typename T>
-cudaError_t launch_variant(int variant, const Params& p, int grid, cudaStream_t stream) {
+cudaError_t launch_variant(int variant, int mode, const Params& p, int grid, cudaStream_t stream) {
     switch (variant) {
-#define X(id, R, S, W, CB, NT) \
-    case id: scan_kernel<T, R, S, W, CB, NT><<<grid, W * CB / R, 0, stream>>>(p); break;
+#define X(id, R, S, W, CB, NT, SEG, MINB)                                                              \
+    case id:                                                                                     \
+        if (mode == MODE_OUT)                                                                    \
+            scan_kernel<T, R, S, W, CB, NT, SEG, MINB, MODE_OUT><<<grid, W * CB * SEG / R, 0, stream>>>(p); \
+        else                                                                                     \
+            scan_kernel<T, R, S, W, CB, NT, SEG, MINB, MODE_STATE><<<grid, W * CB * SEG / R, 0, stream>>>(p); \
+        break;
         MAMBACSR_VARIANTS(X)
 #undef X
         default: return cudaErrorInvalidValue;
@@ -458,77 +738,299 @@ cudaError_t launch_variant(int variant, const Params& p, int grid, cudaStream_t 
     return cudaGetLastError();
 }
 
+// Resident blocks per SM of one kernel (both passes: the fewer), for the chunk count.
+template <typename T>
+int blocks_per_sm(int variant) {
+    int a = 0, b = 0;
+    switch (variant) {
+#define X(id, R, S, W, CB, NT, SEG, MINB)                                                                        \
+    case id:                                                                                               \
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&a, scan_kernel<T, R, S, W, CB, NT, SEG, MINB, MODE_OUT>, \
+                                                          W * CB * SEG / R, 0) != cudaSuccess ||           \
+            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, scan_kernel<T, R, S, W, CB, NT, SEG, MINB, MODE_STATE>, \
+                                                          W * CB * SEG / R, 0) != cudaSuccess)             \
+            a = b = 0;                                                                                     \
+        break;
+        MAMBACSR_VARIANTS(X)
+#undef X
+        default: break;
+    }
+    (void)cudaGetLastError();  // a failed query (no device) leaves no sticky error behind
+    const int m = a < b ? a : b;
+    return m > 0 ? m : 1;
+}
+
+int current_device() {
+    int dev = 0;
+    return cudaGetDevice(&dev) == cudaSuccess && dev >= 0 && dev < 64 ? dev : 0;
+}
+
 int sm_count() {
     static int cached[64] = {0};
-    int dev = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess) return 132;
-    if (dev >= 0 && dev < 64 && cached[dev]) return cached[dev];
+    const int dev = current_device();
+    if (cached[dev]) return cached[dev];
     int n = 0;
     if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0) n = 132;
-    if (dev >= 0 && dev < 64) cached[dev] = n;
+    (void)cudaGetLastError();
+    cached[dev] = n;
     return n;
 }
 
-int choose_variant(int64_t batch, int64_t k, int64_t ch_per_group, int64_t n) {
-    const int64_t sms = sm_count();
-    auto warps = [&](int id) {
-        const Variant& v = kVariants[id];
-        return batch * k * ((ch_per_group + v.cb - 1) / v.cb) * (v.w * v.cb / v.r) / 32;
-    };
-    // Measured on H100 (plugins/NOTES.md): one channel, 2 states per thread (most warps) wins
-    // until there are ~2 warps of the 2-channel x 4-state variant per SM sub-partition.
-    if (n <= 16) return warps(3) >= 8 * sms ? 3 : 1;
-    if (n <= 32) return 6;
-    return warps(8) >= 8 * sms ? 8 : 7;
+int occupancy(int variant, int dtype) {
+    static int cached[64][3][kNumVariants + 1] = {};
+    int& c = cached[current_device()][dtype][variant];
+    if (!c) {
+        c = dtype == MAMBACSR_FLOAT32   ? blocks_per_sm<float>(variant)
+            : dtype == MAMBACSR_FLOAT16 ? blocks_per_sm<__half>(variant)
+                                        : blocks_per_sm<__nv_bfloat16>(variant);
+    }
+    return c;
 }
 
-bool aligned16(const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15u) == 0; }
+int64_t variant_warps(int id, int64_t batch, int64_t k, int64_t ch_per_group) {
+    const Variant& v = kVariants[id];
+    return batch * k * ((ch_per_group + v.cb - 1) / v.cb) * (v.w * v.cb / v.r) / 32;
+}
 
-}  // namespace
+// Single pass. Measured on H100 (NOTES.md): one channel, 2 states per thread (most warps) wins
+// until there are ~2 warps of the 2-channel x 4-state variant per SM sub-partition.
+int choose_single_variant(int64_t batch, int64_t k, int64_t ch_per_group, int64_t n) {
+    const int64_t sms = sm_count();
+    if (n <= 16) return variant_warps(2, batch, k, ch_per_group) >= 8 * sms ? 2 : 1;
+    if (n <= 32) return 4;
+    return variant_warps(6, batch, k, ch_per_group) >= 8 * sms ? 6 : 5;
+}
 
-extern "C" {
+// Chunked passes: the parallelism comes from the chunks, so the fewest lanes per channel.
+int choose_chunked_variant(int64_t n) { return n <= 16 ? 3 : n <= 32 ? 4 : 5; }
 
-int mambacsr_selective_scan_ex(const void* u, const void* delta, const float* A, const void* Bs,
-                               const void* Cs, const float* D, const float* delta_bias, void* y,
-                               int64_t batch, int64_t kc, int64_t k, int64_t n, int64_t length,
-                               int dtype, int delta_softplus, int variant, cudaStream_t stream) {
+// Below this many single-pass warps per SM the chunked passes win (twice the exps, but the
+// GPU is full; NOTES.md).
+constexpr int64_t kSingleWarpsPerSm = 8;
+
+// Column-first windows of >= 32 rows (c_w64 on a 64 x 64 tile: the transpose) read one element
+// per storage row and token in a plain tile. Chunks of one window column, 8 adjacent columns
+// per block (kSegVariant), read rows of 8 contiguous elements instead; worth the chunked
+// passes' second exp at any batch (NOTES.md).
+int64_t column_chunk(const mambacsr_scan_order_t* o, int64_t k) {
+    if (!o || o->kind != MAMBACSR_ORDER_WINDOW) return 0;
+    const int32_t w = o->window[0];
+    if (w < 32 || w % 8) return 0;
+    for (int64_t g = 0; g < k; ++g)
+        if (o->window[g] != w || !(o->flags[g] & MAMBACSR_ORDER_COLUMN_FIRST)) return 0;
+    return w;
+}
+
+struct Plan {
+    int variant;
+    int64_t chunks;     // 1: single pass
+    int64_t chunk_len;
+    int64_t seq_max;
+    size_t ws_bytes;    // workspace of the chunk states (0 for a single pass) ...
+    size_t table_bytes; // ... plus that of the index tables (0 for the identity order)
+};
+
+size_t chunk_workspace(int64_t chunks, int64_t batch, int64_t kc, int64_t n) {
+    return chunks > 1 ? (size_t)(chunks - 1) * (size_t)(batch * kc) * (size_t)(n + 1) * sizeof(float) : 0;
+}
+
+// Validates the arguments and resolves `variant` (kernel id | chunks << 8; 0 = automatic).
+int make_plan(int64_t batch, int64_t kc, int64_t k, int64_t n, int64_t length,
+              const mambacsr_scan_order_t* order, int dtype, int variant, Plan* plan) {
     if (batch < 0 || kc < 0 || k <= 0 || n <= 0 || length < 0) return MAMBACSR_ERR_INVALID_ARGUMENT;
     if (kc % k != 0) return MAMBACSR_ERR_INVALID_ARGUMENT;
     if (n > MAMBACSR_SCAN_MAX_STATES) return MAMBACSR_ERR_UNSUPPORTED;
     if (dtype != MAMBACSR_FLOAT32 && dtype != MAMBACSR_FLOAT16 && dtype != MAMBACSR_BFLOAT16)
         return MAMBACSR_ERR_UNSUPPORTED;
-    if (variant < 0 || variant > kNumVariants) return MAMBACSR_ERR_INVALID_ARGUMENT;
-    if (batch == 0 || kc == 0 || length == 0) return MAMBACSR_OK;
-    if (!u || !delta || !A || !Bs || !Cs || !y) return MAMBACSR_ERR_INVALID_ARGUMENT;
+    const int id_req = variant & 0xff;
+    const int64_t chunks_req = variant >> 8;
+    if (variant < 0 || id_req > kNumVariants) return MAMBACSR_ERR_INVALID_ARGUMENT;
+    if (order && mambacsr_order_check(order, k, length) != 0) return MAMBACSR_ERR_INVALID_ARGUMENT;
     if (kc > INT32_MAX / 2 || batch * k > INT32_MAX) return MAMBACSR_ERR_UNSUPPORTED;
+    int64_t seq_max = length;
+    if (order) {
+        for (int64_t g = 0; g < k; ++g) {
+            const int64_t s = mambacsr_order_seq_len(order, (int)g, length);
+            seq_max = s > seq_max ? s : seq_max;
+        }
+    }
+    if (seq_max >= INT32_MAX || length >= INT32_MAX) return MAMBACSR_ERR_UNSUPPORTED;
 
     const int64_t ch_per_group = kc / k;
-    if (variant == 0) variant = choose_variant(batch, k, ch_per_group, n);
-    const Variant& v = kVariants[variant];
+    plan->seq_max = seq_max;
+    plan->ws_bytes = 0;
+    plan->table_bytes = 0;
+    if (batch == 0 || kc == 0 || length == 0) {  // a no-op: no device queries
+        plan->variant = id_req ? id_req : 1;
+        plan->chunks = 1;
+        plan->chunk_len = 1;
+        return MAMBACSR_OK;
+    }
+    const int64_t col = column_chunk(order, k);
+    int id = id_req;
+    int64_t chunks = chunks_req;
+    int64_t chunk_len = 0;
+    if (!id && !chunks && col && seq_max / col > 1 && n <= kVariants[kSegVariant].s * kVariants[kSegVariant].w) {
+        id = kSegVariant;
+        chunk_len = col;
+        chunks = (seq_max + col - 1) / col;
+    }
+    if (!id) id = chunks > 1 ? choose_chunked_variant(n) : choose_single_variant(batch, k, ch_per_group, n);
+    if (chunks == 0) {
+        chunks = 1;
+        const int64_t sms = sm_count();
+        if (variant_warps(id, batch, k, ch_per_group) < kSingleWarpsPerSm * sms) {
+            // One wave of both passes' blocks (measured: wave tails cost more than the chunk
+            // length saves).
+            const int cid = id_req ? id_req : choose_chunked_variant(n);
+            const Variant& cv = kVariants[cid];
+            const int64_t per_chunk = batch * k * ((ch_per_group + cv.cb - 1) / cv.cb);
+            const int64_t want = occupancy(cid, dtype) * sms * cv.seg / per_chunk;
+            const int64_t most = seq_max / (2 * (cv.nt / cv.seg));  // chunks of >= 2 tiles
+            if (want > 1 && most > 1) {
+                id = cid;
+                chunks = want < most ? want : most;
+            }
+        }
+    }
+    const Variant& v = kVariants[id];
     if (n > v.s * v.w) return MAMBACSR_ERR_UNSUPPORTED;
+    const int64_t unit = v.nt / v.seg;  // chunk lengths are whole tiles of one segment
+    const int64_t tiles = (seq_max + unit - 1) / unit;
+    if (chunks > tiles) chunks = tiles > 0 ? tiles : 1;
+    if (!chunk_len) chunk_len = chunks > 1 ? ((tiles + chunks - 1) / chunks) * unit : seq_max;
+    chunks = (seq_max + chunk_len - 1) / chunk_len;
+    plan->variant = id;
+    plan->chunks = chunks;
+    plan->chunk_len = chunk_len;
+    plan->ws_bytes = chunk_workspace(chunks, batch, kc, n);
+    if (order && order->kind != MAMBACSR_ORDER_IDENTITY) {
+        const int64_t maps = order->kind == MAMBACSR_ORDER_CROSS_SCALE ? 2 : 1;
+        plan->table_bytes = (size_t)(k * maps * seq_max) * sizeof(int);
+    }
+    return MAMBACSR_OK;
+}
 
+bool aligned16(const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15u) == 0; }
+
+// Workspace layout: chunk end states, chunk sums of dt, then (from a 256-byte boundary) the
+// index tables. Tables are optional: without room for them the kernels compute positions.
+size_t table_offset(const Plan& plan) { return (plan.ws_bytes + 255) / 256 * 256; }
+size_t full_workspace(const Plan& plan) {
+    return plan.table_bytes ? table_offset(plan) + plan.table_bytes : plan.ws_bytes;
+}
+
+int run_plan(const void* u, const void* delta, const float* A, const void* Bs, const void* Cs,
+             const float* D, const float* delta_bias, void* y, int64_t batch, int64_t kc,
+             int64_t k, int64_t n, int64_t length, int u_shared,
+             const mambacsr_scan_order_t* order, int dtype, int delta_softplus,
+             const Plan& plan, void* workspace, bool use_tables, cudaStream_t stream) {
+    const Variant& v = kVariants[plan.variant];
     const int vec = dtype == MAMBACSR_FLOAT32 ? 4 : 8;
     Params p;
+    memset(&p, 0, sizeof(p));
     p.u = u; p.delta = delta; p.A = A; p.B = Bs; p.C = Cs; p.D = D; p.bias = delta_bias; p.y = y;
     p.L = length;
+    p.chunk_len = plan.chunk_len;
+    p.n_chunks = (int)plan.chunks;
+    p.batch = (int)batch;
     p.kc = (int)kc;
     p.k = (int)k;
     p.n = (int)n;
-    p.ch_per_group = (int)ch_per_group;
-    p.n_cblocks = (int)((ch_per_group + v.cb - 1) / v.cb);
+    p.ch_per_group = (int)(kc / k);
+    p.n_cblocks = (int)((p.ch_per_group + v.cb - 1) / v.cb);
     p.softplus = delta_softplus ? 1 : 0;
     p.vec_ok = (length % vec == 0) && aligned16(u) && aligned16(delta) && aligned16(Bs) &&
                aligned16(Cs) && aligned16(y);
-    const int64_t grid = batch * k * p.n_cblocks;
-    if (grid > INT32_MAX) return MAMBACSR_ERR_UNSUPPORTED;
-
-    cudaError_t err;
-    switch (dtype) {
-        case MAMBACSR_FLOAT32: err = launch_variant<float>(variant, p, (int)grid, stream); break;
-        case MAMBACSR_FLOAT16: err = launch_variant<__half>(variant, p, (int)grid, stream); break;
-        default: err = launch_variant<__nv_bfloat16>(variant, p, (int)grid, stream); break;
+    p.u_shared = u_shared ? 1 : 0;
+    if (order) p.order = *order;  // else zeros: the identity order without flips
+    p.tables = p.order.kind != MAMBACSR_ORDER_IDENTITY;
+    p.two_maps = p.order.kind == MAMBACSR_ORDER_CROSS_SCALE;
+    if (plan.chunks > 1) {
+        const size_t nh = (size_t)(plan.chunks - 1) * (size_t)(batch * kc) * (size_t)n;
+        p.ws_h = static_cast<float*>(workspace);
+        p.ws_dt = p.ws_h + nh;
     }
+    int* tables = nullptr;
+    if (use_tables && p.tables) {
+        tables = reinterpret_cast<int*>(static_cast<char*>(workspace) + table_offset(plan));
+        p.ws_idx = tables;
+        p.idx_len = plan.seq_max;
+    }
+    const int64_t per_chunk = batch * k * p.n_cblocks;  // blocks per chunk (group of v.seg chunks)
+    const int64_t groups_out = (plan.chunks + v.seg - 1) / v.seg;
+    const int64_t groups_state = (plan.chunks - 1 + v.seg - 1) / v.seg;
+    if (per_chunk * groups_out > INT32_MAX) return MAMBACSR_ERR_UNSUPPORTED;
+
+    auto launch = [&](int mode, int64_t grid) -> cudaError_t {
+        switch (dtype) {
+            case MAMBACSR_FLOAT32: return launch_variant<float>(plan.variant, mode, p, (int)grid, stream);
+            case MAMBACSR_FLOAT16: return launch_variant<__half>(plan.variant, mode, p, (int)grid, stream);
+            default: return launch_variant<__nv_bfloat16>(plan.variant, mode, p, (int)grid, stream);
+        }
+    };
+    cudaError_t err = cudaSuccess;
+    if (tables) {
+        const int64_t total = k * (p.two_maps ? 2 : 1) * plan.seq_max;
+        order_table_kernel<<<(unsigned)((total + 255) / 256), 256, 0, stream>>>(
+            p.order, (int)k, p.two_maps ? 2 : 1, length, plan.seq_max, tables);
+        err = cudaGetLastError();
+    }
+    if (err == cudaSuccess && plan.chunks > 1) err = launch(MODE_STATE, per_chunk * groups_state);
+    if (err == cudaSuccess) err = launch(MODE_OUT, per_chunk * groups_out);
     return err == cudaSuccess ? MAMBACSR_OK : MAMBACSR_ERR_CUDA;
+}
+
+}  // namespace
+
+extern "C" {
+
+int mambacsr_selective_scan_ordered(const void* u, const void* delta, const float* A, const void* Bs,
+                                    const void* Cs, const float* D, const float* delta_bias, void* y,
+                                    int64_t batch, int64_t kc, int64_t k, int64_t n, int64_t length,
+                                    int u_shared, const mambacsr_scan_order_t* order, int dtype,
+                                    int delta_softplus, int variant, void* workspace,
+                                    size_t workspace_bytes, cudaStream_t stream) {
+    Plan plan;
+    const int status = make_plan(batch, kc, k, n, length, order, dtype, variant, &plan);
+    if (status != MAMBACSR_OK) return status;
+    if (batch == 0 || kc == 0 || length == 0) return MAMBACSR_OK;
+    if (!u || !delta || !A || !Bs || !Cs || !y) return MAMBACSR_ERR_INVALID_ARGUMENT;
+    const size_t have = workspace && aligned16(workspace) ? workspace_bytes : 0;
+    if (plan.chunks > 1 && have < plan.ws_bytes) {
+        // Too little workspace: the automatic choice falls back to the single pass; an
+        // explicitly requested chunk count is an error.
+        if (variant >> 8) return MAMBACSR_ERR_INVALID_ARGUMENT;
+        const int status1 = make_plan(batch, kc, k, n, length, order, dtype,
+                                      (variant & 0xff) | (1 << 8), &plan);
+        if (status1 != MAMBACSR_OK) return status1;
+    }
+    const bool use_tables = plan.table_bytes && have >= full_workspace(plan);
+    return run_plan(u, delta, A, Bs, Cs, D, delta_bias, y, batch, kc, k, n, length, u_shared,
+                    order, dtype, delta_softplus, plan, workspace, use_tables, stream);
+}
+
+size_t mambacsr_selective_scan_workspace_size_ex(int64_t batch, int64_t kc, int64_t k, int64_t n,
+                                                 int64_t length, const mambacsr_scan_order_t* order,
+                                                 int dtype, int variant) {
+    Plan plan;
+    if (make_plan(batch, kc, k, n, length, order, dtype, variant, &plan) != MAMBACSR_OK) return 0;
+    return full_workspace(plan);
+}
+
+size_t mambacsr_selective_scan_workspace_size(int64_t batch, int64_t kc, int64_t k, int64_t n,
+                                              int64_t length, const mambacsr_scan_order_t* order,
+                                              int dtype) {
+    return mambacsr_selective_scan_workspace_size_ex(batch, kc, k, n, length, order, dtype, 0);
+}
+
+int mambacsr_selective_scan_ex(const void* u, const void* delta, const float* A, const void* Bs,
+                               const void* Cs, const float* D, const float* delta_bias, void* y,
+                               int64_t batch, int64_t kc, int64_t k, int64_t n, int64_t length,
+                               int dtype, int delta_softplus, int variant, cudaStream_t stream) {
+    return mambacsr_selective_scan_ordered(u, delta, A, Bs, Cs, D, delta_bias, y, batch, kc, k, n,
+                                           length, 0, NULL, dtype, delta_softplus, variant, NULL, 0,
+                                           stream);
 }
 
 int mambacsr_selective_scan(const void* u, const void* delta, const float* A, const void* Bs,
