@@ -26,7 +26,7 @@ from PIL import Image
 
 from runtime.cli import main
 from runtime.imageio import encode_png16, encode_tiff16, read_image
-from test_runtime_cli import TINY, standin_onnx, write_rgb
+from test_runtime_cli import TINY, standin_onnx, tiny_ckpt, write_rgb  # noqa: F401 (tiny_ckpt: a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -112,15 +112,6 @@ def tiff16_zlib_bomb(megabytes: int) -> bytes:
 @pytest.fixture(scope="module")
 def dyn_onnx(tmp_path_factory):
     return standin_onnx(tmp_path_factory.mktemp("m") / "dyn.onnx")[0]
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    from mambacsr import MambaCSR, save_checkpoint
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ck") / "tiny.safetensors"
-    save_checkpoint(MambaCSR(**TINY).eval(), str(path))
-    return path
 
 
 @pytest.fixture
