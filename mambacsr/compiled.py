@@ -22,7 +22,7 @@ def compile_blocks(model: nn.Module) -> nn.Module:
 
     Inference only (the compiled code is traced under no_grad). Safe to capture in a CUDA graph
     after a warm-up call per input shape."""
-    from .model import Cross_SS2D, RLMBlock
+    from .model import LW_SS2D, Cross_SS2D, RLMBlock
 
     import torch._dynamo.config as dynamo_config
 
@@ -31,6 +31,9 @@ def compile_blocks(model: nn.Module) -> nn.Module:
         dynamo_config.accumulated_cache_size_limit = max(dynamo_config.accumulated_cache_size_limit,
                                                         _RECOMPILE_LIMIT * 4)
     for module in model.modules():
+        if isinstance(module, LW_SS2D):
+            # Column-first blocks read rows of the transposed grid; compiled, the transposes fuse.
+            module.transpose_column_scans = True
         if isinstance(module, (RLMBlock, Cross_SS2D)):
             module.compile(dynamic=False)
     return model

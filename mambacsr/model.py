@@ -172,12 +172,27 @@ class SS2D(nn.Module):
 class LW_SS2D(SS2D):
     """Local-window selective scan (the attention part of each RLMB block)."""
 
+    # Scan column-first blocks on the transposed grid: set by mambacsr.compiled (where the two
+    # transposes fuse into neighbouring kernels); eager and export keep the plain layout.
+    transpose_column_scans: bool = False
+
     def forward(self, x):  # (B, H, W, C)
         h, w = x.shape[1:3]
         x, z = self.project_in(x, self.in_proj, self.conv2d, self.act)
-        ys = self.scan_core(x.flatten(2), _scan_order(tuple(self.directions), h, w, False))
-        y = self.merge(ys, h, w).to(x.dtype)
+        if self._scan_transposed():
+            # A column-first window order on the H x W grid is the row-first order on the W x H
+            # grid, whose tokens the kernel reads in contiguous runs. Compiled, the two transposes
+            # fuse into the kernels that write u and read y, so they cost no memory pass.
+            rows = tuple(d[2:] for d in self.directions)  # 'c_w64_flip' -> 'w64_flip'
+            ys = self.scan_core(x.transpose(-1, -2).flatten(2), _scan_order(rows, w, h, False))
+            y = self.merge(ys, w, h).transpose(1, 2).to(x.dtype)
+        else:
+            ys = self.scan_core(x.flatten(2), _scan_order(tuple(self.directions), h, w, False))
+            y = self.merge(ys, h, w).to(x.dtype)
         return self.out_proj(y * z)
+
+    def _scan_transposed(self) -> bool:
+        return self.transpose_column_scans and all(d.startswith("c_") for d in self.directions)
 
 
 class RLMBlock(nn.Module):
