@@ -98,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--skip-existing", action="store_true",
                     help="skip inputs whose output exists (a 0-byte or unreadable output is redone)")
     up.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info lines")
+    ray = up.add_argument_group("scale-out with Ray (pip install -e \".[ray]\")")
+    ray.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                     help="spread the images over Ray workers: no ADDRESS starts a local Ray with this "
+                          "machine's GPUs (or CPUs); auto or ray://host:10001 joins a cluster "
+                          "(write --ray=ADDRESS or put --ray after the inputs)")
+    ray.add_argument("--workers", type=int_range(1), default=None,
+                     help="Ray workers, each loading the model once (default: one per GPU, or 2 on CPU)")
+    ray.add_argument("--gpus-per-worker", type=float_range(0, 64), default=None,
+                     help="GPUs per Ray worker, fractions allowed (default 1, or 0 on CPU-only clusters)")
 
     b = sub.add_parser("build", tool=PROG, help="build and cache a TensorRT engine from an ONNX file")
     b.add_argument("--onnx", required=True)
@@ -343,13 +352,22 @@ def _stderr_is_terminal() -> bool:
         return False
 
 
-def cmd_upscale(args) -> int:
-    from tqdm import tqdm
+# failures that cost one input, not the run (a UserError still stops everything: exit 2)
+IMAGE_FAILURES = (ImageError, OSError, ValueError, RuntimeError, MemoryError)
 
-    from runtime.imageio import is_complete_image, read_image, write_image
-    from runtime.upscale import Upscaler, resize
 
-    log = (lambda m: None) if args.quiet else _log
+def failure_message(src, e: BaseException) -> str:
+    """One line for a failed input, without the file name the caller prints anyway."""
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if msg.startswith(str(src)):
+        msg = msg[len(str(src)):].lstrip(": ")
+    return msg
+
+
+def plan_upscale(args):
+    """Options checked, inputs collected, outputs named, --skip-existing applied: (jobs, failures,
+    skipped, items). Shared by the one-process and the Ray path, so both follow the same rules."""
+    from runtime.imageio import is_complete_image
     _check_upscale(args)
     out = Path(args.output)
     items, failures = collect_inputs(args.inputs, exclude=None if args.single else out)
@@ -358,25 +376,81 @@ def cmd_upscale(args) -> int:
         _log(f"FAILED {name}: {why}")
     skipped = [j for j in jobs if args.skip_existing and is_complete_image(j[1])]
     jobs = [j for j in jobs if j not in skipped]
-    if not jobs:
-        if not items and not failures:
-            _log("nothing to do: no input images found")
-        elif failures:
-            _log("nothing to do: every input failed (see above)")
-        summary = f"{PROG}: 0 file(s) written, {len(failures)} failed, {len(skipped)} skipped"
-        print(summary)
-        return 1 if failures or not items else 0
+    return jobs, failures, skipped, items
 
+
+def open_upscaler(args, log=_log):
+    """The backend, tiler and Upscaler the flags ask for (one model load), and a line saying so."""
+    from runtime.upscale import Upscaler
     backend = _open(args, tile=args.tile, batch=args.batch, log=log)
     tiler = _make_tiler(args, backend)
     tta = ", x8 TTA" if args.tta else ""
     if tiler.mode == "blend":
         shape = f"{tiler.tile[0]}x{tiler.tile[1]}"
-        log(f"{backend.describe()}; tiles {shape if tiler.fixed else 'up to ' + shape}, overlap {tiler.overlap}, "
-            f"batch {tiler.batch}{tta}")
+        line = (f"{backend.describe()}; tiles {shape if tiler.fixed else 'up to ' + shape}, "
+                f"overlap {tiler.overlap}, batch {tiler.batch}{tta}")
     else:
-        log(f"{backend.describe()}; official partitioning{tta}")
-    up = Upscaler(backend, tiler, tta=args.tta)
+        line = f"{backend.describe()}; official partitioning{tta}"
+    return Upscaler(backend, tiler, tta=args.tta), line
+
+
+def upscale_image(up, args, img, progress=None):
+    """Model, then --outscale: the pixels every path writes for one decoded input."""
+    from runtime.upscale import resize
+    res = up.upscale(img, progress=progress)
+    if args.outscale:
+        w, h = img.size
+        res = resize(res, (max(1, round(w * args.outscale)), max(1, round(h * args.outscale))))
+    return res
+
+
+def tiles_used(up, img, n_tiles: int) -> str:
+    if up.tiler.mode == "blend":
+        w, h = img.size
+        th, tw = up.tiler.tile_shape(h, w)
+        return f"{n_tiles} tile(s) of {tw}x{th}"
+    return f"{n_tiles} part(s)"
+
+
+def nothing_to_do(args, items, failures, skipped) -> int:
+    if not items and not failures:
+        _log("nothing to do: no input images found")
+    elif failures:
+        _log("nothing to do: every input failed (see above)")
+    print(f"{PROG}: 0 file(s) written, {len(failures)} failed, {len(skipped)} skipped")
+    return 1 if failures or not items else 0
+
+
+def report_upscale(args, done: int, failures, skipped, secs: float, out_pixels: int) -> int:
+    """The summary line (stdout), the failed names (stderr) and the exit code."""
+    out = Path(args.output)
+    mp = out_pixels / 1e6
+    where = f"{done} file(s) written: {out}" if args.single else f"{done} file(s) written to {out}"
+    print(f"{PROG}: {where}, {len(failures)} failed, {len(skipped)} skipped; {secs:.2f} s, {mp:.3g} output MP, {mp / secs if secs > 0 else 0:.3g} MP/s")
+    if failures:
+        print(f"{PROG}: failed: " + ", ".join(n for n, _ in failures), file=sys.stderr)
+    return 1 if failures else 0
+
+
+def cmd_upscale(args) -> int:
+    from tqdm import tqdm
+
+    from runtime.imageio import read_image, write_image
+
+    log = (lambda m: None) if args.quiet else _log
+    if args.ray is not None:
+        from runtime import distributed
+        distributed.import_ray(args)  # missing ray or bad --ray use: exit 2 before any work
+    elif args.workers is not None or args.gpus_per_worker is not None:
+        raise UserError("--workers and --gpus-per-worker size the Ray workers: add --ray, or drop them")
+    jobs, failures, skipped, items = plan_upscale(args)
+    if not jobs:
+        return nothing_to_do(args, items, failures, skipped)
+    if args.ray is not None:
+        return distributed.upscale(args, jobs, failures, skipped, log)
+
+    up, line = open_upscaler(args, log)
+    log(line)
 
     done = 0
     out_pixels = 0
@@ -393,17 +467,12 @@ def cmd_upscale(args) -> int:
             n_tiles = up.num_tiles(img)
             with tqdm(total=n_tiles, desc=src.name[:30], unit="tile", leave=False,
                       disable=None if bars else True, file=sys.stderr) as tbar:
-                res = up.upscale(img, progress=tbar.update)
-            if args.outscale:
-                w, h = img.size
-                res = resize(res, (max(1, round(w * args.outscale)), max(1, round(h * args.outscale))))
+                res = upscale_image(up, args, img, progress=tbar.update)
             write_image(dst, res, args.format, args.quality)
         except UserError:
             raise
-        except (ImageError, OSError, ValueError, RuntimeError, MemoryError) as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            if msg.startswith(str(src)):
-                msg = msg[len(str(src)):].lstrip(": ")
+        except IMAGE_FAILURES as e:
+            msg = failure_message(src, e)
             failures.append((str(src), msg))
             _log(f"FAILED {src}: {msg}")
             continue
@@ -411,20 +480,10 @@ def cmd_upscale(args) -> int:
         out_pixels += res.pixels.shape[0] * res.pixels.shape[1]
         if lines:
             (w, h), (ow, oh) = img.size, res.size
-            if tiler.mode == "blend":
-                th, tw = tiler.tile_shape(h, w)
-                how = f"{n_tiles} tile(s) of {tw}x{th}"
-            else:
-                how = f"{n_tiles} part(s)"
-            _log(f"done {src} -> {dst}: {w}x{h} -> {ow}x{oh}, {how}, {time.perf_counter() - t0:.2f} s")
+            _log(f"done {src} -> {dst}: {w}x{h} -> {ow}x{oh}, {tiles_used(up, img, n_tiles)}, "
+                 f"{time.perf_counter() - t0:.2f} s")
     file_bar.close()
-    secs = time.perf_counter() - t_start
-    mp = out_pixels / 1e6
-    where = f"{done} file(s) written: {out}" if args.single else f"{done} file(s) written to {out}"
-    print(f"{PROG}: {where}, {len(failures)} failed, {len(skipped)} skipped; {secs:.2f} s, {mp:.3g} output MP, {mp / secs if secs > 0 else 0:.3g} MP/s")
-    if failures:
-        print(f"{PROG}: failed: " + ", ".join(n for n, _ in failures), file=sys.stderr)
-    return 1 if failures else 0
+    return report_upscale(args, done, failures, skipped, time.perf_counter() - t_start, out_pixels)
 
 
 # ----------------------------------------------------------------------------------- build

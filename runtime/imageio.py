@@ -329,8 +329,12 @@ def encode_image(img: ImageData, fmt: str = "png", quality: int = 95) -> bytes:
 
 def write_image(path, img: ImageData, fmt: str = "png", quality: int = 95) -> Path:
     """Encode then write atomically: a temporary file in the same folder, then ``os.replace``."""
+    return write_encoded(path, encode_image(img, fmt, quality))
+
+
+def write_encoded(path, data: bytes) -> Path:
+    """Write already-encoded image bytes atomically (the Ray driver writes what workers encoded)."""
     path = Path(path)
-    data = encode_image(img, fmt, quality)
     with atomic_write(path) as tmp, open(tmp, "wb") as f:
         f.write(data)
         f.flush()
