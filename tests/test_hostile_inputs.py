@@ -542,7 +542,10 @@ def test_interrupt_leaves_whole_outputs_only(tmp_path, dyn_onnx):
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "runtime", "upscale", src, "-o", out, "--onnx", dyn_onnx,
                              "-t", "16", "--tta"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True,
+                            # a shell's background job ignores SIGINT and children inherit that: the
+                            # user's Ctrl-C reaches the tool with the default action
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     line = ""
     while " done " not in line:
         line = proc.stderr.readline()
