@@ -205,26 +205,29 @@ class ScanOrder:
             return idx.flip(0) if self.flags[g] & FLIP else idx
         w, col, flip = self._direction(g)
         h, wd = self.height, self.width
-        grid = (torch.arange(h * wd) + 1).view(1, 1, h, wd).float()  # +1: padding reads as 0 -> -1
+        # The permutes run on int64 position grids (exact at any size); +1 so that the zero
+        # padding of a window scan comes out as -1.
+        grid = (torch.arange(h * wd) + 1).view(1, 1, h, wd)
         if self.kind == WINDOW:
             seq = window_scan(grid, w, col, flip)
         else:
-            low = (torch.arange((h // 2) * (wd // 2)) + 1).view(1, 1, h // 2, wd // 2).float()
+            low = (torch.arange((h // 2) * (wd // 2)) + 1).view(1, 1, h // 2, wd // 2)
             low_offset = (h // 2) * (wd // 2)
             seq = cross_scale_scan(grid + low_offset, low, w, col, flip)
-        return seq.flatten().long() - 1
+        return seq.flatten() - 1
 
     def _target_inverse(self, g: int, length: int) -> torch.Tensor:
         n_seq = self.seq_len(g, length)
-        tokens = torch.arange(n_seq).view(1, 1, n_seq).float()
         if self.kind == IDENTITY:
-            return tokens.flatten().long().flip(0) if self.flags[g] & FLIP else tokens.flatten().long()
+            tokens = torch.arange(n_seq)
+            return tokens.flip(0) if self.flags[g] & FLIP else tokens
+        tokens = torch.arange(n_seq).view(1, 1, n_seq)
         w, col, flip = self._direction(g)
         if self.kind == WINDOW:
-            return window_unscan(tokens, w, self.height, self.width, col, flip).flatten().long()
+            return window_unscan(tokens, w, self.height, self.width, col, flip).flatten()
         # Cross-scale: full-resolution outputs as the official un-scan places them; each
         # half-resolution output back where its token came from.
-        high = cross_scale_unscan(tokens, w, self.height, self.width, col, flip).flatten().long()
+        high = cross_scale_unscan(tokens, w, self.height, self.width, col, flip).flatten()
         src = self.source_index(g, length)
         n_low = self.height * self.width // 4
         low = torch.empty(n_low, dtype=torch.long)
@@ -240,3 +243,4 @@ def _cached_table(order: ScanOrder, which: str, g: int, length: int) -> torch.Te
     training step cannot save for backward."""
     with torch.inference_mode(False), torch.no_grad():
         return order._source_index(g, length) if which == "source" else order._target_inverse(g, length)
+
