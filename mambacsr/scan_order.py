@@ -10,6 +10,7 @@ Direction names follow the official option strings: 'w8' (8x8 windows, row-first
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import math
 from dataclasses import dataclass
@@ -244,3 +245,27 @@ def _cached_table(order: ScanOrder, which: str, g: int, length: int) -> torch.Te
     with torch.inference_mode(False), torch.no_grad():
         return order._source_index(g, length) if which == "source" else order._target_inverse(g, length)
 
+
+class OrderStruct(ctypes.Structure):
+    """`mambacsr_scan_order_t` of ops/csrc/mambacsr_scan_order.h: what the C and CUDA kernels'
+    ctypes bindings pass."""
+
+    _fields_ = [("kind", ctypes.c_int32), ("height", ctypes.c_int32), ("width", ctypes.c_int32),
+                ("window", ctypes.c_int32 * MAX_GROUPS), ("flags", ctypes.c_int32 * MAX_GROUPS)]
+
+    @classmethod
+    def from_order(cls, order: ScanOrder) -> "OrderStruct":
+        if len(order.windows) > MAX_GROUPS:
+            raise ValueError(f"at most {MAX_GROUPS} groups per ordered scan, got {len(order.windows)}")
+        values = [order.kind, order.height, order.width, *order.windows, *order.flags]
+        if any(not -2**31 <= v < 2**31 for v in values):
+            raise ValueError(f"scan order values must fit in int32: {order}")
+        return cls(order.kind, order.height, order.width,  # unused groups are zero
+                   (ctypes.c_int32 * MAX_GROUPS)(*order.windows),
+                   (ctypes.c_int32 * MAX_GROUPS)(*order.flags))
+
+
+@functools.lru_cache(maxsize=256)
+def order_struct(order: ScanOrder | None) -> OrderStruct | None:
+    """The C struct of `order` (None: the identity order), built once per order."""
+    return None if order is None else OrderStruct.from_order(order)

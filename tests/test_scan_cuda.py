@@ -271,7 +271,8 @@ def _raw_call(args, y, order, code, workspace=None, ws_bytes=0):
     lib = scan_cuda.load_library()
     u, delta, A, Bs, Cs, D, bias = args
     bt, kc, length = delta.shape
-    c_order = scan_cuda._order_struct(order)
+    from mambacsr.scan_order import order_struct
+    c_order = order_struct(order)
     status = lib.mambacsr_selective_scan_ordered(
         u.data_ptr(), delta.data_ptr(), A.data_ptr(), Bs.data_ptr(), Cs.data_ptr(), D.data_ptr(),
         bias.data_ptr(), y.data_ptr(), bt, kc, Bs.shape[1], Bs.shape[2], length, int(u.shape[1] != kc),

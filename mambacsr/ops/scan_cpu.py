@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from ..scan_order import MAX_GROUPS, ScanOrder
+from ..scan_order import OrderStruct, ScanOrder, order_struct
 from .reference import check_scan_shapes
 
 log = logging.getLogger(__name__)
@@ -212,22 +212,6 @@ def has_openmp() -> bool:
     return bool(lib is not None and lib.mambacsr_scan_cpu_openmp())
 
 
-class OrderStruct(ctypes.Structure):
-    """`mambacsr_scan_order_t` of csrc/mambacsr_scan_order.h."""
-
-    _fields_ = [("kind", ctypes.c_int32), ("height", ctypes.c_int32), ("width", ctypes.c_int32),
-                ("window", ctypes.c_int32 * MAX_GROUPS), ("flags", ctypes.c_int32 * MAX_GROUPS)]
-
-    @classmethod
-    def from_order(cls, order: ScanOrder) -> "OrderStruct":
-        values = [order.kind, order.height, order.width, *order.windows, *order.flags]
-        if any(not -2**31 <= v < 2**31 for v in values):
-            raise ValueError(f"scan order values must fit in int32: {order}")
-        return cls(order.kind, order.height, order.width,
-                   (ctypes.c_int32 * MAX_GROUPS)(*order.windows),
-                   (ctypes.c_int32 * MAX_GROUPS)(*order.flags))
-
-
 def selective_scan_cpu(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus,
                        order: ScanOrder | None = None):
     """y (batch, K*C, L) = SelectiveScan(u, ...) in storage order with the C kernel, in u's
@@ -239,7 +223,8 @@ def selective_scan_cpu(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus,
     if lib is None:
         return None
     bt, k, c, n, length = check_scan_shapes(u, delta, A, Bs, Cs, D, delta_bias, order)
-    order_ref = None if order is None else ctypes.byref(OrderStruct.from_order(order))
+    c_order = order_struct(order)
+    order_ref = None if c_order is None else ctypes.byref(c_order)
     f32 = [t.detach().to(torch.float32).contiguous() for t in (u, delta, A, Bs, Cs, D, delta_bias)]
     y = torch.empty((bt, k * c, length), dtype=torch.float32)
     if y.numel() == 0:

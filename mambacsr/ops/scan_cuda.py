@@ -15,7 +15,6 @@ path) and one warning says why.
 from __future__ import annotations
 
 import ctypes
-import functools
 import hashlib
 import os
 import shutil
@@ -27,14 +26,13 @@ from pathlib import Path
 
 import torch
 
-from ..scan_order import ScanOrder
+from ..scan_order import ScanOrder, order_struct
 
 CSRC_DIR = Path(__file__).resolve().parent / "csrc" / "cuda"
 SOURCES = ("selective_scan.cu", "mambacsr_scan.h", "../mambacsr_scan_order.h")
 LIB_ENV = "MAMBACSR_SCAN_LIB"
 CACHE_ENV = "MAMBACSR_CACHE"  # one cache folder for the C and CUDA kernels
 MAX_STATES = 64
-MAX_GROUPS = 8  # MAMBACSR_SCAN_MAX_GROUPS
 ABI_VERSION = 2
 
 _DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
@@ -127,24 +125,6 @@ def build_library(arch: str, nvcc: str | None = None, out_dir: Path | None = Non
         print(res.stderr)
     os.replace(tmp, lib)  # atomic: concurrent builders end with one complete file
     return lib
-
-
-class _Order(ctypes.Structure):
-    """mambacsr_scan_order_t (mambacsr_scan_order.h)."""
-    _fields_ = [("kind", ctypes.c_int32), ("height", ctypes.c_int32), ("width", ctypes.c_int32),
-                ("window", ctypes.c_int32 * MAX_GROUPS), ("flags", ctypes.c_int32 * MAX_GROUPS)]
-
-
-@functools.lru_cache(maxsize=256)
-def _order_struct(order: ScanOrder | None):
-    if order is None:
-        return None
-    if len(order.windows) > MAX_GROUPS:
-        raise ValueError(f"at most {MAX_GROUPS} groups per ordered scan, got {len(order.windows)}")
-    pad = [0] * (MAX_GROUPS - len(order.windows))
-    return _Order(order.kind, order.height, order.width,
-                  (ctypes.c_int32 * MAX_GROUPS)(*order.windows, *pad),
-                  (ctypes.c_int32 * MAX_GROUPS)(*order.flags, *pad))
 
 
 def _bind(path: str) -> ctypes.CDLL:
@@ -242,7 +222,7 @@ def selective_scan_cuda(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus,
                         for t in (A, D, delta_bias))
     y = torch.empty(bt, kc, length, device=u.device, dtype=dtype) if out is None else out
     code = int(variant) + 256 * int(chunks)
-    c_order = _order_struct(order)
+    c_order = order_struct(order)
     order_ptr = ctypes.byref(c_order) if c_order is not None else None
     key = (u.device.index, bt, kc, k, n, length, order, dtype, code)
     ws_bytes = _ws_sizes.get(key)
@@ -275,7 +255,7 @@ def workspace_bytes(bt: int, kc: int, k: int, n: int, length: int, dtype: torch.
                     order: ScanOrder | None = None, variant: int = 0, chunks: int = 0) -> int:
     """Workspace bytes the kernel asks for (chunk states, index tables; 0: none needed)."""
     lib = load_library()
-    c_order = _order_struct(order)
+    c_order = order_struct(order)
     return lib.mambacsr_selective_scan_workspace_size_ex(
         bt, kc, k, n, length, ctypes.byref(c_order) if c_order is not None else None,
         _DTYPES[dtype], int(variant) + 256 * int(chunks))
