@@ -58,8 +58,8 @@ class UpscaleWorker:
         except UserError as e:  # reported once by the driver, as the one-process path does
             self.error = str(e)
 
-    def ready(self) -> tuple[str | None, str | None, int]:
-        return self.error, self.line, os.getpid()
+    def ready(self) -> tuple[str | None, str | None]:
+        return self.error, self.line
 
     def pid(self) -> int:
         return os.getpid()
@@ -197,7 +197,7 @@ def _drive(ray, args, jobs, failures, skipped, actors, booting, log):
         if ref in booting:
             actor = booting.pop(ref)
             try:
-                error, line, _pid = ray.get(ref)
+                error, line = ray.get(ref)
             except RayError as e:
                 _log(f"a Ray worker could not start: {str(e).splitlines()[0]}")
                 actors.pop(actor, None)

@@ -52,7 +52,7 @@ def load_model_class(root: Path):
     sys.path.insert(0, str(root))
     try:
         pkg = importlib.import_module("mambacsr")
-        return pkg.MambaCSR, pkg.PRESETS, root
+        return pkg.MambaCSR, pkg.PRESETS
     finally:
         sys.path.pop(0)
 
@@ -163,7 +163,7 @@ def run_rows(args) -> list:
     last row's kernels, costliest first."""
     cats = [c for c, _ in CATEGORIES]
     torch.backends.cudnn.benchmark = True
-    MambaCSR, PRESETS, _ = load_model_class(Path(args.code_root))
+    MambaCSR, PRESETS = load_model_class(Path(args.code_root))
     for prec in args.precision.split(","):
         dtype = {"fp32": torch.float32, "fp16": torch.float16}[prec]
         for batch in (int(b) for b in args.batch.split(",")):
