@@ -20,8 +20,8 @@ EMA weights are saved as fp16 safetensors (config in the metadata) with
 ``mambacsr.save_checkpoint`` to ``--final``. ``--time-budget`` stops training after that many
 seconds (the cosine schedule then runs over the time budget).
 
-Runs on a CUDA GPU (``--cuda-graph`` captures forward+backward+Adam in one CUDA graph, which
-removes the launch overhead of the chunked PyTorch scan) and on CPU for a smoke test::
+Runs on a CUDA GPU (the scan's CUDA forward and backward kernels; ``--cuda-graph`` captures
+forward+backward+Adam in one CUDA graph) and on CPU for a smoke test (the chunked PyTorch scan)::
 
     python scripts/train.py --hr-dir photos/ --out runs/x4q10 --final model.safetensors \
         --embed-dim 48 --depths 4 4 --d-state 8 --patch 48 --batch 16 --max-steps 100000
@@ -274,9 +274,9 @@ def main(argv=None) -> int:
     r.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     r.add_argument("--cuda-graph", action="store_true", help="capture each training step in a CUDA graph")
     r.add_argument("--threads", type=int, default=0)
-    r.add_argument("--native-scan", action="store_true",
-                   help="use the compiled scan kernels for held-out inference (default: the chunked PyTorch "
-                        "scan everywhere, which needs no kernel build)")
+    r.add_argument("--scan", choices=("auto", "chunked"), default="auto",
+                   help="auto: the compiled kernels (on CUDA the forward and backward kernels; falls back "
+                        "by itself); chunked: the portable PyTorch scan everywhere (the pre-kernel baseline)")
     args = ap.parse_args(argv)
 
     if args.patch > 64:
@@ -284,8 +284,8 @@ def main(argv=None) -> int:
     if args.cross_scale and args.patch % 16:
         ap.error("--cross-scale needs --patch divisible by 16")
     device = torch.device(args.device)
-    if not args.native_scan:
-        os.environ.setdefault("MAMBACSR_SCAN", "chunked")
+    if args.scan == "chunked":
+        os.environ["MAMBACSR_SCAN"] = "chunked"
     if args.threads:
         torch.set_num_threads(args.threads)
     if device.type == "cuda":

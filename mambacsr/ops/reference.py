@@ -8,6 +8,8 @@ body, the TensorRT plugin) is tested against this.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -59,9 +61,7 @@ def to_sequence(order: ScanOrder | None, u, delta, Bs, Cs):
     u, delta, Bs, Cs = (zero(t) for t in (u, delta, Bs, Cs))
     out = [[], [], [], []]
     for g in range(k):
-        src = order.source_index(g, length)
-        src = torch.where(src < 0, length, src)
-        src = F.pad(src, (0, seq - src.numel()), value=length).to(u.device)
+        src = _gather_index(order, g, length, seq, u.device)
         out[0].append(u[:, g * c:(g + 1) * c, src])
         out[1].append(delta[:, g * c:(g + 1) * c, src])
         out[2].append(Bs[:, g, :, src])
@@ -74,36 +74,51 @@ def from_sequence(order: ScanOrder | None, y_seq, k: int, length: int):
     if order is None:
         return y_seq
     c = y_seq.shape[1] // k
-    return torch.cat([y_seq[:, g * c:(g + 1) * c, order.target_inverse(g, length).to(y_seq.device)]
+    return torch.cat([y_seq[:, g * c:(g + 1) * c, _scatter_index(order, g, length, y_seq.device)]
                       for g in range(k)], dim=1)
 
 
-def _scan_tokens(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus):
+# Index tables on the device, cached: no host-to-device copy per call (a training step with
+# the PyTorch scan can then be captured in a CUDA graph).
+@functools.lru_cache(maxsize=256)
+def _gather_index(order: ScanOrder, g: int, length: int, seq: int, device: torch.device) -> torch.Tensor:
+    src = order.source_index(g, length)
+    src = torch.where(src < 0, length, src)  # position `length` is the zero token
+    return F.pad(src, (0, seq - src.numel()), value=length).to(device)
+
+
+@functools.lru_cache(maxsize=256)
+def _scatter_index(order: ScanOrder, g: int, length: int, device: torch.device) -> torch.Tensor:
+    return order.target_inverse(g, length).to(device)
+
+
+def _scan_tokens(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, state_dtype=torch.float32):
     """The recurrence on the token-order contract, one token at a time."""
     bt, kc, length = u.shape
     k, n = Bs.shape[1], Bs.shape[2]
     c = kc // k
-    u32, dt = u.float(), delta.float() + delta_bias.float()[None, :, None]
+    f = lambda t: t.to(state_dtype)  # noqa: E731
+    u32, dt = f(u), f(delta) + f(delta_bias)[None, :, None]
     if delta_softplus:
         dt = F.softplus(dt)
-    A32 = A.float()
+    A32 = f(A)
     # Expand the K groups of B and C to every channel of their group: (bt, K*C, N, L).
-    B32 = Bs.float().repeat_interleave(c, dim=1)
-    C32 = Cs.float().repeat_interleave(c, dim=1)
+    B32 = f(Bs).repeat_interleave(c, dim=1)
+    C32 = f(Cs).repeat_interleave(c, dim=1)
     h = u32.new_zeros(bt, kc, n)
     ys = []
     for t in range(length):
         dt_t = dt[:, :, t, None]
         h = torch.exp(dt_t * A32) * h + dt_t * B32[..., t] * u32[:, :, t, None]
         ys.append((h * C32[..., t]).sum(-1))
-    return torch.stack(ys, dim=-1) + D.float()[None, :, None] * u32
+    return torch.stack(ys, dim=-1) + f(D)[None, :, None] * u32
 
 
 def selective_scan_ref(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus: bool = True,
-                       order: ScanOrder | None = None):
-    """y = SelectiveScan(u, ...) in storage order, computed token by token in float32; returns
-    u's dtype. `order=None` is the plain token order."""
+                       order: ScanOrder | None = None, state_dtype: torch.dtype = torch.float32):
+    """y = SelectiveScan(u, ...) in storage order, computed token by token in `state_dtype`
+    (float64 for gradient references); returns u's dtype. `order=None` is the plain token order."""
     _, k, _, _, length = check_scan_shapes(u, delta, A, Bs, Cs, D, delta_bias, order)
     seq = to_sequence(order, u, delta, Bs, Cs)
-    y = _scan_tokens(*seq[:2], A, *seq[2:], D, delta_bias, delta_softplus)
+    y = _scan_tokens(*seq[:2], A, *seq[2:], D, delta_bias, delta_softplus, state_dtype)
     return from_sequence(order, y, k, length).to(u.dtype)

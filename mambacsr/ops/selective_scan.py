@@ -11,8 +11,11 @@ fastest implementation:
   CUDA  -> the project's CUDA kernel (`scan_cuda`)           else mamba-ssm's selective_scan_fn
                                                               else the chunked PyTorch path
 
-When gradients are needed (training) it runs a differentiable path instead: mamba-ssm on
-CUDA when installed, else the chunked PyTorch path (both on the gathered token order).
+The op has a registered autograd: on CUDA the project's backward kernel (`scan_cuda_backward`,
+same storage-order contract, recomputing the forward from checkpointed states), elsewhere a
+recomputation through the chunked PyTorch scan. Training on CUDA therefore runs both kernels;
+without our CUDA library, training falls back to mamba-ssm when installed, else the chunked
+path (both on the gathered token order).
 `MAMBACSR_SCAN=reference|chunked|native` forces an implementation (tests, debugging).
 """
 from __future__ import annotations
@@ -98,19 +101,66 @@ def _(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus=True, order=None):
     return torch.empty_like(delta, dtype=u.dtype)
 
 
+def _setup_context(ctx, inputs, output):
+    u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, order = inputs
+    ctx.save_for_backward(u, delta, A, Bs, Cs, D, delta_bias)
+    ctx.delta_softplus, ctx.order = delta_softplus, order
+
+
+def _backward_by_recompute(inputs, dy, delta_softplus, order):
+    """Gradients through a differentiable re-run of the forward (reference or chunked path)."""
+    forced = os.environ.get(_FORCE_ENV, "")
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_() for t in inputs]
+        if forced == "reference":
+            y = selective_scan_ref(*leaves, delta_softplus, order)
+        else:
+            y = _in_token_order(selective_scan_chunked, *leaves, delta_softplus, order)
+        return torch.autograd.grad(y, leaves, dy, allow_unused=True)
+
+
+def _backward(ctx, dy):
+    inputs = ctx.saved_tensors
+    order = ScanOrder.from_list(ctx.order, inputs[3].shape[1]) if ctx.order else None
+    grads = None
+    if dy.is_cuda and os.environ.get(_FORCE_ENV, "") not in ("reference", "chunked"):
+        from .scan_cuda_backward import selective_scan_backward_cuda
+        grads = selective_scan_backward_cuda(*inputs, dy, ctx.delta_softplus, order)
+    if grads is None:
+        grads = _backward_by_recompute(inputs, dy.contiguous(), ctx.delta_softplus, order)
+    grads = tuple(None if g is None or not t.requires_grad else g.to(t.dtype)
+                  for g, t in zip(grads, inputs))
+    return (*grads, None, None)
+
+
+selective_scan_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+@functools.cache
+def cuda_backward_available(device_index: int) -> bool:
+    """Whether training on this GPU can use the op with its CUDA backward."""
+    from . import scan_cuda
+    try:
+        return hasattr(scan_cuda.load_library(device_index), "mambacsr_selective_scan_backward")
+    except scan_cuda.ScanBuildError:
+        return False
+
+
 def selective_scan(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus: bool = True,
                    order: ScanOrder | tuple[int, ...] | None = None):
     """SelectiveScan as the model uses it (storage order in and out; `order` a ScanOrder or its
-    `as_list()`): the custom op for inference, a differentiable path when any input needs a gradient."""
+    `as_list()`): the custom op for inference and for training on CUDA with our backward kernel,
+    a differentiable PyTorch (or mamba-ssm) path for training elsewhere."""
     needs_grad = torch.is_grad_enabled() and not torch.compiler.is_exporting() and any(
         t.requires_grad for t in (u, delta, A, Bs, Cs, D, delta_bias))
-    if not needs_grad:
+    forced = os.environ.get(_FORCE_ENV, "")
+    if not needs_grad or (u.is_cuda and forced == "" and cuda_backward_available(u.device.index)):
         as_list = order.as_list() if isinstance(order, ScanOrder) else (list(order) if order else None)
         return selective_scan_op(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, as_list)
     if order is not None and not isinstance(order, ScanOrder):
         order = ScanOrder.from_list(order, Bs.shape[1])
     check_scan_shapes(u, delta, A, Bs, Cs, D, delta_bias, order)
-    if u.is_cuda and os.environ.get(_FORCE_ENV, "") != "chunked":
+    if u.is_cuda and forced != "chunked":
         y = _in_token_order(_mamba_ssm, u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, order)
         if y is not None:
             return y.to(u.dtype)

@@ -1,0 +1,311 @@
+// selective_scan_bwd.cu - backward of the SelectiveScan contract (mambacsr_scan_bwd.h), for training.
+//
+// One thread per (batch, channel, state n); the NS lanes of a channel are adjacent in a warp
+// (NS = N rounded up to 8, 16 or 32), a block holds 128 / NS channels of one group. Three
+// sequential passes over the group's sequence, in the scan order of mambacsr_scan_order.h:
+//
+//   1. forward from h = 0, storing h at the start of every SEG-token segment (workspace);
+//   2. per segment, last to first: recompute h_t and a_t = exp(dt_t * A) inside the segment
+//      from its checkpoint into shared memory;
+//   3. walk the segment backwards with g_t = dL/dh_t = C_t * dy_t + a_{t+1} * g_{t+1}:
+//        ddt_t = sum_n g_t (h_{t-1} a_t A_n + B_t u_t)     du_t = sum_n g_t dt_t B_t + D dy_t
+//        dA_n += g_t h_{t-1} a_t dt_t                      dB_t = sum_c g_t dt_t u_t
+//        dC_t = sum_c dy_t h_t                             ddelta_t = ddt_t * softplus'(x_t)
+//      Sums over n: warp shuffles inside the channel's lanes. Sums over channels (dB, dC):
+//      shuffles across the warp's channels, then shared-memory atomics across the block's
+//      warps, then one global atomic per (n, token) and block.
+//
+// Virtual tokens (source -1: window padding) read u = delta = B = C = 0 but still decay the
+// state with dt = softplus(delta_bias), so they add to dA and ddelta_bias and nothing else.
+
+#include "mambacsr_scan_bwd.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <stdint.h>
+#include <string.h>
+
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kSeg = MAMBACSR_SCAN_BWD_SEGMENT;
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+__device__ __forceinline__ float softplus_f(float x) { return x > 20.f ? x : log1pf(__expf(x)); }
+__device__ __forceinline__ float sigmoid_f(float x) { return 1.f / (1.f + __expf(-x)); }
+
+struct Problem {
+    int64_t kc, k, c, n, length, u_channels;
+    int u_shared, delta_softplus;
+};
+
+template <typename T, int NS>
+__global__ void __launch_bounds__(kThreads)
+scan_backward_kernel(const T* __restrict__ u, const T* __restrict__ delta, const float* __restrict__ A,
+                     const T* __restrict__ Bs, const T* __restrict__ Cs, const float* __restrict__ D,
+                     const float* __restrict__ delta_bias, const T* __restrict__ dy,
+                     float* __restrict__ du, float* __restrict__ ddelta, float* __restrict__ dA,
+                     float* __restrict__ dBs, float* __restrict__ dCs, float* __restrict__ dD,
+                     float* __restrict__ ddelta_bias, float* __restrict__ ckpt, int64_t n_seg_max,
+                     const mambacsr_scan_order_t order, const Problem p) {
+    constexpr int kChannels = kThreads / NS;
+    __shared__ float h_s[kSeg][kThreads];
+    __shared__ float a_s[kSeg][kThreads];
+    __shared__ float dB_s[kSeg][NS];
+    __shared__ float dC_s[kSeg][NS];
+    __shared__ int64_t src_s[kSeg];
+    __shared__ int64_t tgt_s[kSeg];
+
+    const int tid = threadIdx.x;
+    const int lane_n = tid % NS;
+    const int g = blockIdx.y;
+    const int64_t b = blockIdx.z;
+    const int64_t cl = (int64_t)blockIdx.x * kChannels + tid / NS;  // channel inside the group
+    const bool ch_ok = cl < p.c;
+    const bool n_ok = ch_ok && lane_n < p.n;
+    const int64_t ch = g * p.c + (ch_ok ? cl : 0);                  // channel of KC
+    const int64_t L = p.length;
+    const int64_t seq = mambacsr_order_seq_len(&order, g, L);
+    const int64_t n_seg = (seq + kSeg - 1) / kSeg;
+
+    const float A_n = n_ok ? A[ch * p.n + lane_n] : 0.f;
+    const float D_c = (D != nullptr && ch_ok) ? D[ch] : 0.f;
+    const float bias = (delta_bias != nullptr && ch_ok) ? delta_bias[ch] : 0.f;
+    const int64_t u_ch = p.u_shared ? (ch_ok ? cl : 0) : ch;
+    const T* u_row = u + (b * p.u_channels + u_ch) * L;
+    const T* d_row = delta + (b * p.kc + ch) * L;
+    const T* dy_row = dy + (b * p.kc + ch) * L;
+    const int64_t bn_off = ((b * p.k + g) * p.n + (lane_n < p.n ? lane_n : 0)) * L;
+    const T* B_row = Bs + bn_off;
+    const T* C_row = Cs + bn_off;
+    float* ck = ckpt + ((b * p.kc + ch) * NS + lane_n) * n_seg_max;
+
+    auto positions = [&](int64_t seg) {
+        __syncthreads();  // the previous segment is done with src_s / tgt_s / dB_s / dC_s
+        if (tid < kSeg) {
+            const int64_t t = seg * kSeg + tid;
+            src_s[tid] = t < seq ? mambacsr_order_source(&order, g, t, L) : -1;
+            tgt_s[tid] = t < seq ? mambacsr_order_target(&order, g, t, L) : -1;
+        }
+        __syncthreads();
+    };
+    // Token inputs: x = delta + bias (pre-softplus), dt, u, B[n] (zero for a virtual token).
+    auto load = [&](int64_t s, float& x, float& dt, float& uu, float& bb) {
+        float dd = 0.f;
+        uu = 0.f;
+        bb = 0.f;
+        if (s >= 0) {
+            dd = to_f(d_row[s]);
+            uu = to_f(u_row[s]);
+            bb = n_ok ? to_f(B_row[s]) : 0.f;
+        }
+        x = dd + bias;
+        dt = p.delta_softplus ? softplus_f(x) : x;
+    };
+
+    // Pass 1: checkpoints.
+    float h = 0.f;
+    for (int64_t seg = 0; seg < n_seg; ++seg) {
+        positions(seg);
+        ck[seg] = h;
+        const int steps = (int)(seq - seg * kSeg < kSeg ? seq - seg * kSeg : kSeg);
+        for (int i = 0; i < steps; ++i) {
+            float x, dt, uu, bb;
+            load(src_s[i], x, dt, uu, bb);
+            h = __expf(dt * A_n) * h + dt * bb * uu;
+        }
+    }
+
+    // Passes 2 and 3, segment by segment from the end.
+    float dh = 0.f, dA_acc = 0.f, dD_acc = 0.f, dbias_acc = 0.f;
+    for (int64_t seg = n_seg - 1; seg >= 0; --seg) {
+        positions(seg);
+        const int steps = (int)(seq - seg * kSeg < kSeg ? seq - seg * kSeg : kSeg);
+        const float h0 = ck[seg];
+        for (int i = tid; i < kSeg * NS; i += kThreads) {
+            dB_s[i / NS][i % NS] = 0.f;
+            dC_s[i / NS][i % NS] = 0.f;
+        }
+        h = h0;
+        for (int i = 0; i < steps; ++i) {
+            float x, dt, uu, bb;
+            load(src_s[i], x, dt, uu, bb);
+            const float a = __expf(dt * A_n);
+            h = a * h + dt * bb * uu;
+            h_s[i][tid] = h;
+            a_s[i][tid] = a;
+        }
+        __syncthreads();  // dB_s / dC_s zeroed
+        for (int i = steps - 1; i >= 0; --i) {
+            const int64_t s = src_s[i], o = tgt_s[i];
+            float x, dt, uu, bb;
+            load(s, x, dt, uu, bb);
+            const float cc = (s >= 0 && n_ok) ? to_f(C_row[s]) : 0.f;
+            const float dyv = (o >= 0 && ch_ok) ? to_f(dy_row[o]) : 0.f;
+            const float a = a_s[i][tid];
+            const float h_t = h_s[i][tid];
+            const float h_prev = i > 0 ? h_s[i - 1][tid] : h0;
+            const float gr = dh + cc * dyv;
+            dh = gr * a;
+            dA_acc += gr * h_prev * a * dt;
+            float ddt = gr * (h_prev * a * A_n + bb * uu);
+            float dun = gr * dt * bb;
+            float dBv = gr * dt * uu;
+            float dCv = dyv * h_t;
+#pragma unroll
+            for (int off = 1; off < NS; off <<= 1) {  // over the channel's states
+                ddt += __shfl_xor_sync(0xffffffffu, ddt, off);
+                dun += __shfl_xor_sync(0xffffffffu, dun, off);
+            }
+#pragma unroll
+            for (int off = NS; off < 32; off <<= 1) {  // over the warp's channels, per state
+                dBv += __shfl_xor_sync(0xffffffffu, dBv, off);
+                dCv += __shfl_xor_sync(0xffffffffu, dCv, off);
+            }
+            if ((tid & 31) < NS && s >= 0) {
+                atomicAdd(&dB_s[i][lane_n], dBv);
+                atomicAdd(&dC_s[i][lane_n], dCv);
+            }
+            if (lane_n == 0 && ch_ok) {
+                const float dx = p.delta_softplus ? ddt * sigmoid_f(x) : ddt;
+                dbias_acc += dx;
+                dD_acc += dyv * uu;
+                if (s >= 0) {
+                    ddelta[(b * p.kc + ch) * L + s] = dx;
+                    const float du_v = dun + D_c * dyv;
+                    float* du_p = du + (b * p.u_channels + u_ch) * L + s;
+                    if (p.u_shared) atomicAdd(du_p, du_v);
+                    else *du_p = du_v;
+                }
+            }
+        }
+        __syncthreads();  // dB_s / dC_s complete
+        for (int i = tid; i < steps * NS; i += kThreads) {
+            const int ti = i / NS, nn = i % NS;
+            const int64_t s = src_s[ti];
+            if (s >= 0 && nn < p.n) {
+                const int64_t off = ((b * p.k + g) * p.n + nn) * L + s;
+                atomicAdd(dBs + off, dB_s[ti][nn]);
+                atomicAdd(dCs + off, dC_s[ti][nn]);
+            }
+        }
+    }
+    if (n_ok) atomicAdd(dA + ch * p.n + lane_n, dA_acc);
+    if (lane_n == 0 && ch_ok) {
+        if (dD != nullptr) atomicAdd(dD + ch, dD_acc);
+        if (ddelta_bias != nullptr) atomicAdd(ddelta_bias + ch, dbias_acc);
+    }
+}
+
+int64_t max_seq_len(const mambacsr_scan_order_t* o, int64_t k, int64_t length) {
+    int64_t m = 0;
+    for (int64_t g = 0; g < k; ++g) {
+        const int64_t s = mambacsr_order_seq_len(o, (int)g, length);
+        m = s > m ? s : m;
+    }
+    return m;
+}
+
+int states_lanes(int64_t n) { return n <= 8 ? 8 : n <= 16 ? 16 : 32; }
+
+template <typename T, int NS>
+int launch(const void* u, const void* delta, const float* A, const void* Bs, const void* Cs,
+           const float* D, const float* delta_bias, const void* dy, float* du, float* ddelta,
+           float* dA, float* dBs, float* dCs, float* dD, float* ddelta_bias, float* ckpt,
+           int64_t n_seg_max, int64_t batch, const mambacsr_scan_order_t& o, const Problem& p,
+           cudaStream_t stream) {
+    constexpr int kChannels = kThreads / NS;
+    const dim3 grid((unsigned)((p.c + kChannels - 1) / kChannels), (unsigned)p.k, (unsigned)batch);
+    scan_backward_kernel<T, NS><<<grid, kThreads, 0, stream>>>(
+        (const T*)u, (const T*)delta, A, (const T*)Bs, (const T*)Cs, D, delta_bias, (const T*)dy,
+        du, ddelta, dA, dBs, dCs, dD, ddelta_bias, ckpt, n_seg_max, o, p);
+    return cudaGetLastError() == cudaSuccess ? MAMBACSR_OK : MAMBACSR_ERR_CUDA;
+}
+
+template <typename T>
+int dispatch_states(int ns, const void* u, const void* delta, const float* A, const void* Bs,
+                    const void* Cs, const float* D, const float* delta_bias, const void* dy, float* du,
+                    float* ddelta, float* dA, float* dBs, float* dCs, float* dD, float* ddelta_bias,
+                    float* ckpt, int64_t n_seg_max, int64_t batch, const mambacsr_scan_order_t& o,
+                    const Problem& p, cudaStream_t stream) {
+#define MAMBACSR_BWD_LAUNCH(NS_)                                                                  \
+    return launch<T, NS_>(u, delta, A, Bs, Cs, D, delta_bias, dy, du, ddelta, dA, dBs, dCs, dD,   \
+                          ddelta_bias, ckpt, n_seg_max, batch, o, p, stream)
+    if (ns == 8) MAMBACSR_BWD_LAUNCH(8);
+    if (ns == 16) MAMBACSR_BWD_LAUNCH(16);
+    MAMBACSR_BWD_LAUNCH(32);
+#undef MAMBACSR_BWD_LAUNCH
+}
+
+mambacsr_scan_order_t identity_order() {
+    mambacsr_scan_order_t o;
+    memset(&o, 0, sizeof(o));
+    o.kind = MAMBACSR_ORDER_IDENTITY;
+    return o;
+}
+
+}  // namespace
+
+extern "C" {
+
+size_t mambacsr_selective_scan_backward_workspace_size(int64_t batch, int64_t kc, int64_t k, int64_t n,
+                                                       int64_t length, const mambacsr_scan_order_t* order) {
+    if (batch <= 0 || kc <= 0 || k <= 0 || n <= 0 || length <= 0 || n > MAMBACSR_SCAN_BWD_MAX_STATES)
+        return 0;
+    const mambacsr_scan_order_t o = order ? *order : identity_order();
+    const int64_t n_seg = (max_seq_len(&o, k, length) + kSeg - 1) / kSeg;
+    return (size_t)(batch * kc * states_lanes(n) * n_seg) * sizeof(float);
+}
+
+int mambacsr_selective_scan_backward(const void* u, const void* delta, const float* A, const void* Bs,
+                                     const void* Cs, const float* D, const float* delta_bias, const void* dy,
+                                     float* du, float* ddelta, float* dA, float* dBs, float* dCs, float* dD,
+                                     float* ddelta_bias, int64_t batch, int64_t kc, int64_t k, int64_t n,
+                                     int64_t length, int u_shared, const mambacsr_scan_order_t* order,
+                                     int dtype, int delta_softplus, void* workspace, size_t workspace_bytes,
+                                     cudaStream_t stream) {
+    if (batch < 0 || kc < 0 || k <= 0 || n <= 0 || length < 0 || (kc % k) != 0)
+        return MAMBACSR_ERR_INVALID_ARGUMENT;
+    if (n > MAMBACSR_SCAN_BWD_MAX_STATES) return MAMBACSR_ERR_UNSUPPORTED;
+    if (k > MAMBACSR_SCAN_MAX_GROUPS || batch > 65535 || k > 65535) return MAMBACSR_ERR_UNSUPPORTED;
+    if (batch == 0 || kc == 0 || length == 0) return MAMBACSR_OK;
+    if (!u || !delta || !A || !Bs || !Cs || !dy || !du || !ddelta || !dA || !dBs || !dCs)
+        return MAMBACSR_ERR_INVALID_ARGUMENT;
+    const mambacsr_scan_order_t o = order ? *order : identity_order();
+    if (mambacsr_order_check(&o, k, length) != 0) return MAMBACSR_ERR_INVALID_ARGUMENT;
+    const size_t need = mambacsr_selective_scan_backward_workspace_size(batch, kc, k, n, length, &o);
+    if (workspace == nullptr || workspace_bytes < need) return MAMBACSR_ERR_INVALID_ARGUMENT;
+    const int64_t n_seg_max = (max_seq_len(&o, k, length) + kSeg - 1) / kSeg;
+    Problem p;
+    p.kc = kc;
+    p.k = k;
+    p.c = kc / k;
+    p.n = n;
+    p.length = length;
+    p.u_shared = u_shared != 0;
+    p.u_channels = u_shared ? kc / k : kc;
+    p.delta_softplus = delta_softplus != 0;
+    const int ns = states_lanes(n);
+    float* ckpt = (float*)workspace;
+    switch (dtype) {
+        case MAMBACSR_FLOAT32:
+            return dispatch_states<float>(ns, u, delta, A, Bs, Cs, D, delta_bias, dy, du, ddelta, dA, dBs, dCs,
+                                          dD, ddelta_bias, ckpt, n_seg_max, batch, o, p, stream);
+        case MAMBACSR_FLOAT16:
+            return dispatch_states<__half>(ns, u, delta, A, Bs, Cs, D, delta_bias, dy, du, ddelta, dA, dBs, dCs,
+                                           dD, ddelta_bias, ckpt, n_seg_max, batch, o, p, stream);
+        case MAMBACSR_BFLOAT16:
+            return dispatch_states<__nv_bfloat16>(ns, u, delta, A, Bs, Cs, D, delta_bias, dy, du, ddelta, dA,
+                                                  dBs, dCs, dD, ddelta_bias, ckpt, n_seg_max, batch, o, p,
+                                                  stream);
+        default:
+            return MAMBACSR_ERR_UNSUPPORTED;
+    }
+}
+
+}  // extern "C"

@@ -1,0 +1,76 @@
+"""PyTorch binding of the SelectiveScan CUDA backward (mambacsr/ops/csrc/cuda/mambacsr_scan_bwd.h).
+
+Training only: the op's registered autograd (`selective_scan.py`) calls it on CUDA. It lives in
+the same shared library as the forward (`scan_cuda.load_library`), on the same storage-order
+contract, so training runs the fast forward kernel and this backward with no gather or scatter
+of the scan order in PyTorch. Returns None where the library is unavailable (the autograd then
+recomputes through the chunked PyTorch scan).
+"""
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from ..scan_order import ScanOrder, order_struct
+from . import scan_cuda
+
+MAX_STATES = 32  # MAMBACSR_SCAN_BWD_MAX_STATES of mambacsr_scan_bwd.h
+_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+
+def _bound(lib: ctypes.CDLL):
+    """The backward entry points of `lib`, with argtypes set once."""
+    fn = lib.mambacsr_selective_scan_backward
+    if not getattr(lib, "_backward_bound", False):
+        fn.argtypes = ([ctypes.c_void_p] * 15 + [ctypes.c_int64] * 5 +
+                       [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
+                        ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p])
+        fn.restype = ctypes.c_int
+        ws = lib.mambacsr_selective_scan_backward_workspace_size
+        ws.argtypes = [ctypes.c_int64] * 5 + [ctypes.c_void_p]
+        ws.restype = ctypes.c_size_t
+        lib._backward_bound = True
+    return fn, lib.mambacsr_selective_scan_backward_workspace_size
+
+
+def selective_scan_backward_cuda(u, delta, A, Bs, Cs, D, delta_bias, dy, delta_softplus: bool,
+                                 order: ScanOrder | None = None):
+    """Gradients (du, ddelta, dA, dBs, dCs, dD, ddelta_bias), float32, shaped like the inputs;
+    None when the kernel is unavailable for these tensors."""
+    if not u.is_cuda or u.dtype not in _DTYPES or Bs.shape[2] > MAX_STATES:
+        return None
+    try:
+        lib = scan_cuda.load_library(u.device)
+        fn, ws_size = _bound(lib)
+    except (scan_cuda.ScanBuildError, AttributeError):
+        return None
+    dtype = u.dtype
+    bt, kc, length = delta.shape
+    k, n = Bs.shape[1], Bs.shape[2]
+    u_shared = int(u.shape[1] != kc)
+    u = u.contiguous()
+    delta, Bs, Cs, dy = (t.to(dtype).contiguous() for t in (delta, Bs, Cs, dy))
+    A, D, delta_bias = (t.to(device=u.device, dtype=torch.float32).contiguous() for t in (A, D, delta_bias))
+    f32 = dict(device=u.device, dtype=torch.float32)
+    du = torch.zeros(u.shape, **f32)
+    ddelta = torch.zeros(bt, kc, length, **f32)
+    dA = torch.zeros(kc, n, **f32)
+    dBs = torch.zeros(bt, k, n, length, **f32)
+    dCs = torch.zeros(bt, k, n, length, **f32)
+    dD = torch.zeros(kc, **f32)
+    ddelta_bias = torch.zeros(kc, **f32)
+    c_order = order_struct(order)
+    order_ptr = ctypes.byref(c_order) if c_order is not None else None
+    ws_bytes = ws_size(bt, kc, k, n, length, order_ptr)
+    ws = torch.empty(ws_bytes, device=u.device, dtype=torch.uint8)
+    ptr = lambda t: t.data_ptr()  # noqa: E731
+    with torch.cuda.device(u.device):
+        status = fn(ptr(u), ptr(delta), ptr(A), ptr(Bs), ptr(Cs), ptr(D), ptr(delta_bias), ptr(dy),
+                    ptr(du), ptr(ddelta), ptr(dA), ptr(dBs), ptr(dCs), ptr(dD), ptr(ddelta_bias),
+                    bt, kc, k, n, length, u_shared, order_ptr, _DTYPES[dtype], int(bool(delta_softplus)),
+                    ptr(ws), ws_bytes, torch.cuda.current_stream(u.device).cuda_stream)
+    if status != 0:
+        raise RuntimeError(f"mambacsr_selective_scan_backward failed with status {status} "
+                           f"(u {tuple(u.shape)} {dtype}, N={n}, order={order})")
+    return du, ddelta, dA, dBs, dCs, dD, ddelta_bias
