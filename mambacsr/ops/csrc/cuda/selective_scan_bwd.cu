@@ -54,8 +54,15 @@ scan_backward_kernel(const T* __restrict__ u, const T* __restrict__ delta, const
                      float* __restrict__ ddelta_bias, float* __restrict__ ckpt, int64_t n_seg_max,
                      const mambacsr_scan_order_t order, const Problem p) {
     constexpr int kChannels = kThreads / NS;
-    __shared__ float h_s[kSeg][kThreads];
-    __shared__ float a_s[kSeg][kThreads];
+    // A segment's inputs, staged by the whole block with independent loads (one memory latency
+    // per segment, not per token), then read by the sequential loops from shared memory.
+    __shared__ float h_s[kSeg][kThreads];   // h_t after token t of the segment
+    __shared__ float u_s[kSeg][kChannels];
+    __shared__ float x_s[kSeg][kChannels];  // delta + bias (before softplus)
+    __shared__ float dt_s[kSeg][kChannels];
+    __shared__ float dy_s[kSeg][kChannels];
+    __shared__ float B_s[kSeg][NS];
+    __shared__ float C_s[kSeg][NS];
     __shared__ float dB_s[kSeg][NS];
     __shared__ float dC_s[kSeg][NS];
     __shared__ int64_t src_s[kSeg];
@@ -63,9 +70,11 @@ scan_backward_kernel(const T* __restrict__ u, const T* __restrict__ delta, const
 
     const int tid = threadIdx.x;
     const int lane_n = tid % NS;
+    const int my_ch = tid / NS;                                     // channel slot in the block
     const int g = blockIdx.y;
     const int64_t b = blockIdx.z;
-    const int64_t cl = (int64_t)blockIdx.x * kChannels + tid / NS;  // channel inside the group
+    const int64_t ch0 = (int64_t)blockIdx.x * kChannels;            // first channel (in the group)
+    const int64_t cl = ch0 + my_ch;
     const bool ch_ok = cl < p.c;
     const bool n_ok = ch_ok && lane_n < p.n;
     const int64_t ch = g * p.c + (ch_ok ? cl : 0);                  // channel of KC
@@ -75,82 +84,83 @@ scan_backward_kernel(const T* __restrict__ u, const T* __restrict__ delta, const
 
     const float A_n = n_ok ? A[ch * p.n + lane_n] : 0.f;
     const float D_c = (D != nullptr && ch_ok) ? D[ch] : 0.f;
-    const float bias = (delta_bias != nullptr && ch_ok) ? delta_bias[ch] : 0.f;
     const int64_t u_ch = p.u_shared ? (ch_ok ? cl : 0) : ch;
-    const T* u_row = u + (b * p.u_channels + u_ch) * L;
-    const T* d_row = delta + (b * p.kc + ch) * L;
-    const T* dy_row = dy + (b * p.kc + ch) * L;
-    const int64_t bn_off = ((b * p.k + g) * p.n + (lane_n < p.n ? lane_n : 0)) * L;
-    const T* B_row = Bs + bn_off;
-    const T* C_row = Cs + bn_off;
     float* ck = ckpt + ((b * p.kc + ch) * NS + lane_n) * n_seg_max;
 
-    auto positions = [&](int64_t seg) {
-        __syncthreads();  // the previous segment is done with src_s / tgt_s / dB_s / dC_s
+    // Token positions of segment `seg`, then its inputs (virtual tokens and idle slots read 0).
+    auto stage = [&](int64_t seg, bool backward) {
+        __syncthreads();  // the previous segment is done with the staging buffers
         if (tid < kSeg) {
             const int64_t t = seg * kSeg + tid;
             src_s[tid] = t < seq ? mambacsr_order_source(&order, g, t, L) : -1;
             tgt_s[tid] = t < seq ? mambacsr_order_target(&order, g, t, L) : -1;
         }
         __syncthreads();
-    };
-    // Token inputs: x = delta + bias (pre-softplus), dt, u, B[n] (zero for a virtual token).
-    auto load = [&](int64_t s, float& x, float& dt, float& uu, float& bb) {
-        float dd = 0.f;
-        uu = 0.f;
-        bb = 0.f;
-        if (s >= 0) {
-            dd = to_f(d_row[s]);
-            uu = to_f(u_row[s]);
-            bb = n_ok ? to_f(B_row[s]) : 0.f;
+        for (int i = tid; i < kSeg * kChannels; i += kThreads) {
+            const int ti = i % kSeg, cj = i / kSeg;
+            const int64_t c_in = ch0 + cj;
+            const int64_t s = src_s[ti];
+            float uu = 0.f, dd = 0.f, dyv = 0.f, bias = 0.f;
+            if (c_in < p.c) {
+                const int64_t kc_ch = g * p.c + c_in;
+                bias = delta_bias != nullptr ? delta_bias[kc_ch] : 0.f;
+                if (s >= 0) {
+                    dd = to_f(delta[(b * p.kc + kc_ch) * L + s]);
+                    uu = to_f(u[(b * p.u_channels + (p.u_shared ? c_in : kc_ch)) * L + s]);
+                }
+                const int64_t o = tgt_s[ti];
+                if (backward && o >= 0) dyv = to_f(dy[(b * p.kc + kc_ch) * L + o]);
+            }
+            const float x = dd + bias;
+            u_s[ti][cj] = uu;
+            x_s[ti][cj] = x;
+            dt_s[ti][cj] = p.delta_softplus ? softplus_f(x) : x;
+            dy_s[ti][cj] = dyv;
         }
-        x = dd + bias;
-        dt = p.delta_softplus ? softplus_f(x) : x;
+        for (int i = tid; i < kSeg * NS; i += kThreads) {
+            const int ti = i % kSeg, nn = i / kSeg;
+            const int64_t s = src_s[ti];
+            const int64_t off = ((b * p.k + g) * p.n + nn) * L + s;
+            const bool ok = s >= 0 && nn < p.n;
+            B_s[ti][nn] = ok ? to_f(Bs[off]) : 0.f;
+            C_s[ti][nn] = ok && backward ? to_f(Cs[off]) : 0.f;
+            dB_s[ti][nn] = 0.f;
+            dC_s[ti][nn] = 0.f;
+        }
+        __syncthreads();
     };
 
     // Pass 1: checkpoints.
     float h = 0.f;
     for (int64_t seg = 0; seg < n_seg; ++seg) {
-        positions(seg);
-        ck[seg] = h;
+        stage(seg, false);
+        if (ch_ok) ck[seg] = h;  // idle slots alias channel 0's checkpoints: they must not write
         const int steps = (int)(seq - seg * kSeg < kSeg ? seq - seg * kSeg : kSeg);
         for (int i = 0; i < steps; ++i) {
-            float x, dt, uu, bb;
-            load(src_s[i], x, dt, uu, bb);
-            h = __expf(dt * A_n) * h + dt * bb * uu;
+            const float dt = dt_s[i][my_ch];
+            h = __expf(dt * A_n) * h + dt * B_s[i][lane_n] * u_s[i][my_ch];
         }
     }
 
     // Passes 2 and 3, segment by segment from the end.
     float dh = 0.f, dA_acc = 0.f, dD_acc = 0.f, dbias_acc = 0.f;
     for (int64_t seg = n_seg - 1; seg >= 0; --seg) {
-        positions(seg);
+        stage(seg, true);
         const int steps = (int)(seq - seg * kSeg < kSeg ? seq - seg * kSeg : kSeg);
         const float h0 = ck[seg];
-        for (int i = tid; i < kSeg * NS; i += kThreads) {
-            dB_s[i / NS][i % NS] = 0.f;
-            dC_s[i / NS][i % NS] = 0.f;
-        }
         h = h0;
         for (int i = 0; i < steps; ++i) {
-            float x, dt, uu, bb;
-            load(src_s[i], x, dt, uu, bb);
-            const float a = __expf(dt * A_n);
-            h = a * h + dt * bb * uu;
+            const float dt = dt_s[i][my_ch];
+            h = __expf(dt * A_n) * h + dt * B_s[i][lane_n] * u_s[i][my_ch];
             h_s[i][tid] = h;
-            a_s[i][tid] = a;
         }
-        __syncthreads();  // dB_s / dC_s zeroed
         for (int i = steps - 1; i >= 0; --i) {
-            const int64_t s = src_s[i], o = tgt_s[i];
-            float x, dt, uu, bb;
-            load(s, x, dt, uu, bb);
-            const float cc = (s >= 0 && n_ok) ? to_f(C_row[s]) : 0.f;
-            const float dyv = (o >= 0 && ch_ok) ? to_f(dy_row[o]) : 0.f;
-            const float a = a_s[i][tid];
+            const float dt = dt_s[i][my_ch], uu = u_s[i][my_ch], dyv = dy_s[i][my_ch];
+            const float bb = B_s[i][lane_n];
+            const float a = __expf(dt * A_n);
             const float h_t = h_s[i][tid];
             const float h_prev = i > 0 ? h_s[i - 1][tid] : h0;
-            const float gr = dh + cc * dyv;
+            const float gr = dh + C_s[i][lane_n] * dyv;
             dh = gr * a;
             dA_acc += gr * h_prev * a * dt;
             float ddt = gr * (h_prev * a * A_n + bb * uu);
@@ -167,14 +177,15 @@ scan_backward_kernel(const T* __restrict__ u, const T* __restrict__ delta, const
                 dBv += __shfl_xor_sync(0xffffffffu, dBv, off);
                 dCv += __shfl_xor_sync(0xffffffffu, dCv, off);
             }
-            if ((tid & 31) < NS && s >= 0) {
+            if ((tid & 31) < NS) {
                 atomicAdd(&dB_s[i][lane_n], dBv);
                 atomicAdd(&dC_s[i][lane_n], dCv);
             }
             if (lane_n == 0 && ch_ok) {
-                const float dx = p.delta_softplus ? ddt * sigmoid_f(x) : ddt;
+                const float dx = p.delta_softplus ? ddt * sigmoid_f(x_s[i][my_ch]) : ddt;
                 dbias_acc += dx;
                 dD_acc += dyv * uu;
+                const int64_t s = src_s[i];
                 if (s >= 0) {
                     ddelta[(b * p.kc + ch) * L + s] = dx;
                     const float du_v = dun + D_c * dyv;
@@ -185,10 +196,10 @@ scan_backward_kernel(const T* __restrict__ u, const T* __restrict__ delta, const
             }
         }
         __syncthreads();  // dB_s / dC_s complete
-        for (int i = tid; i < steps * NS; i += kThreads) {
-            const int ti = i / NS, nn = i % NS;
+        for (int i = tid; i < kSeg * NS; i += kThreads) {
+            const int ti = i % kSeg, nn = i / kSeg;
             const int64_t s = src_s[ti];
-            if (s >= 0 && nn < p.n) {
+            if (ti < steps && s >= 0 && nn < p.n) {
                 const int64_t off = ((b * p.k + g) * p.n + nn) * L + s;
                 atomicAdd(dBs + off, dB_s[ti][nn]);
                 atomicAdd(dCs + off, dC_s[ti][nn]);
