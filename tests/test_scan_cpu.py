@@ -451,7 +451,8 @@ def test_fallback_without_compiler(monkeypatch, tmp_path, compiler):
         with pytest.raises(RuntimeError, match="native"):
             torch.ops.mambacsr.selective_scan(*args, True)
         if compiler == "false":
-            assert list((tmp_path / "cache").glob("*.failed"))  # later processes skip it
+            cached = tmp_path / "cache" / scan_cpu.CACHE_FOLDER
+            assert list(cached.glob("*.failed"))  # later processes skip it
     finally:
         scan_cpu.reset()
 
@@ -473,6 +474,7 @@ def test_concurrent_builds_share_one_cache(tmp_path):
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err
     assert len({out for out, _ in outs}) == 1
-    libs = list((tmp_path / "cache").glob("selective_scan_cpu-*.so"))
+    cached = tmp_path / "cache" / scan_cpu.CACHE_FOLDER
+    libs = list(cached.glob("selective_scan_cpu-*.so"))
     assert len(libs) == 1
-    assert not list((tmp_path / "cache").glob(".selective_scan_cpu-*"))  # no temp files left
+    assert not list(cached.glob(".selective_scan_cpu-*"))  # no temp files left

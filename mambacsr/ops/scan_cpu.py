@@ -1,42 +1,39 @@
 """CPU C kernel for SelectiveScan: `csrc/selective_scan_cpu.c`, built on first use.
 
-The C file is compiled with the system C compiler (`$CC`, else `cc`, `gcc`, `clang`) into a
-shared library in the cache directory (`$MAMBACSR_CACHE`, else `~/.cache/mambacsr/`), named by
-a hash of the sources (the C file and the order header it includes), the compiler and its
-version, the flags and the machine (CPU model and flags, since the build uses `-march=native`).
-The library is written to a temporary file and renamed into place, so concurrent processes
-never load a half-written file. It is loaded with ctypes; the call releases the GIL and uses
-`torch.get_num_threads()` OpenMP threads.
+Compiled with the system C compiler (`$CC`, else `cc`, `gcc`, `clang`) through `native_build`
+into `cache_dir("scan_cpu")` (`mambacsr.cache`), named by a hash of the sources (the C file and
+the order header it includes), the compiler and its version, the flags and the machine (CPU
+model and flags, since the build uses `-march=native`). Flag sets are tried from the fastest
+down, since -march=native or OpenMP may be unsupported. Loaded with ctypes; the call releases
+the GIL and uses `torch.get_num_threads()` OpenMP threads.
 
-When no compiler is found or the build fails, one warning is issued and `selective_scan_cpu`
-returns None from then on: the caller (`selective_scan.py`) falls back to the chunked PyTorch
-path.
+When no compiler is found or every build fails, one warning is issued (`native_build`) and
+`selective_scan_cpu` returns None from then on: the caller (`selective_scan.py`) falls back to
+the chunked PyTorch path.
 """
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import logging
 import os
 import platform
 import shutil
-import subprocess
-import tempfile
 import threading
-import warnings
 from pathlib import Path
 
 import torch
 
 from ..scan_order import OrderStruct, ScanOrder, order_struct
+from . import native_build
+from .native_build import NativeBuildError
 from .reference import check_scan_shapes
-
-log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "selective_scan_cpu.c"
 #: Headers SOURCE includes: part of the build cache key.
 HEADERS = (SOURCE.with_name("mambacsr_scan_order.h"),)
+#: The ABI this binding's argtypes are written for: MAMBACSR_SCAN_ABI of SOURCE, checked on load.
 ABI = 2
+#: The cache subfolder (`mambacsr.cache.cache_dir`) of the built libraries.
+CACHE_FOLDER = "scan_cpu"
 #: Compilers tried in order after `$CC` (tests monkeypatch this).
 COMPILERS: tuple[str, ...] = ("cc", "gcc", "clang")
 # Flag sets tried in order; -march=native or OpenMP may be unsupported by some compilers.
@@ -48,16 +45,13 @@ _FLAG_SETS = (
     ["-march=native"],
     [],
 )
+_WHAT = "CPU SelectiveScan"  # the warning: "the CPU SelectiveScan kernel is unavailable (...)"
+_FALLBACK = "the slower chunked PyTorch path"
 
 _lock = threading.Lock()
 _lib = None          # the loaded ctypes library, once built
 _build_info = ""     # compiler and flags of the loaded library
 _failed = False      # a build/load failed: warned once, the kernel is unavailable
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("MAMBACSR_CACHE")
-    return Path(root) if root else Path.home() / ".cache" / "mambacsr"
 
 
 def _find_compiler() -> str | None:
@@ -85,71 +79,34 @@ def _machine_id() -> str:
     return "\n".join(parts)
 
 
-def _compiler_version(cc: str) -> str:
-    try:
-        out = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)
-        return out.stdout
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def _writable_cache_dir() -> Path:
-    """cache_dir(), or a per-user temporary directory when that cannot be written."""
-    out_dir = cache_dir()
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if os.access(out_dir, os.W_OK):
-            return out_dir
-    except OSError:
-        pass
-    uid = os.getuid() if hasattr(os, "getuid") else "user"
-    fallback = Path(tempfile.gettempdir()) / f"mambacsr-cache-{uid}"
-    fallback.mkdir(parents=True, exist_ok=True)
-    log.info("cache directory %s is not writable: using %s", out_dir, fallback)
-    return fallback
-
-
 def _build(cc: str, version: str) -> tuple[Path, list[str]]:
-    """Compile SOURCE into the cache (or reuse a cached build); return its path and flags.
-
-    A flag set that failed leaves a `.failed` marker next to its target, so later processes
-    go straight to the next set."""
-    src = b"\0".join(p.read_bytes() for p in (SOURCE, *HEADERS))
+    """The library built from SOURCE with the first flag set that compiles (cached); its path
+    and flags. Raises NativeBuildError with the last attempt's reason."""
     machine = _machine_id()
-    out_dir = _writable_cache_dir()
     errors = []
     for extra in _FLAG_SETS:
         flags = _BASE_FLAGS + extra
-        key = hashlib.sha256(b"\0".join(
-            [src, cc.encode(), version.encode(), " ".join(flags).encode(), machine.encode(),
-             str(ABI).encode()])).hexdigest()[:20]
-        target = out_dir / f"selective_scan_cpu-{key}.so"
-        failed = target.with_suffix(".failed")
-        if target.exists():
-            return target, flags
-        if failed.exists():
-            errors.append(failed.read_text(errors="replace"))
-            continue
-        fd, tmp = tempfile.mkstemp(prefix=".selective_scan_cpu-", suffix=".so", dir=out_dir)
-        os.close(fd)
         try:
-            cmd = [cc, *flags, "-o", tmp, str(SOURCE), "-lm"]
-            res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-            if res.returncode == 0:
-                os.replace(tmp, target)  # atomic: other processes see all or nothing
-                log.info("built %s (%s)", target, " ".join(cmd))
-                return target, flags
-            errors.append(f"$ {' '.join(cmd)}\n{res.stderr.strip()[-800:]}")
-            try:
-                failed.write_text(errors[-1][-4000:])
-            except OSError:
-                pass
-        except (OSError, subprocess.SubprocessError) as exc:
-            errors.append(f"{cc} {' '.join(flags)}: {exc}")
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    raise RuntimeError("every build attempt failed; the last one:\n" + errors[-1])
+            path = native_build.build(
+                [cc, *flags, SOURCE, "-lm"], (SOURCE, *HEADERS), folder=CACHE_FOLDER,
+                target="selective_scan_cpu-{key}.so",
+                key=(cc, version, " ".join(flags), machine, f"abi{ABI}"), timeout=300)
+            return path, flags
+        except NativeBuildError as exc:
+            errors.append(f"{' '.join(extra) or 'portable'}: {exc}")
+    raise NativeBuildError(f"every build attempt failed; the last: {errors[-1]}")
+
+
+def _bind(lib: ctypes.CDLL) -> None:
+    native_build.check_version(lib, "mambacsr_scan_cpu_abi", ABI)
+    lib.mambacsr_scan_cpu_impl.restype = ctypes.c_char_p
+    lib.mambacsr_scan_cpu_openmp.restype = ctypes.c_int
+    lib.mambacsr_scan_cpu_status_string.argtypes = [ctypes.c_int]
+    lib.mambacsr_scan_cpu_status_string.restype = ctypes.c_char_p
+    fn = lib.mambacsr_scan_cpu_f32_ordered
+    fn.restype = ctypes.c_int
+    fn.argtypes = ([ctypes.c_void_p] * 8 + [ctypes.c_int64] * 5 + [ctypes.c_int]
+                   + [ctypes.POINTER(OrderStruct), ctypes.c_int, ctypes.c_int])
 
 
 def _load():
@@ -165,36 +122,28 @@ def _load():
             if cc is None:
                 names = ", ".join(([os.environ["CC"]] if os.environ.get("CC") else [])
                                   + list(COMPILERS))
-                raise RuntimeError(f"no C compiler found (tried {names})")
-            version = _compiler_version(cc)
+                raise NativeBuildError(f"no C compiler found (tried {names})")
+            version = native_build.compiler_version(cc)
             path, flags = _build(cc, version)
-            lib = ctypes.CDLL(str(path))
-            if lib.mambacsr_scan_cpu_abi() != ABI:
-                raise RuntimeError("the cached library has a different ABI version")
-            lib.mambacsr_scan_cpu_impl.restype = ctypes.c_char_p
+            lib = native_build.load(path, _bind)
             first = version.splitlines()[0] if version.strip() else cc
             _build_info = (f"{lib.mambacsr_scan_cpu_impl().decode()} path, "
                            f"{'OpenMP' if lib.mambacsr_scan_cpu_openmp() else 'no OpenMP'}, "
                            f"{first} {' '.join(flags)}")
-            fn = lib.mambacsr_scan_cpu_f32_ordered
-            fn.restype = ctypes.c_int
-            fn.argtypes = ([ctypes.c_void_p] * 8 + [ctypes.c_int64] * 5 + [ctypes.c_int]
-                           + [ctypes.POINTER(OrderStruct), ctypes.c_int, ctypes.c_int])
             _lib = lib
-        except Exception as exc:  # noqa: BLE001 - any failure means: use the fallback
+        except NativeBuildError as exc:
             _failed = True
-            msg = (f"mambacsr: the CPU SelectiveScan kernel is unavailable ({exc}); "
-                   "falling back to the slower chunked PyTorch path")
-            log.warning(msg)
-            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+            native_build.warn_unavailable(_WHAT, exc, _FALLBACK, stacklevel=3)
     return _lib
 
 
 def reset() -> None:
-    """Forget the loaded library and any failure (tests; after changing $CC or the cache)."""
+    """Forget the loaded library, any failure and its warning (tests; after changing $CC or
+    the cache)."""
     global _lib, _failed, _build_info
     with _lock:
         _lib, _failed, _build_info = None, False, ""
+        native_build.forget_warning(_WHAT)
 
 
 def available() -> bool:
@@ -234,5 +183,6 @@ def selective_scan_cpu(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus,
                                                bt, k, c, n, length, u_shared, order_ref,
                                                int(bool(delta_softplus)), torch.get_num_threads())
     if status != 0:
-        raise RuntimeError(f"mambacsr_scan_cpu_f32_ordered failed with status {status}")
+        raise RuntimeError(f"mambacsr_scan_cpu_f32_ordered failed: "
+                           f"{lib.mambacsr_scan_cpu_status_string(status).decode()} (status {status})")
     return y.to(u.dtype)

@@ -1,59 +1,55 @@
 """PyTorch binding of the SelectiveScan CUDA kernel (mambacsr/ops/csrc/cuda, C ABI mambacsr_scan.h).
 
 The kernel source ships inside the package (`mambacsr/ops/csrc/cuda/`); the CMake project in
-`plugins/` compiles the very same files for the TensorRT plugin. On first use the source is
-compiled with `nvcc` into a shared library for the current GPU's architecture, cached under
-`$MAMBACSR_CACHE` (default `~/.cache/mambacsr`) in a folder keyed by the hash of the source,
-the architecture and the nvcc version, and loaded with ctypes. Calls pass raw device pointers
-and PyTorch's current stream; the kernel allocates nothing.
+`plugins/` compiles the same files for the TensorRT plugin. On first use every `*.cu` there (the
+forward, and the training backward bound by `scan_cuda_backward`) is compiled with `nvcc` into
+one shared library for the current GPU's architecture, through `native_build`: cached in
+`cache_dir("scan_cuda")` (`mambacsr.cache`) under a hash of every `*.cu` and `*.h` there and the
+order header, the architecture, the flags and the nvcc version, then loaded with ctypes. Calls
+pass raw device pointers and PyTorch's current stream; the kernel allocates nothing.
 
 `MAMBACSR_SCAN_LIB=/path/to/libmambacsr_scan.so` uses a prebuilt library instead (for example
 the one `cmake --build build` makes). When no compiler is found or the build fails,
 `selective_scan_cuda` returns None (the op then falls back to mamba-ssm or the chunked PyTorch
-path) and one warning says why.
+path) and one warning says why (`native_build.warn_unavailable`).
 """
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 import shutil
-import subprocess
-import tempfile
 import threading
-import warnings
 from pathlib import Path
 
 import torch
 
 from ..scan_order import ScanOrder, order_struct
+from . import native_build
+from .native_build import NativeBuildError
 
 CSRC_DIR = Path(__file__).resolve().parent / "csrc" / "cuda"
-SOURCES = ("selective_scan.cu", "mambacsr_scan.h", "../mambacsr_scan_order.h")
+ORDER_HEADER = CSRC_DIR.parent / "mambacsr_scan_order.h"
 LIB_ENV = "MAMBACSR_SCAN_LIB"
-CACHE_ENV = "MAMBACSR_CACHE"  # one cache folder for the C and CUDA kernels
-MAX_STATES = 64
+#: The cache subfolder (`mambacsr.cache.cache_dir`) of the built libraries.
+CACHE_FOLDER = "scan_cuda"
+#: The C ABI this binding's argtypes are written for: MAMBACSR_SCAN_ABI_VERSION of mambacsr_scan.h,
+#: checked against the library's mambacsr_scan_abi_version() on load.
 ABI_VERSION = 2
+_FLAGS = ["-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC,-fvisibility=hidden"]
 
+# Fixed by ABI_VERSION (mambacsr_scan.h): mambacsr_dtype_t, and the one mambacsr_status_t the
+# binding acts on (the library names the others: mambacsr_scan_status_string).
 _DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-_STATUS = {0: "ok", 1: "invalid argument", 2: "unsupported shape or dtype", 3: "CUDA launch failed"}
+_ERR_UNSUPPORTED = 2  # MAMBACSR_ERR_UNSUPPORTED: N above the library's max states, or the dtype
+_WHAT = "CUDA SelectiveScan"  # the warning: "the CUDA SelectiveScan kernel is unavailable (...)"
+_FALLBACK = "mamba-ssm or the chunked PyTorch path"
+
+#: The one error of building or loading the library (callers catch `scan_cuda.ScanBuildError`).
+ScanBuildError = NativeBuildError
 
 _lock = threading.Lock()
-_libs: dict[str, ctypes.CDLL | None] = {}
+_libs: dict[str, ctypes.CDLL | NativeBuildError] = {}  # per arch (or prebuilt path): lib or why not
 _ws_sizes: dict[tuple, int] = {}  # workspace bytes per problem (the choice is deterministic)
-_warned = False
-
-
-class ScanBuildError(RuntimeError):
-    pass
-
-
-def _warn_once(msg: str) -> None:
-    global _warned
-    if not _warned:
-        _warned = True
-        warnings.warn(f"mambacsr: CUDA selective-scan kernel unavailable ({msg}); "
-                      "falling back to a slower implementation", RuntimeWarning, stacklevel=3)
 
 
 def find_nvcc() -> str | None:
@@ -72,67 +68,33 @@ def find_nvcc() -> str | None:
     return str(cand) if cand.is_file() else None
 
 
-def _nvcc_version(nvcc: str) -> str:
-    try:
-        return subprocess.run([nvcc, "--version"], capture_output=True, text=True,
-                              timeout=60).stdout.strip().splitlines()[-1]
-    except Exception:
-        return "unknown"
-
-
-def cache_dir() -> Path:
-    root = os.environ.get(CACHE_ENV)
-    if root:
-        return Path(root)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mambacsr"
+def kernel_sources() -> tuple[list[Path], list[Path]]:
+    """(compiled, hashed): every `*.cu` of CSRC_DIR; those, every `*.h` there and the order
+    header (files added later, such as the backward, are picked up without a list to edit)."""
+    compiled = sorted(CSRC_DIR.glob("*.cu"))
+    return compiled, compiled + sorted(CSRC_DIR.glob("*.h")) + [ORDER_HEADER]
 
 
 def build_library(arch: str, nvcc: str | None = None, out_dir: Path | None = None,
                   verbose: bool = False) -> Path:
-    """Compile the kernel for `arch` (e.g. "90") into a cached shared library; return its path."""
+    """Compile the kernel library for `arch` (e.g. "90"), or reuse the cached one; return its
+    path (`<cache>/scan_cuda/sm<arch>-<key>/libmambacsr_scan.so`). Raises ScanBuildError."""
     nvcc = nvcc or find_nvcc()
     if nvcc is None:
-        raise ScanBuildError("nvcc not found (set CUDA_HOME or put nvcc on PATH)")
-    missing = [name for name in SOURCES if not (CSRC_DIR / name).is_file()]
-    if missing:
-        raise ScanBuildError(f"kernel sources missing from {CSRC_DIR}: {missing}")
-    digest = hashlib.sha256()
-    for name in SOURCES:
-        digest.update((CSRC_DIR / name).read_bytes())
-    digest.update(arch.encode())
-    digest.update(_nvcc_version(nvcc).encode())
-    key = digest.hexdigest()[:16]
-    target_dir = (out_dir or cache_dir() / "scan_cuda") / f"sm{arch}-{key}"
-    lib = target_dir / "libmambacsr_scan.so"
-    if lib.is_file():
-        return lib
-    target_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target_dir)
-    os.close(fd)
-    cmd = [nvcc, "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC,-fvisibility=hidden",
-           f"-gencode=arch=compute_{arch},code=sm_{arch}", "-I", str(CSRC_DIR),
-           str(CSRC_DIR / "selective_scan.cu"), "-o", tmp]
-    try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    except Exception as exc:  # timeout, exec failure
-        os.unlink(tmp)
-        raise ScanBuildError(f"nvcc failed to run: {exc}") from exc
-    if res.returncode != 0:
-        os.unlink(tmp)
-        tail = (res.stderr or res.stdout).strip().splitlines()[-5:]
-        raise ScanBuildError("nvcc failed: " + " | ".join(tail))
-    if verbose:
-        print(res.stderr)
-    os.replace(tmp, lib)  # atomic: concurrent builders end with one complete file
-    return lib
+        raise NativeBuildError("nvcc not found (set CUDA_HOME or put nvcc on PATH)")
+    compiled, hashed = kernel_sources()
+    if not compiled:
+        raise NativeBuildError(f"no *.cu kernel sources in {CSRC_DIR}")
+    gencode = f"-gencode=arch=compute_{arch},code=sm_{arch}"
+    return native_build.build(
+        [nvcc, *_FLAGS, gencode, "-I", CSRC_DIR, *compiled], hashed,
+        folder=Path(out_dir) if out_dir is not None else CACHE_FOLDER,
+        target=f"sm{arch}-{{key}}/libmambacsr_scan.so",
+        key=(native_build.compiler_version(nvcc), " ".join(_FLAGS), gencode), verbose=verbose)
 
 
-def _bind(path: str) -> ctypes.CDLL:
-    lib = ctypes.CDLL(path)
-    lib.mambacsr_scan_abi_version.restype = ctypes.c_int
-    if lib.mambacsr_scan_abi_version() != ABI_VERSION:
-        raise ScanBuildError(f"{path}: ABI version {lib.mambacsr_scan_abi_version()}, "
-                             f"expected {ABI_VERSION}")
+def _bind(lib: ctypes.CDLL) -> None:
+    native_build.check_version(lib, "mambacsr_scan_abi_version", ABI_VERSION)
     fn = lib.mambacsr_selective_scan_ordered
     fn.argtypes = ([ctypes.c_void_p] * 8 + [ctypes.c_int64] * 5 +
                    [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int,
@@ -144,11 +106,15 @@ def _bind(path: str) -> ctypes.CDLL:
     lib.mambacsr_scan_variant_count.restype = ctypes.c_int
     lib.mambacsr_scan_variant_name.argtypes = [ctypes.c_int]
     lib.mambacsr_scan_variant_name.restype = ctypes.c_char_p
-    return lib
+    lib.mambacsr_scan_status_string.argtypes = [ctypes.c_int]
+    lib.mambacsr_scan_status_string.restype = ctypes.c_char_p
+    lib.mambacsr_scan_max_states.argtypes = []
+    lib.mambacsr_scan_max_states.restype = ctypes.c_int
 
 
 def load_library(device: torch.device | int | None = None) -> ctypes.CDLL:
-    """The kernel library for `device` (built on first use); raises ScanBuildError."""
+    """The kernel library (a ctypes.CDLL, forward symbols bound) for `device`, built on first
+    use; raises ScanBuildError, the same reason again for a build that failed earlier."""
     prebuilt = os.environ.get(LIB_ENV)
     if prebuilt:
         key = "env:" + prebuilt
@@ -156,22 +122,15 @@ def load_library(device: torch.device | int | None = None) -> ctypes.CDLL:
         major, minor = torch.cuda.get_device_capability(device)
         key = f"{major}{minor}"
     with _lock:
-        if key in _libs:
-            lib = _libs[key]
-            if lib is None:
-                raise ScanBuildError("an earlier build failed in this process")
-            return lib
-        try:
-            path = prebuilt if prebuilt else str(build_library(key))
-            lib = _bind(path)
-        except ScanBuildError:
-            _libs[key] = None
-            raise
-        except OSError as exc:
-            _libs[key] = None
-            raise ScanBuildError(f"cannot load the kernel library: {exc}") from exc
-        _libs[key] = lib
-        return lib
+        if key not in _libs:
+            try:
+                _libs[key] = native_build.load(prebuilt or build_library(key), _bind)
+            except NativeBuildError as exc:
+                _libs[key] = exc
+        lib = _libs[key]
+    if isinstance(lib, NativeBuildError):
+        raise NativeBuildError(str(lib))
+    return lib
 
 
 def available(device: torch.device | int | None = None) -> bool:
@@ -180,8 +139,8 @@ def available(device: torch.device | int | None = None) -> bool:
     try:
         load_library(device)
         return True
-    except ScanBuildError as exc:
-        _warn_once(str(exc))
+    except NativeBuildError as exc:
+        native_build.warn_unavailable(_WHAT, exc, _FALLBACK)
         return False
 
 
@@ -205,12 +164,12 @@ def selective_scan_cuda(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus,
     """
     if not u.is_cuda or u.dtype not in _DTYPES or u.dim() != 3 or delta.dim() != 3 or Bs.dim() != 4:
         return None
-    if Bs.shape[2] > MAX_STATES:
-        return None
     try:
         lib = load_library(u.device)
-    except ScanBuildError as exc:
-        _warn_once(str(exc))
+    except NativeBuildError as exc:
+        native_build.warn_unavailable(_WHAT, exc, _FALLBACK)
+        return None
+    if Bs.shape[2] > lib.mambacsr_scan_max_states():
         return None
     dtype = u.dtype
     bt, kc, length = delta.shape
@@ -242,10 +201,11 @@ def selective_scan_cuda(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus,
     else:
         with torch.cuda.device(u.device):
             status = lib.mambacsr_selective_scan_ordered(*args)
-    if status == 2 and code == 0:
+    if status == _ERR_UNSUPPORTED and code == 0:
         return None
     if status != 0:
-        raise RuntimeError(f"mambacsr_selective_scan_ordered failed: {_STATUS.get(status, status)} "
+        reason = lib.mambacsr_scan_status_string(status).decode()
+        raise RuntimeError(f"mambacsr_selective_scan_ordered failed: {reason} "
                            f"(u {tuple(u.shape)} {dtype}, N={n}, order={order}, variant={variant}, "
                            f"chunks={chunks})")
     return y

@@ -15,8 +15,6 @@ import torch
 from ..scan_order import ScanOrder, order_struct
 from . import scan_cuda
 
-MAX_STATES = 32  # MAMBACSR_SCAN_BWD_MAX_STATES of mambacsr_scan_bwd.h
-_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
 def _bound(lib: ctypes.CDLL):
@@ -38,7 +36,7 @@ def selective_scan_backward_cuda(u, delta, A, Bs, Cs, D, delta_bias, dy, delta_s
                                  order: ScanOrder | None = None):
     """Gradients (du, ddelta, dA, dBs, dCs, dD, ddelta_bias), float32, shaped like the inputs;
     None when the kernel is unavailable for these tensors."""
-    if not u.is_cuda or u.dtype not in _DTYPES or Bs.shape[2] > MAX_STATES:
+    if not u.is_cuda or u.dtype not in scan_cuda._DTYPES:
         return None
     try:
         lib = scan_cuda.load_library(u.device)
@@ -68,9 +66,11 @@ def selective_scan_backward_cuda(u, delta, A, Bs, Cs, D, delta_bias, dy, delta_s
     with torch.cuda.device(u.device):
         status = fn(ptr(u), ptr(delta), ptr(A), ptr(Bs), ptr(Cs), ptr(D), ptr(delta_bias), ptr(dy),
                     ptr(du), ptr(ddelta), ptr(dA), ptr(dBs), ptr(dCs), ptr(dD), ptr(ddelta_bias),
-                    bt, kc, k, n, length, u_shared, order_ptr, _DTYPES[dtype], int(bool(delta_softplus)),
+                    bt, kc, k, n, length, u_shared, order_ptr, scan_cuda._DTYPES[dtype], int(bool(delta_softplus)),
                     ptr(ws), ws_bytes, torch.cuda.current_stream(u.device).cuda_stream)
+    if status == scan_cuda._ERR_UNSUPPORTED:  # N above MAMBACSR_SCAN_BWD_MAX_STATES
+        return None
     if status != 0:
-        raise RuntimeError(f"mambacsr_selective_scan_backward failed with status {status} "
+        raise RuntimeError(f"mambacsr_selective_scan_backward failed: {lib.mambacsr_scan_status_string(status).decode()} "
                            f"(u {tuple(u.shape)} {dtype}, N={n}, order={order})")
     return du, ddelta, dA, dBs, dCs, dD, ddelta_bias

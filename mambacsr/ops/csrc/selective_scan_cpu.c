@@ -51,6 +51,13 @@
 #include "mambacsr_scan_order.h"
 
 #define MAMBACSR_SCAN_ABI 2
+
+/* Status codes of mambacsr_scan_cpu_f32_ordered (text: mambacsr_scan_cpu_status_string). */
+enum {
+    SCAN_CPU_OK = 0,
+    SCAN_CPU_ERR_INVALID_ARGUMENT = 1, /* bad sizes, an invalid order, int32 positions overflow */
+    SCAN_CPU_ERR_NO_MEMORY = 2         /* scratch memory could not be allocated */
+};
 #ifndef TILE_LG
 #define TILE_LG 8            /* lane-groups (of VL channels) per work item */
 #endif
@@ -348,6 +355,16 @@ int mambacsr_scan_cpu_abi(void) { return MAMBACSR_SCAN_ABI; }
 
 const char* mambacsr_scan_cpu_impl(void) { return SCAN_IMPL; }
 
+const char* mambacsr_scan_cpu_status_string(int status)
+{
+    switch (status) {
+    case SCAN_CPU_OK: return "ok";
+    case SCAN_CPU_ERR_INVALID_ARGUMENT: return "invalid argument";
+    case SCAN_CPU_ERR_NO_MEMORY: return "out of memory";
+    default: return "unknown status";
+    }
+}
+
 int mambacsr_scan_cpu_openmp(void)
 {
 #ifdef _OPENMP
@@ -456,16 +473,17 @@ static void classify_chunks(const int32_t* pos, int64_t n, int8_t* kind)
 
 static void free_order_tables(order_tables* ot) { free(ot->src); ot->src = NULL; }
 
-/* Returns 0, 1 (a sequence too long for int32 positions) or 2 (out of memory). */
+/* Returns SCAN_CPU_OK, _ERR_INVALID_ARGUMENT (a sequence too long for int32 positions) or
+ * _ERR_NO_MEMORY. */
 static int build_order_tables(const mambacsr_scan_order_t* order, int64_t K, int64_t L,
                               int64_t tblock_max, int nt, order_tables* ot)
 {
     int64_t max_seq = 0;
     ot->seq_off[0] = ot->blk_off[0] = 0;
-    if (L > INT32_MAX) return 1;
+    if (L > INT32_MAX) return SCAN_CPU_ERR_INVALID_ARGUMENT;
     for (int64_t g = 0; g < K; ++g) {
         const int64_t s = mambacsr_order_seq_len(order, (int)g, L);
-        if (s > INT32_MAX) return 1;
+        if (s > INT32_MAX) return SCAN_CPU_ERR_INVALID_ARGUMENT;
         if (s > max_seq) max_seq = s;
         ot->seq_off[g + 1] = ot->seq_off[g] + s;
     }
@@ -477,7 +495,7 @@ static int build_order_tables(const mambacsr_scan_order_t* order, int64_t K, int
     const int64_t tokens = ot->seq_off[K], blocks = ot->blk_off[K];
     const size_t n32 = (size_t)(2 * tokens + 2 * blocks * ot->tblock + 2 * blocks);
     ot->src = (int32_t*)malloc(n32 * sizeof(int32_t) + (size_t)(2 * blocks * ot->cpb));
-    if (!ot->src) return 2;
+    if (!ot->src) return SCAN_CPU_ERR_NO_MEMORY;
     ot->tgt = ot->src + tokens;
     ot->src_lines = ot->tgt + tokens;
     ot->tgt_lines = ot->src_lines + blocks * ot->tblock;
@@ -504,7 +522,7 @@ static int build_order_tables(const mambacsr_scan_order_t* order, int64_t K, int
         classify_chunks(ot->tgt + t0, n, ot->tgt_kind + j * ot->cpb);
     }
     (void)nt;
-    return 0;
+    return SCAN_CPU_OK;
 }
 
 #if defined(__GNUC__) || defined(__clang__)
@@ -616,8 +634,8 @@ INLINE void dt_row(const int softplus, const int64_t tb, const float* restrict d
     }
 }
 
-/* Returns 0 on success, 1 on bad arguments (an invalid order included), 2 when scratch memory
- * could not be allocated. order == NULL: the identity order. */
+/* Returns SCAN_CPU_OK, SCAN_CPU_ERR_INVALID_ARGUMENT (an invalid order included) or
+ * SCAN_CPU_ERR_NO_MEMORY. order == NULL: the identity order. */
 int mambacsr_scan_cpu_f32_ordered(const float* u, const float* delta, const float* A,
                                   const float* Bs, const float* Cs, const float* D,
                                   const float* delta_bias, float* y, int64_t batch, int64_t K,
@@ -625,9 +643,10 @@ int mambacsr_scan_cpu_f32_ordered(const float* u, const float* delta, const floa
                                   const mambacsr_scan_order_t* order, int delta_softplus,
                                   int num_threads)
 {
-    if (batch < 0 || K < 0 || C < 0 || N < 0 || L < 0) return 1;
-    if (order && (K > MAMBACSR_SCAN_MAX_GROUPS || mambacsr_order_check(order, K, L))) return 1;
-    if (batch == 0 || K == 0 || C == 0 || L == 0) return 0;
+    if (batch < 0 || K < 0 || C < 0 || N < 0 || L < 0) return SCAN_CPU_ERR_INVALID_ARGUMENT;
+    if (order && (K > MAMBACSR_SCAN_MAX_GROUPS || mambacsr_order_check(order, K, L)))
+        return SCAN_CPU_ERR_INVALID_ARGUMENT;
+    if (batch == 0 || K == 0 || C == 0 || L == 0) return SCAN_CPU_OK;
     const int64_t KC = K * C;
     const int64_t Cu = u_shared ? C : KC;  /* rows of u per batch */
 
@@ -662,7 +681,7 @@ int mambacsr_scan_cpu_f32_ordered(const float* u, const float* delta, const floa
     const int64_t n_items = batch * K * tiles_per_group;
     if ((int64_t)nt > n_items) nt = (int)n_items;
 
-    int status = 0;
+    int status = SCAN_CPU_OK;
     const int64_t Nb = N > 0 ? N : 1;
 
 #ifdef _OPENMP
@@ -682,7 +701,7 @@ int mambacsr_scan_cpu_f32_ordered(const float* u, const float* delta, const floa
 #ifdef _OPENMP
 #pragma omp atomic write
 #endif
-            status = 2;
+            status = SCAN_CPU_ERR_NO_MEMORY;
         }
         float* dtv = scratch;
         float* duv = dtv + tblock * VL;

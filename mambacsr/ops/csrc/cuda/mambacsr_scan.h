@@ -107,6 +107,9 @@ MAMBACSR_API const char* mambacsr_scan_status_string(int status);
 /* MAMBACSR_SCAN_ABI_VERSION of the library. */
 MAMBACSR_API int mambacsr_scan_abi_version(void);
 
+/* MAMBACSR_SCAN_MAX_STATES of the library (bindings read it instead of copying the number). */
+MAMBACSR_API int mambacsr_scan_max_states(void);
+
 #ifdef __cplusplus
 }
 #endif

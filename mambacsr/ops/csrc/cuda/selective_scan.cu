@@ -1060,4 +1060,6 @@ const char* mambacsr_scan_status_string(int status) {
 
 int mambacsr_scan_abi_version(void) { return MAMBACSR_SCAN_ABI_VERSION; }
 
+int mambacsr_scan_max_states(void) { return MAMBACSR_SCAN_MAX_STATES; }
+
 }  // extern "C"
