@@ -263,6 +263,8 @@ def main(argv=None) -> int:
     o.add_argument("--grad-clip", type=float, default=0.0, help="clip the gradient norm (0 = off)")
     o.add_argument("--max-steps", type=int, default=500000)
     o.add_argument("--time-budget", type=float, default=0.0, help="stop after this many seconds of training")
+    o.add_argument("--run-seconds", type=float, default=0.0,
+                   help="end this run after that many seconds, schedule untouched (continue with --resume)")
     o.add_argument("--seed", type=int, default=0)
     r = ap.add_argument_group("run")
     r.add_argument("--out", type=Path, required=True, help="folder for state.pt, log.jsonl, val.json")
@@ -444,6 +446,9 @@ def main(argv=None) -> int:
         elapsed = time.time() - t_start
         if args.time_budget and elapsed >= args.time_budget:
             log(f"time budget {args.time_budget:.0f}s reached")
+            break
+        if args.run_seconds and elapsed >= args.run_seconds:
+            log(f"run time {args.run_seconds:.0f}s reached at step {step}; --resume continues the schedule")
             break
         set_lr(lr_at(args, step, elapsed))
         lr_np, hr_np = sampler.sample(args.batch)
