@@ -23,12 +23,15 @@ import torch.nn as nn
 
 from mambacsr.atomic import atomic_write
 from mambacsr.usage import ArgumentParser, fail, int_range, output_problem
+from runtime.errors import UserError
+from runtime.plan import check_tile, pick_precision
 
 from . import scan_function as sf
 
 log = logging.getLogger("export.onnx")
 PROG = "python -m export.onnx"
 SUPPORTED_OPSETS = (17, 18, 19, 20, 21, 22, 23)
+PRECISIONS = ("fp32", "fp16")  # what this exporter writes (INT8: python -m export.quantize)
 DEFAULT_OPSET = 18
 
 
@@ -84,24 +87,19 @@ def _translate_scan(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus: bool = T
         plugin_version=sf.PLUGIN_VERSION, plugin_namespace=sf.PLUGIN_NAMESPACE, **attrs)
 
 
-def valid_tile(model, tile: int) -> bool:
-    return tile >= 16 and tile % max(16 if model.cross_scale_scan else 8, 1) == 0
-
-
 def export_model(model, out_path, tile: int = 64, batch: int = 1, dynamic_batch: bool = False,
                  precision: str = "fp32", opset: int = DEFAULT_OPSET, with_function: bool = True) -> Path:
     """Export `model` (a MambaCSR) to `out_path`; returns the path. Atomic: no file on failure."""
     out_path = Path(out_path)
     if opset not in SUPPORTED_OPSETS:
         raise ExportError(f"opset {opset} is not supported: use one of {SUPPORTED_OPSETS} (default {DEFAULT_OPSET})")
-    if not valid_tile(model, tile):
-        step = 16 if model.cross_scale_scan else 8
-        raise ExportError(f"tile {tile} is not valid for this model: use a multiple of {step} >= 16 "
-                          f"(e.g. 32, 48, 64; 64 is what the official test pads to)")
-    if precision not in ("fp32", "fp16"):
-        raise ExportError(f"precision {precision!r}: use fp32 or fp16 (INT8: python -m export.quantize)")
+    try:  # the runtime's rules: the tile any backend is fed, the precisions this exporter writes
+        check_tile(tile, model.size_multiple)
+        precision = pick_precision("the exporter", precision, PRECISIONS, "INT8: python -m export.quantize")
+    except UserError as e:
+        raise ExportError(str(e)) from None
     if batch < 1:
-        raise ExportError(f"batch must be >= 1, got {batch}")
+        raise ExportError(f"batch={batch} must be >= 1")
     model = copy.deepcopy(model).eval().cpu().float()  # the caller's model stays as it was
     for p in model.parameters():
         p.requires_grad_(False)
@@ -131,7 +129,7 @@ def _finish(proto: onnx.ModelProto, model, tile: int, precision: str, opset: int
     if with_function:
         proto.functions.append(sf.make_function(opset))
     meta = {"mambacsr.scale": str(model.upscale), "mambacsr.tile": str(tile), "mambacsr.precision": precision,
-            "mambacsr.config": json.dumps(model.config),
+            "mambacsr.size_multiple": str(model.size_multiple), "mambacsr.config": json.dumps(model.config),
             "mambacsr.scan_body": "onnx-function" if with_function else "plugin-only"}
     del proto.metadata_props[:]
     for k, v in meta.items():
@@ -178,11 +176,13 @@ def _parser() -> argparse.ArgumentParser:
     cfg.add_argument("--config", help="official option YAML (its network_g block)")
     cfg.add_argument("--preset", help="final-x4 or wo-x4 (the official x4 QF10 configs)")
     ap.add_argument("--out", required=True, help="output .onnx path")
-    ap.add_argument("--tile", type=int, default=64, help="low-resolution tile size (square), default 64")
+    ap.add_argument("--tile", type=int, default=64,
+                    help="low-resolution tile size (square; >= 16 and a multiple of the model's size multiple), "
+                         "default 64")
     b = ap.add_mutually_exclusive_group()
     b.add_argument("--batch", type=int_range(1), default=1, help="static batch size (default 1)")
     b.add_argument("--dynamic-batch", action="store_true", help="dynamic batch dimension")
-    ap.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
+    ap.add_argument("--precision", choices=PRECISIONS, default="fp32")
     ap.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     ap.add_argument("--plugin-only", action="store_true",
                     help="omit the ONNX function body: a TensorRT-only file (needed for TensorRT < 10.7)")
@@ -198,6 +198,7 @@ def main(argv=None) -> int:
     logging.getLogger("torch").setLevel(logging.ERROR)
     from mambacsr import load_model
     from mambacsr.checkpoint import CheckpointError
+    from runtime.cli import as_flags
 
     out = Path(args.out)
     if out.suffix != ".onnx":
@@ -212,7 +213,7 @@ def main(argv=None) -> int:
             path = export_model(model, out, tile=args.tile, batch=args.batch, dynamic_batch=args.dynamic_batch,
                                 precision=args.precision, opset=args.opset, with_function=not args.plugin_only)
     except (CheckpointError, ExportError) as e:
-        return fail(PROG, str(e))
+        return fail(PROG, as_flags(str(e)))
     except OSError as e:  # the disk filled up or the folder vanished mid-write: nothing was left behind
         print(f"{PROG}: error: cannot write {out} ({e.strerror or e}); nothing was written", file=sys.stderr)
         return 1

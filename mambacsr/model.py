@@ -331,6 +331,14 @@ class Upsample(nn.Sequential):
         super().__init__(*m)
 
 
+def size_multiple(config: dict) -> int:
+    """What input height and width must be multiples of, for a model of this ``network_g`` config:
+    16 with cross-scale scans (their windows of 16), else 1 (window scans zero-pad the grid
+    themselves). The one place this rule lives: the model, the exporter (which writes it into
+    the ONNX metadata as ``mambacsr.size_multiple``) and the runtime all ask here."""
+    return 16 if config.get("cross_scale_scan") else 1
+
+
 class MambaCSR(nn.Module):
     """MambaCSR. Keyword arguments are the official `network_g` options; unknown options that
     the official constructor also ignores (e.g. `type`, `patch_size`) are accepted."""
@@ -399,8 +407,8 @@ class MambaCSR(nn.Module):
 
     @property
     def size_multiple(self) -> int:
-        """Input height and width must be multiples of this (cross-scale windows of 16)."""
-        return 16 if self.cross_scale_scan else 1
+        """Input height and width must be multiples of this (:func:`size_multiple`)."""
+        return size_multiple(self.config)
 
     def forward_features(self, x):
         x_size = (x.shape[2], x.shape[3])
@@ -418,8 +426,9 @@ class MambaCSR(nn.Module):
         return x.transpose(1, 2).reshape(x.shape[0], -1, *x_size)
 
     def forward(self, x):
-        if self.cross_scale_scan and (x.shape[-2] % 16 or x.shape[-1] % 16):
-            raise ValueError(f"this MambaCSR (cross_scale_scan) needs height and width divisible by 16, "
+        m = self.size_multiple
+        if x.shape[-2] % m or x.shape[-1] % m:
+            raise ValueError(f"this MambaCSR (cross_scale_scan) needs height and width divisible by {m}, "
                              f"got {tuple(x.shape[-2:])}: pad the input (the runtime's tiler does)")
         mean = self.mean.to(x.dtype)
         x = (x - mean) * self.img_range

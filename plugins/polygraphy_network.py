@@ -20,15 +20,15 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: runtime.engine_cache
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: runtime.engine_cache, runtime.trt_common
 
 
 def load_network():
     import tensorrt as trt
     from polygraphy.backend.trt import NetworkFromOnnxPath
 
-    from runtime.backends.trt_backend import load_plugin
     from runtime.engine_cache import check_plugin_layers
+    from runtime.trt_common import load_plugin
 
     onnx_path = os.environ["MAMBACSR_ONNX"]
     plugin = os.environ["MAMBACSR_PLUGIN"]

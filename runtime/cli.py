@@ -1,4 +1,7 @@
-"""mambacsr-rt: upscale / build / bench.
+"""mambacsr-rt: upscale / build / bench, a command line over the runtime library.
+
+The library (:mod:`runtime.backends`, :mod:`runtime.plan`, :mod:`runtime.upscale`) names its
+fields in errors (``tile=100``); :data:`FLAGS` maps them to this tool's flags, here only.
 
 Exit codes: 0 all good, 1 some inputs failed, 2 usage or configuration error (one line, no
 traceback).
@@ -11,6 +14,7 @@ import glob
 import logging
 import os
 import platform
+import re
 import shlex
 import sys
 import time
@@ -21,19 +25,26 @@ from pathlib import Path
 import numpy as np
 
 from mambacsr.usage import ArgumentParser, float_range, int_range, output_problem
-from runtime.errors import ImageError, UserError
-from runtime.tiling import MIN_TILE
+from runtime.backends import BACKENDS
+from runtime.errors import UserError
+from runtime.jobs import (IMAGE_FAILURES, PROG, failure_message, model_options, open_upscaler, report_upscale,
+                          tiles_used, upscale_image)
+from runtime.jobs import log as _log
+from runtime.plan import MIN_TILE, MIN_TILE_WHY, PRECISIONS, RunPlan, check_options
 
-PROG = "mambacsr-rt"
-TILE = int_range(MIN_TILE, why=" (smaller tiles leave no room for overlap and show seams)")
+TILE = int_range(MIN_TILE, why=MIN_TILE_WHY)
+
+# the library's field names -> this tool's flags (its errors say `tile=100`, the user reads `--tile 100`)
+FLAGS = {"tile": "--tile", "overlap": "--overlap", "batch": "--batch", "mode": "--tile-mode", "window": "--blend",
+         "precision": "--precision", "backend": "--backend", "device": "--device", "threads": "--threads",
+         "engine": "--engine", "onnx": "--onnx", "ckpt": "--ckpt", "plugin": "--plugin",
+         "config": "--config/--preset"}
+_FIELD = re.compile(r"(?<![\w./=-])(" + "|".join(FLAGS) + r")=([^\s,;()`'\"]*[^\s,;()`'\":.])")
 
 
-def _log(msg: str) -> None:
-    try:
-        from tqdm import tqdm
-        tqdm.write(f"{PROG}: {msg}", file=sys.stderr)
-    except ImportError:  # pragma: no cover
-        print(f"{PROG}: {msg}", file=sys.stderr)
+def as_flags(message: str) -> str:
+    """A library message in this tool's words: ``tile=100`` -> ``--tile 100``."""
+    return _FIELD.sub(lambda m: f"{FLAGS[m.group(1)]} {m.group(2)}", message)
 
 
 # ----------------------------------------------------------------------------------- arguments
@@ -47,14 +58,17 @@ def _add_model_args(p: argparse.ArgumentParser, lists: bool = False) -> None:
     g.add_argument("--preset", help="named config preset for --ckpt")
     r = p.add_argument_group("runtime")
     if lists:
-        r.add_argument("--backend", default="auto", help="comma list of auto|trt|ort|torch (default auto)")
-        r.add_argument("--precision", default="fp32", help="comma list of fp32|fp16 (default fp32)")
+        r.add_argument("--backend", default="auto", help=f"comma list of auto|{'|'.join(BACKENDS)} (default auto)")
+        r.add_argument("--precision", default="auto",
+                       help=f"comma list of auto|{'|'.join(PRECISIONS)} (default auto: the model's)")
         r.add_argument("--tile", default="64", help="comma list of LR tile sizes (default 64)")
         r.add_argument("--batch", default="1", help="comma list of batch sizes (default 1)")
     else:
-        r.add_argument("--backend", default="auto", choices=["auto", "trt", "ort", "torch"],
+        r.add_argument("--backend", default="auto", choices=["auto", *BACKENDS],
                        help="auto picks by model: engine->trt, onnx->ort, ckpt->torch (logged)")
-        r.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
+        r.add_argument("--precision", default=None, choices=PRECISIONS,
+                       help="default: the model's (an ONNX file's or engine's own; fp32 for a checkpoint); "
+                            "a precision the backend cannot run is refused")
         r.add_argument("-t", "--tile", type=TILE, default=None,
                        help="LR tile size (default: the engine's, else chosen from free memory; 64 on CPU)")
         r.add_argument("--batch", type=int_range(1), default=None, help="tiles per model call (default: auto)")
@@ -113,8 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--plugin", help="libmambacsr_plugins.so (needed for SelectiveScan nodes)")
     b.add_argument("--tile", type=TILE, default=None, help="LR tile (default: the ONNX's)")
     b.add_argument("--batch", type=int_range(1), default=1)
-    b.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
-    b.add_argument("--cache-dir", default=None, help="engine cache (default ~/.cache/mambacsr/engines)")
+    b.add_argument("--precision", default=None, choices=PRECISIONS,
+                   help="default: the ONNX file's (TensorRT 11 is strongly typed: only that one)")
+    b.add_argument("--cache-dir", default=None,
+                   help="engine cache (default: engines/ in $MAMBACSR_CACHE, else ~/.cache/mambacsr)")
     b.add_argument("--force", action="store_true", help="rebuild even if cached")
     b.add_argument("--workspace", type=float_range(0, 1024), default=4.0, help="builder workspace GiB (default 4)")
 
@@ -234,43 +250,6 @@ def collect_inputs(inputs: list[str], exclude: Path | None = None
 
 
 # ----------------------------------------------------------------------------------- upscale
-def _open(args, tile=None, batch=None, backend=None, precision=None, log=_log):
-    from runtime.backends import open_backend
-    config = args.config or args.preset
-    return open_backend(backend or args.backend, engine=args.engine, plugin=args.plugin, onnx=args.onnx,
-                        ckpt=args.ckpt, config=config, device=args.device,
-                        precision=precision or args.precision, tile=tile, batch=batch,
-                        threads=args.threads, compile=not getattr(args, "no_compile", False), log=log)
-
-
-def _make_tiler(args, backend):
-    from runtime.tiling import Tiler, auto_tile
-    batch = args.batch
-    if args.tile_mode == "official":
-        if backend.fixed_tile is not None:
-            raise UserError("--tile-mode official needs a model that accepts any size: use --ckpt (torch) or "
-                            "an ONNX with dynamic height/width, not a fixed-tile model")
-        return Tiler(backend.scale, None, mode="official", batch=batch or 1, multiple=backend.size_multiple)
-    if backend.fixed_tile is not None:
-        th, tw = backend.fixed_tile
-        if args.tile and args.tile != th:
-            raise UserError(f"this model takes {th}x{tw} tiles: drop --tile or pass --tile {th} "
-                            f"(or build/export another tile size)")
-        tile = (th, tw)
-        batch = batch or backend.max_batch or 1
-    else:
-        free = backend.free_memory()
-        t, b = auto_tile(free, backend.bytes_per_lr_pixel, backend.size_multiple, batch)
-        tile = args.tile or t
-        batch = batch or (b if free else 1)
-        if backend.max_batch:
-            batch = min(batch, backend.max_batch)
-    t0 = tile[0] if isinstance(tile, tuple) else tile
-    overlap = args.overlap if args.overlap is not None else max(0, t0 // 8)
-    return Tiler(backend.scale, tile, overlap=overlap, mode="blend", batch=batch,
-                 fixed=backend.fixed_tile is not None, multiple=backend.size_multiple, window=args.blend or "sine")
-
-
 _FORMAT_NAMES = {"jpeg": "jpg", "tif": "tiff"}
 
 
@@ -296,15 +275,7 @@ def _check_upscale(args) -> None:
     args.quality = 95 if args.quality is None else args.quality
     if args.suffix and (os.sep in args.suffix or "/" in args.suffix or "\0" in args.suffix):
         raise UserError(f"--suffix {args.suffix!r} contains a path separator: give a plain word such as x4")
-    if args.tile_mode == "official":
-        ignored = [f for f, v in (("--tile", args.tile), ("--overlap", args.overlap), ("--blend", args.blend))
-                   if v is not None]
-        if ignored:
-            raise UserError(f"--tile-mode official cuts its own 192-pixel parts and would ignore "
-                            f"{' and '.join(ignored)}: drop them, or use --tile-mode blend")
-    if args.tile is not None and args.overlap is not None and args.overlap >= args.tile:
-        raise UserError(f"--overlap {args.overlap} must be smaller than --tile {args.tile}: "
-                        f"pass --overlap {args.tile // 8}")
+    check_options(tile=args.tile, overlap=args.overlap, batch=args.batch, mode=args.tile_mode, window=args.blend)
     problem = output_problem(out, folder=not args.single)
     if problem:
         raise UserError(f"-o {out}: {problem}")
@@ -352,18 +323,6 @@ def _stderr_is_terminal() -> bool:
         return False
 
 
-# failures that cost one input, not the run (a UserError still stops everything: exit 2)
-IMAGE_FAILURES = (ImageError, OSError, ValueError, RuntimeError, MemoryError)
-
-
-def failure_message(src, e: BaseException) -> str:
-    """One line for a failed input, without the file name the caller prints anyway."""
-    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-    if msg.startswith(str(src)):
-        msg = msg[len(str(src)):].lstrip(": ")
-    return msg
-
-
 def plan_upscale(args):
     """Options checked, inputs collected, outputs named, --skip-existing applied: (jobs, failures,
     skipped, items). Shared by the one-process and the Ray path, so both follow the same rules."""
@@ -379,39 +338,6 @@ def plan_upscale(args):
     return jobs, failures, skipped, items
 
 
-def open_upscaler(args, log=_log):
-    """The backend, tiler and Upscaler the flags ask for (one model load), and a line saying so."""
-    from runtime.upscale import Upscaler
-    backend = _open(args, tile=args.tile, batch=args.batch, log=log)
-    tiler = _make_tiler(args, backend)
-    tta = ", x8 TTA" if args.tta else ""
-    if tiler.mode == "blend":
-        shape = f"{tiler.tile[0]}x{tiler.tile[1]}"
-        line = (f"{backend.describe()}; tiles {shape if tiler.fixed else 'up to ' + shape}, "
-                f"overlap {tiler.overlap}, batch {tiler.batch}{tta}")
-    else:
-        line = f"{backend.describe()}; official partitioning{tta}"
-    return Upscaler(backend, tiler, tta=args.tta), line
-
-
-def upscale_image(up, args, img, progress=None):
-    """Model, then --outscale: the pixels every path writes for one decoded input."""
-    from runtime.upscale import resize
-    res = up.upscale(img, progress=progress)
-    if args.outscale:
-        w, h = img.size
-        res = resize(res, (max(1, round(w * args.outscale)), max(1, round(h * args.outscale))))
-    return res
-
-
-def tiles_used(up, img, n_tiles: int) -> str:
-    if up.tiler.mode == "blend":
-        w, h = img.size
-        th, tw = up.tiler.tile_shape(h, w)
-        return f"{n_tiles} tile(s) of {tw}x{th}"
-    return f"{n_tiles} part(s)"
-
-
 def nothing_to_do(args, items, failures, skipped) -> int:
     if not items and not failures:
         _log("nothing to do: no input images found")
@@ -419,17 +345,6 @@ def nothing_to_do(args, items, failures, skipped) -> int:
         _log("nothing to do: every input failed (see above)")
     print(f"{PROG}: 0 file(s) written, {len(failures)} failed, {len(skipped)} skipped")
     return 1 if failures or not items else 0
-
-
-def report_upscale(args, done: int, failures, skipped, secs: float, out_pixels: int) -> int:
-    """The summary line (stdout), the failed names (stderr) and the exit code."""
-    out = Path(args.output)
-    mp = out_pixels / 1e6
-    where = f"{done} file(s) written: {out}" if args.single else f"{done} file(s) written to {out}"
-    print(f"{PROG}: {where}, {len(failures)} failed, {len(skipped)} skipped; {secs:.2f} s, {mp:.3g} output MP, {mp / secs if secs > 0 else 0:.3g} MP/s")
-    if failures:
-        print(f"{PROG}: failed: " + ", ".join(n for n, _ in failures), file=sys.stderr)
-    return 1 if failures else 0
 
 
 def cmd_upscale(args) -> int:
@@ -489,11 +404,11 @@ def cmd_upscale(args) -> int:
 # ----------------------------------------------------------------------------------- build
 def cmd_build(args) -> int:
     from runtime import engine_cache as ec
+    from runtime.trt_common import import_tensorrt, trt_major
     spec = ec.make_spec(args.onnx, args.tile, args.batch, args.precision, args.plugin)
     try:
-        import tensorrt as trt  # noqa: F401
-        major = int(trt.__version__.split(".")[0])
-    except ImportError:
+        major = trt_major(import_tensorrt())
+    except UserError:
         major = None
     guess = Path(f"{Path(spec.onnx).stem}-{spec.precision}-t{spec.tile}-b{spec.batch}.engine")
     print(f"trtexec equivalent: {ec.trtexec_command(spec, guess, major or 10)}")
@@ -524,7 +439,7 @@ def _machine(device: str) -> str:
 
 
 def cmd_bench(args) -> int:
-    from runtime.backends import resolve_device
+    from runtime import backends as rb
     backends = [x.strip() for x in args.backend.split(",") if x.strip()]
     precisions = [x.strip() for x in args.precision.split(",") if x.strip()]
     try:
@@ -534,22 +449,24 @@ def cmd_bench(args) -> int:
         raise UserError(f"--tile and --batch take comma lists such as --tile 32,64 --batch 1,4: {e}") from None
     if not (backends and precisions and tiles and batches):
         raise UserError("--backend, --precision, --tile and --batch need at least one value each")
-    device = resolve_device(args.device)
+    device = rb.resolve_device(args.device)
     rows = []
     for bk in backends:
         for prec in precisions:
             for tile in tiles:
                 for batch in batches:
-                    try:
-                        be = _open(args, tile=tile, batch=batch, backend=bk, precision=prec)
+                    be = None
+                    try:  # the plan upscale would use: a tile the model cannot take is skipped
+                        be = rb.open_backend(**model_options(args, backend=bk, log=_log,
+                                                              precision=None if prec == "auto" else prec))
+                        plan = RunPlan.for_backend(be, tile=tile, batch=batch)
                     except UserError as e:
-                        _log(f"skip {bk}/{prec}/t{tile}/b{batch}: {e}")
-                        continue
-                    if be.fixed_tile and be.fixed_tile != (tile, tile):
-                        _log(f"skip {bk} tile {tile}: model takes {be.fixed_tile[0]} tiles")
+                        _log(f"skip {bk}/{prec}/t{tile}/b{batch}: {as_flags(str(e))}")
+                        if be is not None:
+                            be.close()
                         continue
                     rng = np.random.default_rng(0)
-                    x = rng.random((batch, 3, tile, tile), dtype=np.float32)
+                    x = rng.random((plan.batch, 3, *plan.tile), dtype=np.float32)
                     for _ in range(max(0, args.warmup)):
                         be.run(x)
                     times = []
@@ -558,9 +475,10 @@ def cmd_bench(args) -> int:
                         be.run(x)
                         times.append(time.perf_counter() - t0)
                     med = float(np.median(times))
-                    mp = batch * (tile * be.scale) ** 2 / 1e6
-                    rows.append((be.name, be.device, be.precision, tile, batch, med * 1e3, med * 1e3 / batch,
-                                 batch / med, mp / med))
+                    n = plan.batch
+                    mp = n * plan.tile[0] * plan.tile[1] * be.scale ** 2 / 1e6
+                    rows.append((be.name, be.device, plan.precision, plan.tile[0], n, med * 1e3, med * 1e3 / n,
+                                 n / med, mp / med))
                     be.close()
     cmd = " ".join(shlex.quote(a) for a in [PROG] + list(getattr(args, "argv", ["bench"])))
     print(f"command: `{cmd}`")
@@ -615,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
                 return cmd_build(args)
             return cmd_bench(args)
     except UserError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {as_flags(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; finished outputs are complete, none is half-written", file=sys.stderr)

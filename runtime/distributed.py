@@ -1,10 +1,10 @@
 """``mambacsr-rt upscale --ray``: the same upscale, spread over Ray actors.
 
-Each worker is a Ray actor that loads the model once (the same model flags, backend and tiler as
-the one-process path, through :func:`runtime.cli.open_upscaler`) and upscales whole images. The
-driver keeps the rules of the one-process path: it plans the jobs (:func:`runtime.cli.plan_upscale`:
-input collection, output naming, ``--skip-existing``, inputs never overwritten), reports failures by
-name and writes every output.
+Each worker is a Ray actor that loads the model once (the same model flags, backend and run plan
+as the one-process path, through :func:`runtime.jobs.open_upscaler`) and upscales whole images.
+The driver keeps the rules of the one-process path: it runs the jobs that
+:func:`runtime.cli.plan_upscale` planned (input collection, output naming, ``--skip-existing``,
+inputs never overwritten), reports failures by name and writes every output.
 
 Data goes through Ray, not through a filesystem: the driver sends each input's bytes and the worker
 sends the *encoded* output bytes back; the driver writes them atomically
@@ -50,7 +50,7 @@ class UpscaleWorker:
     """One model load; then whole images in (file bytes), encoded images out (bytes)."""
 
     def __init__(self, args: argparse.Namespace):
-        from runtime.cli import open_upscaler
+        from runtime.jobs import open_upscaler
         self.args = args
         self.error = self.line = None
         try:
@@ -67,7 +67,7 @@ class UpscaleWorker:
     def upscale(self, name: str, data: bytes) -> dict:
         """Decode, upscale, encode one image. Failures come back as values, not exceptions, so
         a bad image is reported by name and is never retried as if the worker had died."""
-        from runtime.cli import IMAGE_FAILURES, failure_message, tiles_used, upscale_image
+        from runtime.jobs import IMAGE_FAILURES, failure_message, tiles_used, upscale_image
         from runtime.imageio import encode_image, read_image
         t0 = time.perf_counter()
         # the decoder reads files: a private copy under the input's own name (messages name it)
@@ -149,7 +149,8 @@ def _drive(ray, args, jobs, failures, skipped, actors, booting, log):
     """Stream inputs to ready workers (IN_FLIGHT each), write results as they finish."""
     from ray.exceptions import RayActorError, RayError
 
-    from runtime.cli import _log, failure_message, report_upscale
+    from runtime.jobs import failure_message, report_upscale
+    from runtime.jobs import log as _log
     from runtime.imageio import write_encoded
     queue = deque((src, dst, 0) for src, dst in jobs)
     ready: list = []

@@ -2,40 +2,31 @@
 
 Cache key: sha256 of the ONNX file, GPU name and compute capability, TensorRT version,
 precision, input shapes (tile, batch range) and the plugin library's sha256. An engine is stored
-as ``<cache>/<onnx stem>-<precision>-t<tile>-b<batch>-<key12>.engine`` with a JSON sidecar that
-the TensorRT backend checks before loading. TensorRT 11 networks are strongly typed (precision
-comes from the ONNX); TensorRT 10 gets ``FP16``/``INT8`` builder flags for fp16/int8.
+as ``<cache>/<onnx stem>-<precision>-t<tile>-b<batch>-<key12>.engine`` (cache:
+``mambacsr.cache.cache_dir("engines")``) with a JSON sidecar that the TensorRT backend checks
+before loading and reads the precision and the ONNX's metadata (size multiple) from. TensorRT 11
+networks are strongly typed: the precision is the ONNX file's, another one is refused; TensorRT 10
+gets ``FP16``/``INT8`` builder flags for fp16/int8.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mambacsr.atomic import atomic_write
+from mambacsr.cache import cache_dir as project_cache_dir
+from runtime.backends.base import precision_of, size_multiple_of
 from runtime.errors import UserError
-
-PRECISIONS = ("fp32", "fp16", "int8")
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    # external ONNX weights (model.onnx.data) are part of the model
-    data = Path(str(path) + ".data")
-    if str(path).endswith(".onnx") and data.is_file():
-        h.update(file_sha256(data).encode())
-    return h.hexdigest()
+from runtime.plan import PRECISIONS, check_tile, fixed_tile, pick_precision
+from runtime.trt_common import file_sha256, gpu_info, import_tensorrt, load_plugin, trt_major
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("MAMBACSR_CACHE", Path.home() / ".cache" / "mambacsr")) / "engines"
+    return project_cache_dir("engines")
 
 
 @dataclass(frozen=True)
@@ -101,13 +92,19 @@ def inspect_onnx(path) -> dict:
     return {"input": inp.name, "shape": dims, "elem_type": inp.type.tensor_type.elem_type, "meta": meta}
 
 
-def make_spec(onnx_path, tile: int | None, batch: int = 1, precision: str = "fp32", plugin=None) -> EngineSpec:
-    """Validate the request against the ONNX file; one-line errors name the fix."""
-    if precision not in PRECISIONS:
-        raise UserError(f"unknown precision {precision!r}: use fp32, fp16 or int8")
+def _file_precision(info: dict) -> str:
+    import onnx
+    return precision_of(info["meta"].get("mambacsr.precision"), info["elem_type"] == onnx.TensorProto.FLOAT16)
+
+
+def make_spec(onnx_path, tile: int | None, batch: int = 1, precision: str | None = None, plugin=None) -> EngineSpec:
+    """Validate the request against the ONNX file; one-line errors name the fix. ``precision``
+    None: the file's own."""
     if not Path(onnx_path).is_file():
-        raise UserError(f"--onnx {onnx_path}: no such file (export one with `python -m export.onnx`)")
+        raise UserError(f"onnx={onnx_path}: no such file (export one with `python -m export.onnx`)")
     info = inspect_onnx(onnx_path)
+    own = _file_precision(info)
+    precision = pick_precision("a TensorRT build", precision, (own, *(p for p in PRECISIONS if p != own)))
     shape = info["shape"]
     if len(shape) != 4:
         raise UserError(f"{onnx_path}: expected an NCHW input, got {shape}")
@@ -115,17 +112,16 @@ def make_spec(onnx_path, tile: int | None, batch: int = 1, precision: str = "fp3
     if th and tw:
         if th != tw:
             raise UserError(f"{onnx_path} has a {th}x{tw} input; only square tiles are supported")
-        if tile and tile != th:
-            raise UserError(f"{onnx_path} was exported for tile {th}: pass --tile {th} or re-export with "
-                            f"`python -m export.onnx --tile {tile}`")
-        tile = th
+        tile = fixed_tile(tile, (th, tw), f"re-export with `python -m export.onnx --tile {tile}`")[0]
     elif not tile:
-        raise UserError(f"{onnx_path} has dynamic height/width: pass --tile N")
+        raise UserError(f"{onnx_path} has dynamic height/width: pass tile=N")
+    else:
+        tile = check_tile(tile, size_multiple_of(info["meta"]))[0]
     if shape[0] and batch != shape[0]:
-        raise UserError(f"{onnx_path} was exported for batch {shape[0]}: pass --batch {shape[0]} or re-export "
+        raise UserError(f"{onnx_path} was exported for batch {shape[0]}: pass batch={shape[0]} or re-export "
                         f"with a dynamic batch")
     if batch < 1:
-        raise UserError("--batch must be >= 1")
+        raise UserError(f"batch={batch} must be >= 1")
     return EngineSpec(onnx=str(onnx_path), tile=int(tile), batch=int(batch), precision=precision,
                       plugin=str(plugin) if plugin else None, input_name=info["input"],
                       dynamic_batch=shape[0] is None, dynamic_spatial=not (th and tw))
@@ -167,7 +163,7 @@ def check_plugin_layers(trt, network, onnx_path, plugin) -> None:
     if found >= expected:
         return
     if not plugin:
-        fix = "load the plugin library before parsing: pass --plugin build/libmambacsr_plugins.so"
+        fix = "load the plugin library before parsing: pass plugin=build/libmambacsr_plugins.so"
     else:
         fix = (f"{plugin} registered no SelectiveScan/1/mambacsr creator with TensorRT {trt.__version__} before "
                f"parsing (rebuild plugins/ for this TensorRT); TensorRT older than 10.7 prefers the ONNX function: "
@@ -179,7 +175,6 @@ def check_plugin_layers(trt, network, onnx_path, plugin) -> None:
 def build_engine(spec: EngineSpec, cache_dir=None, force: bool = False, log=print,
                  workspace_gib: float = 4.0) -> Path:
     """Build (or reuse) the engine for ``spec``; returns its path."""
-    from runtime.backends.trt_backend import gpu_info, import_tensorrt, load_plugin, trt_major
     cache_dir = Path(cache_dir or default_cache_dir())
     trt = import_tensorrt()
     import torch
@@ -194,6 +189,12 @@ def build_engine(spec: EngineSpec, cache_dir=None, force: bool = False, log=prin
         log(f"cached: {out}")
         return out
     major = trt_major(trt)
+    info = inspect_onnx(spec.onnx)
+    if major >= 11:  # strongly typed: the precision is the ONNX file's
+        own = _file_precision(info)
+        pick_precision(f"TensorRT {trt.__version__} (strongly typed) with {Path(spec.onnx).name}", spec.precision,
+                       (own,), f"export a {spec.precision} ONNX (`python -m export.onnx --precision fp16`; INT8: "
+                               f"`python -m export.quantize`)")
     logger = trt.Logger(trt.Logger.WARNING)
     if spec.plugin:
         load_plugin(trt, spec.plugin, logger)
@@ -208,20 +209,17 @@ def build_engine(spec: EngineSpec, cache_dir=None, force: bool = False, log=prin
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(spec.onnx)):
         errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        hint = " (pass --plugin libmambacsr_plugins.so)" if "SelectiveScan" in errs and not spec.plugin else ""
+        hint = " (pass plugin=libmambacsr_plugins.so)" if "SelectiveScan" in errs and not spec.plugin else ""
         raise UserError(f"TensorRT cannot parse {spec.onnx}: {errs[:400]}{hint}")
     check_plugin_layers(trt, network, spec.onnx, spec.plugin)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    if major < 11:
+    if major < 11:  # weakly typed: the builder flags allow the lower precision
         if spec.precision == "fp16":
             config.set_flag(trt.BuilderFlag.FP16)
         elif spec.precision == "int8":
             config.set_flag(trt.BuilderFlag.INT8)
             config.set_flag(trt.BuilderFlag.FP16)
-    elif spec.precision != "fp32":
-        log(f"TensorRT {trt.__version__} is strongly typed: {spec.precision} comes from the ONNX "
-            f"(export it with --precision {spec.precision})")
     if spec.dynamic_batch or spec.dynamic_spatial:
         profile = builder.create_optimization_profile()
         sh = spec.shapes()
@@ -234,7 +232,7 @@ def build_engine(spec: EngineSpec, cache_dir=None, force: bool = False, log=prin
     with atomic_write(out) as tmp:
         tmp.write_bytes(bytes(blob))
     record = dict(asdict(spec), key=key, gpu=gpu[0], compute_capability=gpu[1], trt_version=trt.__version__,
-                  plugin_sha256=plugin_sha, onnx_sha256=file_sha256(spec.onnx),
+                  plugin_sha256=plugin_sha, onnx_sha256=file_sha256(spec.onnx), metadata=info["meta"],
                   rebuild=build_command(spec), trtexec=trtexec_command(spec, out, major))
     Path(str(out) + ".json").write_text(json.dumps(record, indent=1))
     return out

@@ -36,8 +36,10 @@ from runtime.errors import ImageError
 
 FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "tif": "TIFF", "tiff": "TIFF"}
 EXTENSIONS = {"png": ".png", "jpg": ".jpg", "jpeg": ".jpg", "webp": ".webp", "tif": ".tif", "tiff": ".tiff"}
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jpe", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".ppm",
-                  ".pgm", ".pnm", ".tga"}
+# file names taken for images wherever folders are scanned (the CLI, evaluation, calibration,
+# data preparation); the content, not the name, decides how a file is read
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".ppm",
+                            ".pgm", ".pnm", ".tga"})
 ORIENTATION = 0x0112
 PNG_SIG = b"\x89PNG\r\n\x1a\n"
 
@@ -51,24 +53,12 @@ class ImageData:
     icc: bytes | None = None
     exif: bytes | None = None
     source_format: str | None = None
-    info: dict = field(default_factory=dict)  # "notes": things the user should hear about this file
-
-    @property
-    def bits(self) -> int:
-        return 16 if self.pixels.dtype == np.uint16 else 8
-
-    @property
-    def gray(self) -> bool:
-        return self.pixels.shape[2] == 1
+    notes: list[str] = field(default_factory=list)  # things the user should hear about this file
 
     @property
     def size(self) -> tuple[int, int]:
         """(width, height)"""
         return self.pixels.shape[1], self.pixels.shape[0]
-
-    @property
-    def notes(self) -> list[str]:
-        return self.info.setdefault("notes", [])
 
 
 # ---------------------------------------------------------------------------------------- orientation
@@ -268,7 +258,7 @@ def read_image(path) -> ImageData:
     if orientation != 1:
         px = apply_orientation(px, orientation)
         alpha = apply_orientation(alpha, orientation) if alpha is not None else None
-    return ImageData(px, alpha, icc, exif, fmt, {"notes": notes})
+    return ImageData(px, alpha, icc, exif, fmt, notes)
 
 
 # ---------------------------------------------------------------------------------------- writing

@@ -1,15 +1,14 @@
 """Tiling: split an image into model-sized tiles, run them in batches, merge the outputs.
 
-One class, :class:`Tiler`, owns all of it.
+One class, :class:`Tiler`, carries it out; the numbers and their rules come from :mod:`runtime.plan`.
 
 * ``mode="blend"`` (default): tiles of one fixed shape, ``overlap`` low-resolution pixels shared
   between neighbours, merged with half-sine (or linear) feathering weights normalised by their
   sum, so seams vanish. Edge tiles are aligned to the image border (no padding inside the image);
   an image smaller than the tile is reflect-padded (centred) up to the tile, or at least to
-  ``MIN_TILE`` (a 1x1 or 3x2 image alone is all border to the model and comes out in wrong
-  colours). Output rows are finalised strip
-  by strip into ``out`` (which may be uint8/uint16), so the working memory is one row of tiles
-  whatever the image size.
+  ``runtime.plan.MIN_TILE`` (a 1x1 or 3x2 image alone is all border to the model and comes out
+  in wrong colours). Output rows are finalised strip by strip into ``out`` (which may be
+  uint8/uint16), so the working memory is one row of tiles whatever the image size.
 * ``mode="official"``: the partitioning of the official MambaCSR test (``MambaCSRModel.test``):
   at most 192-pixel parts with quarter overlap, mirror padding to a multiple of 64 (always adding
   at least one pixel), hard-crop merge. Needs a model that accepts arbitrary sizes.
@@ -24,22 +23,12 @@ from typing import Callable
 
 import numpy as np
 
-from runtime.errors import UserError
+from runtime.plan import as_hw, check_any_size, check_mode, check_overlap, check_tile, model_tile_shape
 
 BatchFn = Callable[[np.ndarray], np.ndarray]
 
 OFFICIAL_PART = 192  # the official test cuts parts of at most 192 LR pixels
 OFFICIAL_PAD = 64  # ... and mirror-pads each part to a multiple of 64
-MIN_TILE = 16  # smallest side fed to the model; also the smallest --tile
-
-
-def _as_hw(tile) -> tuple[int, int] | None:
-    if tile is None:
-        return None
-    if isinstance(tile, (int, np.integer)):
-        return int(tile), int(tile)
-    h, w = tile
-    return int(h), int(w)
 
 
 def _starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -93,7 +82,7 @@ def _pad_reflect(a: np.ndarray, pad_h: int, pad_w: int) -> np.ndarray:
 
 
 class Tiler:
-    """Owns tiling for every backend.
+    """Carries out tiling for every backend (the numbers and their rules: :mod:`runtime.plan`).
 
     Args:
         scale: the model's upscaling factor.
@@ -110,44 +99,31 @@ class Tiler:
 
     def __init__(self, scale: int, tile=64, overlap: int = 8, mode: str = "blend", batch: int = 1,
                  fixed: bool = False, multiple: int = 1, window: str = "sine"):
-        if mode not in ("blend", "official"):
-            raise UserError(f"unknown tile mode {mode!r}: use --tile-mode blend or official")
-        if window not in ("sine", "linear"):
-            raise UserError(f"unknown blend window {window!r}: use sine or linear")
+        check_mode(mode, window)
         self.scale = int(scale)
-        self.tile = _as_hw(tile)
+        self.tile = as_hw(tile)
         self.overlap = int(overlap)
         self.mode = mode
         self.batch = max(1, int(batch))
         self.fixed = bool(fixed)
         self.multiple = max(1, int(multiple))
         self.window = window
-        if mode == "official":
-            if self.fixed:
-                raise UserError("--tile-mode official needs a model that accepts any size: use --ckpt "
-                                "(torch) or an ONNX with dynamic height/width, not a fixed-tile engine")
-            return
-        if self.tile is None:
-            raise UserError("blend tiling needs a tile size: pass --tile N")
-        th, tw = self.tile
-        if th < 1 or tw < 1:
-            raise UserError(f"impossible tile size {th}x{tw}: pass --tile N with N >= {self.multiple}")
-        if th % self.multiple or tw % self.multiple:
-            raise UserError(f"tile {th}x{tw} is not a multiple of {self.multiple}, which this model "
-                            f"needs: pass --tile {max(self.multiple, th // self.multiple * self.multiple)}")
-        if self.overlap < 0 or self.overlap >= min(th, tw):
-            raise UserError(f"overlap {self.overlap} must be >= 0 and smaller than the tile "
-                            f"{th}x{tw}: pass --overlap {min(th, tw) // 4}")
+        check_any_size(mode, self.fixed)
+        if mode == "blend":
+            if self.tile is None or not self.fixed:  # a fixed-shape model's tile is what it is
+                check_tile(self.tile, self.multiple)
+            check_overlap(self.tile, self.overlap)
+
+    @classmethod
+    def from_plan(cls, plan) -> Tiler:
+        """The tiler that carries out a :class:`runtime.plan.RunPlan`."""
+        return cls(plan.scale, plan.tile, overlap=plan.overlap, mode=plan.mode, batch=plan.batch, fixed=plan.fixed,
+                   multiple=plan.multiple, window=plan.window)
 
     # ------------------------------------------------------------------ planning
     def tile_shape(self, h: int, w: int) -> tuple[int, int]:
         """The (th, tw) fed to the model for an h x w image (blend mode)."""
-        th, tw = self.tile
-        if self.fixed:
-            return th, tw
-        m = self.multiple
-        lo = -(-MIN_TILE // m) * m
-        return min(th, max(lo, -(-h // m) * m)), min(tw, max(lo, -(-w // m) * m))
+        return model_tile_shape(h, w, self.tile, self.fixed, self.multiple)
 
     def plan(self, h: int, w: int) -> list[tuple[int, int]]:
         """Tile origins (y, x) in LR pixels, raster order (blend mode)."""
@@ -203,9 +179,7 @@ class Tiler:
 
         def flush(upto: int):
             nonlocal acc_y
-            n = upto - acc_y
-            if n <= 0:
-                return
+            n = upto - acc_y  # > 0: called only past acc_y (a later tile row, or the image's end)
             _store(out, (slice(None), slice(acc_y, upto)), acc[:, :n] / wacc[:, :n])
             acc[:, : acc.shape[1] - n] = acc[:, n:].copy()
             acc[:, acc.shape[1] - n:] = 0
@@ -309,25 +283,3 @@ class Tiler:
             out = np.zeros((full.shape[0], h * s, w * s), np.float32)
         _store(out, (slice(None), slice(None), slice(None)), full[:, : h * s, : w * s])
         return out
-
-
-def auto_tile(free_bytes: int | None, bytes_per_lr_pixel: float, multiple: int = 1,
-              batch: int | None = None, lo: int = 32, hi: int = 256,
-              max_batch: int = 8) -> tuple[int, int]:
-    """Pick (tile, batch) that fit in about half of ``free_bytes``.
-
-    ``bytes_per_lr_pixel``: peak activation bytes per LR pixel of one tile (rough estimate).
-    Without a memory figure the defaults are tile 64, batch 1.
-    """
-    step = max(multiple, 16)
-    if not free_bytes:
-        return max(lo, 64 // step * step or step), batch or 1
-    budget = 0.5 * free_bytes
-    want_batch = batch or max_batch
-    tile = hi
-    while tile > lo and tile * tile * want_batch * bytes_per_lr_pixel > budget:
-        tile -= step
-    tile = max(step, tile // step * step)
-    if batch is None:
-        batch = int(max(1, min(max_batch, budget // max(1.0, tile * tile * bytes_per_lr_pixel))))
-    return tile, batch

@@ -1,5 +1,10 @@
 """One image through a backend: colour planes via the Tiler (optionally x8 self-ensemble),
-grey images run as RGB and are folded back to grey, alpha upscaled separately (bicubic)."""
+grey images run as RGB and are folded back to grey, alpha upscaled separately (bicubic).
+
+:class:`Upscaler` is the runtime's face as a library: ``Upscaler.open(...)`` opens a backend
+(:func:`runtime.backends.open_backend`), derives its :class:`~runtime.plan.RunPlan` and returns
+an upscaler for :class:`~runtime.imageio.ImageData` images.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,9 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from runtime.backends import Backend
+from runtime import backends
 from runtime.imageio import ImageData, with_pixels
+from runtime.plan import RunPlan
 from runtime.tiling import Tiler
 
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
@@ -77,13 +83,38 @@ def resize(img: ImageData, size: tuple[int, int]) -> ImageData:
 
 
 class Upscaler:
-    def __init__(self, backend: Backend, tiler: Tiler, tta: bool = False):
+    """``backend`` run as ``plan`` says (a :class:`RunPlan`; or a :class:`Tiler` built by hand).
+
+        up = Upscaler.open(ckpt="model.pth", tile=64)      # or onnx=..., engine=... + plugin=...
+        out = up.upscale(read_image("in.jpg"))             # ImageData in, ImageData out
+    """
+
+    def __init__(self, backend: backends.Backend, plan: RunPlan | Tiler, tta: bool = False):
         self.backend = backend
-        self.tiler = tiler
+        self.plan = plan if isinstance(plan, RunPlan) else None
+        self.tiler = plan if isinstance(plan, Tiler) else Tiler.from_plan(plan)
         fn = backend.run
         if tta:
             fn = tta_fn(fn, square_only=backend.fixed_tile is not None)
         self.fn = fn
+
+    @classmethod
+    def open(cls, *, tile=None, overlap: int | None = None, batch: int | None = None, mode: str = "blend",
+             window: str | None = None, tta: bool = False, **model) -> Upscaler:
+        """Open a model (``model``: :func:`runtime.backends.open_backend`'s arguments: ``ckpt``,
+        ``onnx`` or ``engine`` + ``plugin``, ``config``, ``backend``, ``device``, ``precision``,
+        ``threads``, ``compile``, ``log``) and plan its runs (:meth:`RunPlan.for_backend`: ``tile``
+        None picks one, 0 runs each image whole)."""
+        backend = backends.open_backend(**model)
+        try:
+            plan = RunPlan.for_backend(backend, tile=tile, overlap=overlap, batch=batch, mode=mode, window=window)
+        except BaseException:
+            backend.close()
+            raise
+        return cls(backend, plan, tta=tta)
+
+    def close(self) -> None:
+        self.backend.close()
 
     def num_tiles(self, img: ImageData) -> int:
         w, h = img.size

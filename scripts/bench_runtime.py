@@ -26,7 +26,7 @@ def main() -> int:
     ap.add_argument("--engine", help="TensorRT engine to time")
     ap.add_argument("--plugin")
     ap.add_argument("--backend", default="torch")
-    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--precision", default="auto", help="comma list; auto: the model's (fp32 for a checkpoint)")
     ap.add_argument("--tile", default="64")
     ap.add_argument("--batch", default="1")
     ap.add_argument("--device", default="auto")

@@ -8,9 +8,11 @@ channel (BT.601) after removing ``scale`` pixels at every border (basicsr's ``ca
 ``calculate_ssim`` with ``test_y_channel=True``, ``crop_border=scale``). Outputs are rounded to
 uint8 before scoring, as saved images would be.
 
-Rows: bicubic upscaling of the JPEG input; the shipped default model (PyTorch eager, whole image);
-each ``--ckpt`` (eager; e.g. the official weights); each ``--onnx`` (ONNX Runtime; fixed-shape
-models are run tile by tile through the runtime's tiler). Prints a markdown table and the command.
+Rows: bicubic upscaling of the JPEG input; the shipped default model and each ``--ckpt`` (the
+runtime's PyTorch backend, eager; e.g. the official weights); each ``--onnx`` (the runtime's ONNX
+Runtime backend). Every model row is the runtime's ``Upscaler`` with its ``RunPlan``: each image
+whole (``--tile 0``, the default) where the model takes any size, tiled where the model has a
+fixed tile or ``--tile N`` is given. Prints a markdown table and the command.
 
     python scripts/evaluate.py --gt data/heldout/HR --qf 10
     python scripts/evaluate.py --gt data/heldout/HR --onnx m_fp32.onnx m_int8.onnx --ckpt MambaCSR_Final.pth
@@ -31,8 +33,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mambacsr.degrade import center_crop, degrade, to_rgb_uint8  # noqa: E402
 from mambacsr.metrics import psnr_y, ssim_y  # noqa: E402
-
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
+from runtime.imageio import IMAGE_SUFFIXES, ImageData  # noqa: E402
 
 
 def list_images(items) -> list[Path]:
@@ -40,27 +41,12 @@ def list_images(items) -> list[Path]:
     for it in items:
         p = Path(it)
         if p.is_dir():
-            out += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTS)
+            out += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
         elif p.is_file():
             out.append(p)
         else:
             raise SystemExit(f"error: --gt {p}: no such file or folder")
     return out
-
-
-def to_uint8(chw: np.ndarray) -> np.ndarray:
-    """(3,H,W) float in [0,1] -> (H,W,3) uint8, rounded."""
-    return (np.clip(chw, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).transpose(1, 2, 0)
-
-
-def pad_to_multiple(x: np.ndarray, m: int) -> np.ndarray:
-    """(N,C,H,W) reflect-padded at the bottom/right to multiples of m."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % m, (-w) % m
-    if not (ph or pw):
-        return x
-    mode = "reflect" if ph < h and pw < w else "edge"
-    return np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode=mode)
 
 
 class Bicubic:
@@ -74,57 +60,21 @@ class Bicubic:
         return np.asarray(Image.fromarray(lr).resize((w * self.scale, h * self.scale), Image.Resampling.BICUBIC))
 
 
-class Eager:
-    """A MambaCSR in PyTorch on the whole (padded) image."""
+class Model:
+    """A model row: the runtime's Upscaler (backend + RunPlan) on uint8 RGB arrays. ``label``'s
+    ``{precision}`` is the precision the backend runs."""
 
-    def __init__(self, model, name: str, device: str = "cpu"):
-        import torch
+    def __init__(self, label: str, tile: int = 0, **model):
+        from runtime import Upscaler
 
-        self.torch = torch
-        self.model = model.to(device).eval()
-        self.device = device
-        self.name = name
-        self.scale = int(model.config["upscale"])
-        self.multiple = int(getattr(model, "size_multiple", 16 if model.config.get("cross_scale_scan") else 1))
-
-    def __call__(self, lr: np.ndarray) -> np.ndarray:
-        torch = self.torch
-        h, w = lr.shape[:2]
-        x = pad_to_multiple(lr.transpose(2, 0, 1)[None].astype(np.float32) / 255.0, self.multiple)
-        with torch.inference_mode():
-            y = self.model(torch.from_numpy(np.ascontiguousarray(x)).to(self.device)).float().cpu().numpy()
-        return to_uint8(y[0, :, : h * self.scale, : w * self.scale])
-
-
-class Onnx:
-    """An ONNX model through the runtime's ONNX Runtime backend, tiled by its Tiler when the
-    model has a fixed tile shape (or a tile is asked for)."""
-
-    def __init__(self, path: Path, device: str = "cpu", tile: int | None = None, overlap: int = 8):
-        from runtime.backends.ort_backend import OrtBackend
-        from runtime.tiling import Tiler
-
-        self.path = Path(path)
-        self.backend = OrtBackend(self.path, device=device)
-        self.scale = self.backend.scale
-        self.multiple = self.backend.size_multiple
-        self.run = self.backend.run
-        self.precision = self.backend.precision
-        fixed = self.backend.fixed_tile
-        self.tiler = None
-        if fixed or tile:
-            self.tiler = Tiler(self.scale, tile=fixed or tile, overlap=overlap, batch=self.backend.max_batch or 1,
-                               fixed=bool(fixed), multiple=self.multiple)
-        self.name = f"ONNX Runtime {self.precision}: {self.path.name}" + (" (tiled)" if self.tiler else "")
+        self.up = Upscaler.open(tile=tile, **model)
+        plan = self.up.plan
+        self.scale = plan.scale
+        tiled = "" if plan.whole_image else f" (tiled {plan.tile[0]})"
+        self.name = label.replace("{precision}", plan.precision) + tiled
 
     def __call__(self, lr: np.ndarray) -> np.ndarray:
-        h, w = lr.shape[:2]
-        x = lr.transpose(2, 0, 1).astype(np.float32) / 255.0
-        if self.tiler is not None:
-            y = self.tiler.run(x, self.run)
-        else:
-            y = self.run(pad_to_multiple(x[None], self.multiple))[0]
-        return to_uint8(np.asarray(y)[:, : h * self.scale, : w * self.scale])
+        return self.up.upscale(ImageData(lr)).pixels
 
 
 def evaluate(methods, images: list[tuple[str, np.ndarray]], scale: int, qf: int, log=print) -> list[dict]:
@@ -167,18 +117,15 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=0, help="use only the first N images")
     ap.add_argument("--no-default", action="store_true", help="leave out the shipped default model")
     ap.add_argument("--ckpt", nargs="*", default=[], help="checkpoints (.safetensors/.pth) run eagerly")
-    ap.add_argument("--config", help="network_g for --ckpt files without a stored config")
+    ap.add_argument("--config", help="network_g for --ckpt files without a stored config (YAML or preset)")
     ap.add_argument("--onnx", nargs="*", default=[], help="ONNX models (fp32/fp16/int8) run with ONNX Runtime")
-    ap.add_argument("--tile", type=int, default=0, help="tile size for dynamic ONNX models (0 = whole image)")
+    ap.add_argument("--tile", type=int, default=0,
+                    help="tile size for models that take any size (0 = whole image; fixed-tile models use their own)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
 
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
     paths = list_images(args.gt)
     if args.limit:
         paths = paths[: args.limit]
@@ -190,21 +137,28 @@ def main(argv=None) -> int:
         with Image.open(p) as im:
             images.append((p.name, center_crop(to_rgb_uint8(im), args.center_crop)))
 
+    from runtime import UserError
+    from runtime.cli import as_flags
+
+    run = dict(device=args.device, threads=args.threads or None, tile=args.tile)
     methods = [Bicubic(args.scale)]
-    import mambacsr
+    try:
+        if not args.no_default:
+            from mambacsr.pretrained import DEFAULT_MODEL_NAME
 
-    if not args.no_default:
-        from mambacsr.pretrained import DEFAULT_MODEL_NAME, load_default_model
-
-        try:
-            methods.append(Eager(load_default_model(), f"MambaCSR default ({DEFAULT_MODEL_NAME}), PyTorch eager",
-                                 args.device))
-        except FileNotFoundError as e:
-            print(f"note: {e}", file=sys.stderr)
-    for c in args.ckpt:
-        methods.append(Eager(mambacsr.load_model(c, config=args.config), f"{Path(c).name}, PyTorch eager", args.device))
-    for o in args.onnx:
-        methods.append(Onnx(Path(o), device=args.device, tile=args.tile or None))
+            try:
+                methods.append(Model(f"MambaCSR default ({DEFAULT_MODEL_NAME}), PyTorch eager", backend="torch",
+                                     compile=False, **run))
+            except UserError as e:
+                print(f"note: {as_flags(str(e))}", file=sys.stderr)
+        for c in args.ckpt:
+            methods.append(Model(f"{Path(c).name}, PyTorch eager", ckpt=c, config=args.config, backend="torch",
+                                 compile=False, **run))
+        for o in args.onnx:
+            methods.append(Model(f"ONNX Runtime {{precision}}: {Path(o).name}", onnx=o, backend="ort", **run))
+    except UserError as e:
+        print(f"error: {as_flags(str(e))}", file=sys.stderr)
+        return 2
     for m in methods[1:]:
         if m.scale != args.scale:
             print(f"error: {m.name} upscales x{m.scale}, not x{args.scale}", file=sys.stderr)

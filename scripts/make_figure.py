@@ -4,8 +4,9 @@ with bicubic interpolation, beside the default model's output (and the ground tr
 
 The input is made from a ground-truth image with the evaluation pipeline (``mambacsr.degrade``:
 bicubic x1/scale, JPEG at ``--qf``). Default image: scikit-image's ``astronaut`` (NASA, public
-domain; never trained on). The model runs on the whole low-resolution image; the crop is taken
-afterwards. Panels are enlarged with nearest-neighbour by ``--zoom`` so pixels stay visible.
+domain; never trained on). The model runs through the runtime (``Upscaler``, PyTorch backend) on
+the whole low-resolution image; the crop is taken afterwards. Panels are enlarged with
+nearest-neighbour by ``--zoom`` so pixels stay visible.
 
     python scripts/make_figure.py                      # -> scripts/figures/before_after_x4_qf10.png
     python scripts/make_figure.py --image photo.png --box 100 200 160 --ckpt my.safetensors
@@ -39,21 +40,6 @@ def load_image(path: str | None) -> np.ndarray:
     return to_rgb_uint8(data.astronaut())
 
 
-def upscale(model, lr: np.ndarray) -> np.ndarray:
-    import torch
-
-    scale = int(model.config["upscale"])
-    m = int(getattr(model, "size_multiple", 1))
-    h, w = lr.shape[:2]
-    x = lr.transpose(2, 0, 1)[None].astype(np.float32) / 255.0
-    ph, pw = (-h) % m, (-w) % m
-    if ph or pw:
-        x = np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="reflect")
-    with torch.inference_mode():
-        y = model(torch.from_numpy(np.ascontiguousarray(x))).numpy()[0, :, : h * scale, : w * scale]
-    return (np.clip(y, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0)
-
-
 def panel(img: np.ndarray, zoom: int, label: str) -> Image.Image:
     im = Image.fromarray(img).resize((img.shape[1] * zoom, img.shape[0] * zoom), Image.Resampling.NEAREST)
     bar = 22
@@ -80,13 +66,16 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args(argv)
 
-    import mambacsr
-    from mambacsr.pretrained import load_default_model
+    from runtime import ImageData, Upscaler, UserError
+    from runtime.cli import as_flags
 
-    model = mambacsr.load_model(args.ckpt) if args.ckpt else load_default_model()
-    scale = int(model.config["upscale"])
+    try:  # the runtime's PyTorch backend, each image whole (tile=0); no --ckpt: the shipped default model
+        up = Upscaler.open(ckpt=args.ckpt, backend="torch", device="cpu", compile=False, tile=0)
+    except UserError as e:
+        raise SystemExit(f"error: {as_flags(str(e))}") from None
+    scale = up.plan.scale
     hr, lr = degrade(load_image(args.image), scale, args.qf)
-    sr = upscale(model, lr)
+    sr = up.upscale(ImageData(lr)).pixels
     bic = np.asarray(Image.fromarray(lr).resize((lr.shape[1] * scale, lr.shape[0] * scale), Image.Resampling.BICUBIC))
     y, x, s = args.box
     y, x = min(y, hr.shape[0] - s), min(x, hr.shape[1] - s)

@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mambacsr.atomic import atomic_write  # noqa: E402
 from mambacsr.degrade import QUALITY_FACTORS, center_crop, degrade, shrink_to_max_side, to_rgb_uint8  # noqa: E402
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
+from runtime.imageio import IMAGE_SUFFIXES as IMAGE_EXTS  # noqa: E402  (one suffix set for the project)
 
 
 def list_images(folder: Path) -> list[Path]:

@@ -147,6 +147,10 @@ def test_checker_shapes_and_metadata(exported):
     assert out_dims == [2, 3, 128, 128]
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["mambacsr.scale"] == "4" and meta["mambacsr.tile"] == "32"
+    # the model's size multiple travels in the file, and the runtime reads it from there
+    from runtime.backends.ort_backend import OrtBackend
+    assert meta["mambacsr.size_multiple"] == "16"
+    assert OrtBackend(paths["final"]).size_multiple == 16 and OrtBackend(paths["wo"]).size_multiple == 1
 
 
 def test_polygraphy_inspects_and_runs_the_file(exported):
@@ -198,7 +202,7 @@ def test_cli_exports_official_format_checkpoint_plugin_only(tmp_path):
 
 @pytest.mark.parametrize("problem,args,message", [
     ("truncated", ["--tile", "16"], "complete"),
-    ("bad tile", ["--tile", "17"], "tile 17 is not valid"),
+    ("bad tile", ["--tile", "8"], "--tile 8 is smaller than 16"),
     ("bad opset", ["--tile", "16", "--opset", "9"], "opset 9"),
 ])
 def test_cli_errors_are_one_line_and_write_nothing(tmp_path, problem, args, message):

@@ -198,7 +198,7 @@ def test_corpus_each_file_handled_and_reported(tmp_path, capsys, corpus, dyn_onn
         assert f"done {corpus / name} -> {res}" in err  # stderr is no terminal here: one line per file
     assert "animated.gif: note: 3 frames" in err and "pages.tiff: note: 3 frames" in err  # item 10
     assert "libpng_bomb16.png: note: libpng:" in err
-    assert read_image(out / "rgb16.png").bits == 16 and read_image(out / "rgba16.png").alpha is not None
+    assert read_image(out / "rgb16.png").pixels.dtype == np.uint16 and read_image(out / "rgba16.png").alpha is not None
     assert not (out / "loop").exists()
     assert f"{len(GOOD)} file(s) written" in stdout and f"{len(BAD)} failed" in stdout
     assert_no_partial(out)

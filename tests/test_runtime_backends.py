@@ -94,34 +94,35 @@ def test_cli_on_real_onnx_and_ckpt_agree(tmp_path, capsys, tiny_model, tiny_onnx
     assert np.abs(outs["ort"] - outs["torch"]).max() <= 1
 
 
-def test_ckpt_on_ort_backend_exports_and_benches(tmp_path, capsys, monkeypatch, tiny_model, tiny_onnx):
-    """`bench --ckpt C --backend torch,ort`: the ort row exports a cached ONNX first (the export
-    itself is the fixture's: reuse its file instead of exporting twice)."""
-    import shutil
-
+def test_ckpt_on_ort_backend_names_the_export_and_never_exports(tmp_path, capsys, monkeypatch, tiny_model):
+    """Exporting is an explicit step: `upscale --ckpt C --backend ort` stops (exit 2) with the
+    export command, and `bench --backend torch,ort` times torch and skips ort with the same
+    words; nothing is exported or cached."""
     import export.onnx
     from mambacsr import save_checkpoint
+    from PIL import Image
 
     from runtime.cli import main
-    calls = []
 
-    def fake_export(model, out_path, tile=64, batch=1, dynamic_batch=False, precision="fp32", **kw):
-        calls.append((tile, batch, dynamic_batch, precision))
-        shutil.copy(tiny_onnx, out_path)
-        return out_path
-    monkeypatch.setattr(export.onnx, "export_model", fake_export)
+    def never(*a, **k):
+        raise AssertionError("the runtime exported a model")
+    monkeypatch.setattr(export.onnx, "export_model", never)
     monkeypatch.setenv("MAMBACSR_CACHE", str(tmp_path / "cache"))
     ckpt = tmp_path / "tiny.safetensors"
     save_checkpoint(tiny_model, str(ckpt))
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "a.png")
+    code = main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--ckpt", str(ckpt),
+                 "--backend", "ort", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"`python -m export.onnx --ckpt {ckpt} --tile 64 --out tiny_t64.onnx`" in err, err
+    assert "--onnx tiny_t64.onnx" in err and len(err.strip().splitlines()) == 1
     code = main(["bench", "--ckpt", str(ckpt), "--backend", "torch,ort", "--tile", "32", "--iters", "1",
                  "--warmup", "0"])
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert code == 0
-    assert "| torch | cpu | fp32 | 32 | 1 |" in out and "| ort | cpu | fp32 | 32 | 1 |" in out
-    assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 1
-    assert calls == [(32, 1, True, "fp32")]
-    main(["bench", "--ckpt", str(ckpt), "--backend", "ort", "--tile", "32", "--iters", "1", "--warmup", "0"])
-    assert len(calls) == 1  # cached
+    assert "| torch | cpu | fp32 | 32 | 1 |" in out and "| ort |" not in out
+    assert "skip ort/auto/t32/b1" in err and "python -m export.onnx" in err
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "o").exists()
 
 
 def test_torch_backend_reads_model_properties(tiny_model):
@@ -167,11 +168,11 @@ def test_make_spec_checks_the_onnx(tmp_path):
     dyn = standin_onnx(tmp_path / "d.onnx")[0]
     s = make_spec(fixed, None, 2, "fp32")
     assert (s.tile, s.batch, s.dynamic_batch) == (16, 2, False)
-    with pytest.raises(UserError, match="--tile 16"):
+    with pytest.raises(UserError, match="tile=16"):
         make_spec(fixed, 32, 2)
-    with pytest.raises(UserError, match="--batch 2"):
+    with pytest.raises(UserError, match="batch=2"):
         make_spec(fixed, 16, 4)
-    with pytest.raises(UserError, match="--tile N"):
+    with pytest.raises(UserError, match="tile=N"):
         make_spec(dyn, None)
     s = make_spec(dyn, 64, 4, "int8")
     assert s.dynamic_batch and s.dynamic_spatial and s.shapes()["max"] == (4, 3, 64, 64)
@@ -193,14 +194,14 @@ def test_sidecar_mismatch_messages(tmp_path):
         check_sidecar(eng, "10.13.0", ("NVIDIA L4", "8.9"), "p")
     with pytest.raises(UserError, match="another plugin"):
         check_sidecar(eng, "10.13.0", ("NVIDIA H100", "9.0"), "q")
-    with pytest.raises(UserError, match="--plugin"):
+    with pytest.raises(UserError, match="plugin="):
         check_sidecar(eng, "10.13.0", ("NVIDIA H100", "9.0"), None)
 
 
 # ------------------------------------------------------------------------------ TensorRT
 @needs_trt
 def test_trt_import_and_version():
-    from runtime.backends.trt_backend import import_tensorrt, trt_major
+    from runtime.trt_common import import_tensorrt, trt_major
     assert trt_major(import_tensorrt()) >= 10
 
 
@@ -215,3 +216,119 @@ def test_trt_engine_matches_ort(tmp_path):
     trt_be, ort_be = TrtBackend(engine), OrtBackend(path)
     x = np.random.default_rng(0).random((3, 3, 16, 16), dtype=np.float32)
     np.testing.assert_allclose(trt_be.run(x), ort_be.run(x), atol=1e-4)
+
+
+# ------------------------------------------------------------------------------ structure
+def runtime_import_graph() -> dict[str, set[str]]:
+    """Module -> the runtime modules it imports (every import statement, top-level or inside a
+    function), read with ast from runtime/."""
+    import ast
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    files = {".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in (root / "runtime").rglob("*.py")}
+    graph = {}
+    for mod, path in files.items():
+        package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: from the package, up level - 1
+                    parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(parts + ([base] if base else []))
+                names = [f"{base}.{a.name}" if f"{base}.{a.name}" in files else base for a in node.names]
+            else:
+                continue
+            edges |= {n for n in names if n in files and n != mod}
+        graph[mod] = edges
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_runtime_import_graph_has_no_cycle():
+    graph = runtime_import_graph()
+    assert {"runtime.cli", "runtime.plan", "runtime.backends.trt_backend", "runtime.engine_cache"} <= set(graph)
+    assert import_cycles(graph) == []
+    # the TensorRT backend and the engine builder share runtime.trt_common; neither imports the other
+    assert "runtime.engine_cache" not in graph["runtime.backends.trt_backend"]
+    assert "runtime.backends.trt_backend" not in graph["runtime.engine_cache"]
+    # negative control: the checker sees a cycle when there is one
+    assert import_cycles(dict(graph, **{"runtime.plan": graph["runtime.plan"] | {"runtime.tiling"}})) != []
+
+
+def test_plan_rules_and_the_cli_words(tmp_path):
+    """Library errors name fields; the CLI's one table turns them into flags. Precision: the same
+    error from every backend that cannot honour what is asked."""
+    from runtime.cli import as_flags
+    from runtime.plan import RunPlan
+
+    class Fixed:
+        name, scale, fixed_tile, max_batch, size_multiple, precision = "x", 2, (16, 16), 4, 1, "fp32"
+
+    class Final(Fixed):
+        fixed_tile, size_multiple, bytes_per_lr_pixel = None, 16, 1.0
+
+        def free_memory(self):
+            return None
+
+    plan = RunPlan.for_backend(Fixed())
+    assert (plan.tile, plan.overlap, plan.batch, plan.fixed) == ((16, 16), 2, 4, True)
+    with pytest.raises(UserError, match="not tile=32: pass tile=16") as e:
+        RunPlan.for_backend(Fixed(), tile=32)
+    assert "--tile 32" in as_flags(str(e.value)) and "tile=" not in as_flags(str(e.value))
+    with pytest.raises(UserError, match="tile=40 is not a multiple of 16, the model's size multiple: pass tile=32"):
+        RunPlan.for_backend(Final(), tile=40)
+    assert RunPlan.for_backend(Final()).tile == (64, 64) and RunPlan.for_backend(Final(), tile=0).whole_image
+
+    errors = []
+    net = PixelShuffleNet(np.zeros((12, 3, 3, 3), np.float32), np.zeros(12, np.float32), 2)
+    for make in (lambda: TorchBackend(net, precision="fp16"),
+                 lambda: OrtBackend(standin_onnx(tmp_path / "m.onnx")[0], precision="fp16")):
+        with pytest.raises(UserError) as e:
+            make()
+        errors.append(str(e.value))
+    for err in errors:
+        assert err.startswith("precision=fp16 cannot be honoured by the ") and "pass precision=fp32" in err, err
+
+
+def test_size_multiple_from_metadata():
+    """The exporter writes the model's size multiple; files without it fall back to the model's
+    rule on their stored config."""
+    from runtime.backends.base import size_multiple_of
+    assert size_multiple_of({"mambacsr.size_multiple": "16"}) == 16
+    assert size_multiple_of({"mambacsr.config": json.dumps(dict(TINY, cross_scale_scan=True))}) == 16
+    assert size_multiple_of({"mambacsr.config": json.dumps(TINY)}) == 1
+    assert size_multiple_of({}) == 1

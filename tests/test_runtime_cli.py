@@ -97,7 +97,7 @@ def test_mixed_folder_good_processed_bad_reported(tmp_path, capsys, fixed_onnx):
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
     assert written == ["good.png", "sub", "sub/deep16.png", "sub/good2.png"]
     assert read_image(out / "good.png").size == (56, 40)
-    assert read_image(out / "sub" / "deep16.png").bits == 16
+    assert read_image(out / "sub" / "deep16.png").pixels.dtype == np.uint16
     assert "3 file(s) written" in stdout and "4 failed" in stdout
 
 

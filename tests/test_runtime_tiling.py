@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from runtime.errors import UserError
-from runtime.tiling import Tiler, auto_tile
+from runtime.plan import auto_tile
+from runtime.tiling import Tiler
 from runtime.upscale import tta_fn
 
 TINY = dict(upscale=2, embed_dim=24, depths=[2], depths2=[1], d_state=4, scan_size=8, mlp_ratio=2,
@@ -144,7 +145,7 @@ def test_fixed_tile_pads_small_images():
 def test_tiny_images_are_padded_to_the_minimum_tile(shape):
     """A 1x1 or 3x2 image is never fed to the model alone: it is reflect-padded to MIN_TILE, and
     the output is cropped back (exact for a pointwise model)."""
-    from runtime.tiling import MIN_TILE
+    from runtime.plan import MIN_TILE
     seen = []
 
     def fn(b):
@@ -191,7 +192,7 @@ def test_memory_is_a_strip_of_tiles():
 
 @pytest.mark.parametrize("kw,match", [
     (dict(tile=0), "impossible tile"), (dict(tile=20, multiple=16), "multiple of 16"),
-    (dict(tile=16, overlap=16), "overlap"), (dict(tile=None), "--tile"),
+    (dict(tile=16, overlap=16), "overlap"), (dict(tile=None), "tile="),
     (dict(tile=16, mode="official", fixed=True), "official"), (dict(tile=16, mode="x"), "tile mode"),
 ])
 def test_impossible_settings_are_user_errors(kw, match):

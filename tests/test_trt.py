@@ -142,7 +142,7 @@ def test_build_refuses_scans_inlined_as_onnx_functions(tmp_path):
     check_plugin_layers(trt, ok_net, onnx_path, "libmambacsr_plugins.so")       # one per node: fine
     # Negative control: the parser inlined the function bodies (Loops, no plugin layer).
     trt, inlined = _fake_trt(["LOOP", "MATRIX_MULTIPLY", "LOOP"])
-    with pytest.raises(UserError, match=r"2 SelectiveScan nodes but 0 TensorRT plugin layers.*--plugin"):
+    with pytest.raises(UserError, match=r"2 SelectiveScan nodes but 0 TensorRT plugin layers.*plugin="):
         check_plugin_layers(trt, inlined, onnx_path, None)
     with pytest.raises(UserError, match=r"registered no SelectiveScan/1/mambacsr creator"):
         check_plugin_layers(trt, inlined, onnx_path, "libother.so")
@@ -187,8 +187,8 @@ def test_polygraphy_script_registers_the_plugin_before_parsing(tmp_path, monkeyp
     lib.write_bytes(b"\x7fELF")
     monkeypatch.setenv("MAMBACSR_ONNX", str(onnx_path))
     monkeypatch.setenv("MAMBACSR_PLUGIN", str(lib))
-    from runtime.backends import trt_backend
-    monkeypatch.setattr(trt_backend, "_loaded_plugins", {})
+    from runtime import trt_common
+    monkeypatch.setattr(trt_common, "_loaded_plugins", {})
     spec = importlib.util.spec_from_file_location("polygraphy_network", ROOT / "plugins" / "polygraphy_network.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
@@ -199,7 +199,7 @@ def test_polygraphy_script_registers_the_plugin_before_parsing(tmp_path, monkeyp
     # Negative control: the same script on a network where the node was inlined stops.
     _, inlined = _fake_trt(["LOOP"])
     network.num_layers, network.get_layer = inlined.num_layers, inlined.get_layer
-    monkeypatch.setattr(trt_backend, "_loaded_plugins", {})
+    monkeypatch.setattr(trt_common, "_loaded_plugins", {})
     with pytest.raises(UserError, match="1 SelectiveScan nodes but 0"):
         script.load_network()
 
@@ -242,7 +242,7 @@ def logger(trt):
 
 @pytest.fixture(scope="module")
 def registry(trt, plugin_lib, logger):
-    from runtime.backends.trt_backend import load_plugin
+    from runtime.trt_common import load_plugin
     load_plugin(trt, plugin_lib, logger)   # load_library, then checks the creator is registered
     return trt.get_plugin_registry()
 

@@ -1,53 +1,66 @@
-"""Inference backends behind one small interface.
+"""Inference backends behind one small interface (:class:`~runtime.backends.base.Backend`).
 
-Every backend has ``name``, ``scale``, ``fixed_tile`` ((H, W) or None when any size works),
-``max_batch`` (None: unlimited), ``size_multiple`` (H and W must divide by it), ``device``,
-``precision`` and ``run(batch)``: float32 NCHW in [0, 1] -> float32 (N, C, H*s, W*s).
-
-:func:`open_backend` turns the CLI's model flags into a backend.
+:data:`BACKENDS` is the table: each backend's model kind, the package it needs, the devices it
+runs on and its loader. :func:`open_backend` picks a row for the model given and opens it; the
+precisions a backend can honour are declared by the backend itself
+(:func:`runtime.plan.pick_precision`). Nothing here converts models: an ONNX file comes from
+``python -m export.onnx``, an engine from ``mambacsr-rt build``.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
+from runtime.backends.base import Backend
 from runtime.errors import UserError
 
-BACKENDS = ("trt", "ort", "torch")
+__all__ = ["BACKENDS", "Backend", "BackendInfo", "open_backend", "resolve_device"]
 
 
-class Backend:
-    name = "base"
-    scale: int = 1
-    fixed_tile: tuple[int, int] | None = None
-    max_batch: int | None = None
-    size_multiple: int = 1
-    device: str = "cpu"
-    precision: str = "fp32"
-    bytes_per_lr_pixel: float = 64 * 1024.0  # rough peak activation bytes per LR pixel (auto tile)
+def _open_trt(path, *, plugin, device, precision, **_) -> Backend:
+    from runtime.backends.trt_backend import TrtBackend
+    return TrtBackend(path, plugin=plugin, device=resolve_device(device), precision=precision)
 
-    def run(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
-        raise NotImplementedError
 
-    def free_memory(self) -> int | None:
-        """Free memory on the device in bytes, when known (used to pick tile and batch)."""
-        return None
+def _open_ort(path, *, device, precision, threads, **_) -> Backend:
+    if device in (None, "", "auto"):
+        import onnxruntime as ort
+        device = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+    from runtime.backends.ort_backend import OrtBackend
+    return OrtBackend(path, device=resolve_device(device), threads=threads, precision=precision)
 
-    def describe(self) -> str:
-        tile = "any size" if self.fixed_tile is None else f"{self.fixed_tile[0]}x{self.fixed_tile[1]}"
-        return f"{self.name} on {self.device}, {self.precision}, x{self.scale}, tile {tile}"
 
-    def close(self) -> None:
-        pass
+def _open_torch(path, *, config, device, precision, threads, compile, **_) -> Backend:
+    from runtime.backends.torch_backend import TorchBackend
+    return TorchBackend.from_checkpoint(path, config=config, device=resolve_device(device), precision=precision,
+                                        threads=threads, compile=compile)
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """One row of the backend table."""
+
+    runs: str  # the model field it runs: "engine", "onnx" or "ckpt"
+    package: str  # the module that must be importable
+    install: str  # how to install it
+    devices: tuple[str, ...]
+    open: Callable[..., Backend]  # (model path, **options) -> Backend
+
+
+BACKENDS: dict[str, BackendInfo] = {
+    "trt": BackendInfo("engine", "tensorrt", "pip install 'mambacsr-deploy[trt]'", ("cuda",), _open_trt),
+    "ort": BackendInfo("onnx", "onnxruntime", "pip install onnxruntime (onnxruntime-gpu for CUDA)",
+                       ("cpu", "cuda"), _open_ort),
+    "torch": BackendInfo("ckpt", "torch", "pip install torch", ("cpu", "cuda"), _open_torch),
+}
+MODEL_KINDS = {"engine": "TensorRT engines", "onnx": "ONNX files", "ckpt": "checkpoints"}
 
 
 def installed(name: str) -> bool:
-    mod = {"trt": "tensorrt", "ort": "onnxruntime", "torch": "torch"}[name]
-    return importlib.util.find_spec(mod) is not None
+    return importlib.util.find_spec(BACKENDS[name].package) is not None
 
 
 def cuda_available() -> bool:
@@ -62,15 +75,15 @@ def resolve_device(device: str | None) -> str:
     if device in (None, "", "auto"):
         return "cuda" if cuda_available() else "cpu"
     if device.startswith("cuda") and not cuda_available():
-        raise UserError(f"--device {device} asked but no CUDA GPU is visible: use --device cpu")
+        raise UserError(f"device={device} asked but no CUDA GPU is visible: pass device=cpu")
     if not (device == "cpu" or device.startswith("cuda")):
-        raise UserError(f"unknown device {device!r}: use cpu, cuda or cuda:N")
+        raise UserError(f"unknown device={device}: use cpu, cuda or cuda:N")
     return device
 
 
 def default_checkpoint() -> Path:
     """The shipped default model, or a one-line error naming the alternatives."""
-    hint = "pass a model with --ckpt C.pth, --onnx M.onnx or --engine E.engine"
+    hint = "pass a model with ckpt=C.pth, onnx=M.onnx or engine=E.engine"
     try:
         from mambacsr.pretrained import default_checkpoint as _default
     except ImportError:
@@ -87,85 +100,67 @@ def default_checkpoint() -> Path:
     return path
 
 
+def export_command(ckpt, config=None, tile: int = 64) -> str:
+    """The command that exports ``ckpt`` for the ort backend (and TensorRT)."""
+    cfg = ""
+    if config:
+        cfg = f" --{'config' if Path(str(config)).suffix in ('.yml', '.yaml') else 'preset'} {config}"
+    return f"python -m export.onnx --ckpt {ckpt}{cfg} --tile {tile} --out {Path(ckpt).stem}_t{tile}.onnx"
+
+
+def _wrong_model(backend: str, runs: str, given: str, path, config) -> str:
+    """Why ``backend`` cannot run the model given, and the ways out."""
+    right = next(n for n, b in BACKENDS.items() if b.runs == given)
+    msg = (f"the {backend} backend runs {MODEL_KINDS[runs]}, not {MODEL_KINDS[given]}: pass backend={right} "
+           f"(or auto) to run {given}={path}")
+    if runs == "ckpt":
+        return msg + ", or a checkpoint with ckpt=C.pth"
+    build = "`mambacsr-rt build --onnx {} --plugin libmambacsr_plugins.so --tile 64`, then pass engine=E.engine"
+    if given == "ckpt":
+        msg += (f", or export it first (an explicit step, minutes for the official model size): "
+                f"`{export_command(path, config)}`")
+        if runs == "onnx":
+            return msg + f", then pass onnx={Path(path).stem}_t64.onnx"
+        return msg + ", then build an engine: " + build.format("M.onnx")
+    if runs == "engine":
+        return msg + ", or build an engine from it: " + build.format(path)
+    return msg
+
+
 def open_backend(backend: str = "auto", *, engine=None, plugin=None, onnx=None, ckpt=None,
-                 config=None, device: str | None = "auto", precision: str = "fp32",
-                 tile: int | None = None, batch: int | None = None, threads: int | None = None,
-                 compile: bool = True, log: Callable[[str], None] = lambda m: None) -> Backend:
-    """Open the backend for the model flags given (engine > onnx > ckpt > shipped default)."""
-    given = [n for n, v in (("--engine", engine), ("--onnx", onnx), ("--ckpt", ckpt)) if v]
-    if len(given) > 1:
-        raise UserError(f"give one model, not {' and '.join(given)}")
-    if backend not in ("auto",) + BACKENDS:
-        raise UserError(f"unknown backend {backend!r}: use auto, trt, ort or torch")
-    for p, flag in ((engine, "--engine"), (onnx, "--onnx"), (ckpt, "--ckpt"), (plugin, "--plugin")):
+                 config=None, device: str | None = "auto", precision: str | None = None,
+                 threads: int | None = None, compile: bool = True,
+                 log: Callable[[str], None] = lambda m: None) -> Backend:
+    """Open the backend for the model given (one of ``engine``, ``onnx``, ``ckpt``; none: the
+    shipped default checkpoint). ``backend="auto"`` picks the row that runs that model kind (the
+    choice is logged). ``precision=None``: the backend's default (the file's, or fp32)."""
+    models = {k: v for k, v in (("engine", engine), ("onnx", onnx), ("ckpt", ckpt)) if v}
+    if len(models) > 1:
+        raise UserError("give one model, not " + " and ".join(f"{k}={v}" for k, v in models.items()))
+    if backend != "auto" and backend not in BACKENDS:
+        raise UserError(f"unknown backend={backend}: use auto, {', '.join(BACKENDS)}")
+    for field, p in (*models.items(), ("plugin", plugin)):
         if p and not Path(p).is_file():
-            raise UserError(f"{flag} {p}: no such file")
-    if not given:
-        ckpt = default_checkpoint()
-        log(f"model: shipped default {ckpt}")
-    ckpt_why = "a checkpoint was given" if given else "the shipped default model is a checkpoint"
+            raise UserError(f"{field}={p}: no such file")
+    if not models:
+        models = {"ckpt": default_checkpoint()}
+        log(f"model: shipped default {models['ckpt']}")
+    (given, path), = models.items()
 
     if backend == "auto":
-        if engine:
-            backend, why = "trt", "a TensorRT engine was given"
-        elif onnx:
-            backend, why = "ort", "an ONNX file was given (build a TensorRT engine with `mambacsr-rt build` for speed)"
-        else:
-            backend, why = "torch", ckpt_why
+        backend = next(n for n, b in BACKENDS.items() if b.runs == given)
+        why = {"engine": "a TensorRT engine was given",
+               "onnx": "an ONNX file was given (build a TensorRT engine with `mambacsr-rt build` for speed)",
+               "ckpt": "a checkpoint was given" if ckpt else "the shipped default model is a checkpoint"}[given]
         log(f"backend: {backend} ({why})")
+    info = BACKENDS[backend]
     if not installed(backend):
-        pkg = {"trt": "tensorrt (pip install 'mambacsr-deploy[trt]')", "ort": "onnxruntime",
-               "torch": "torch"}[backend]
-        raise UserError(f"the {backend} backend is not installed: install {pkg} or pick another --backend")
-
-    if backend == "trt":
-        if not engine:
-            raise UserError("the trt backend runs engines: build one with `mambacsr-rt build --onnx M.onnx "
-                            "--plugin libmambacsr_plugins.so --tile 64`, then pass --engine")
-        from runtime.backends.trt_backend import TrtBackend
-        return TrtBackend(engine, plugin=plugin, device=resolve_device(device))
-    if engine:
-        raise UserError(f"--engine needs --backend trt (or auto), not {backend}")
-    if backend == "ort" and device in (None, "", "auto"):
-        import onnxruntime as ort
-        device = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
-    dev = resolve_device(device)
-    if backend == "ort":
-        if not onnx:
-            onnx = _export_for_ort(ckpt, config, tile or 64, batch or 1, precision, log)
-        from runtime.backends.ort_backend import OrtBackend
-        be = OrtBackend(onnx, device=dev, threads=threads, log=log)
-        if precision and precision != be.precision:
-            log(f"precision {precision} ignored: it is fixed by the ONNX file ({be.precision}); "
-                f"export another precision with `python -m export.onnx --precision {precision}`")
-        return be
-    # torch
-    if onnx:
-        raise UserError("the torch backend needs a checkpoint (--ckpt); use --backend ort for --onnx")
-    from runtime.backends.torch_backend import TorchBackend
-    return TorchBackend.from_checkpoint(ckpt, config=config, device=dev, precision=precision, threads=threads,
-                                        compile=compile)
-
-
-def _export_for_ort(ckpt, config, tile: int, batch: int, precision: str, log) -> Path:
-    """Export a checkpoint to a cached fixed-tile ONNX so the ort backend can run it."""
-    import hashlib
-    import os
-    try:
-        from export.onnx import export_model
-        from mambacsr import load_model
-    except ImportError as e:
-        raise UserError(f"cannot export {ckpt} for onnxruntime ({e}): pass --onnx M.onnx") from None
-    h = hashlib.sha256(Path(ckpt).read_bytes()).hexdigest()[:16]
-    cache = Path(os.environ.get("MAMBACSR_CACHE", Path.home() / ".cache" / "mambacsr")) / "onnx"
-    out = cache / f"{Path(ckpt).stem}-{h}-{precision}-t{tile}-b{batch}.onnx"
-    if not out.is_file():
-        cache.mkdir(parents=True, exist_ok=True)
-        log(f"exporting {ckpt} to {out} (tile {tile}, batch {batch}, {precision})")
-        try:
-            model = load_model(str(ckpt), config=config, device="cpu")
-            export_model(model, out, tile=tile, batch=batch, dynamic_batch=True, precision=precision)  # atomic
-        except (ValueError, RuntimeError, OSError) as e:  # ExportError / CheckpointError are ValueErrors
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise UserError(f"cannot export {ckpt} for onnxruntime: {msg}") from None
-    return out
+        others = " or ".join(f"backend={n}" for n in BACKENDS if n != backend)
+        raise UserError(f"the {backend} backend is not installed: {info.install}, or pass {others}")
+    if given != info.runs:
+        raise UserError(_wrong_model(backend, info.runs, given, path, config))
+    if device not in (None, "", "auto") and device.split(":")[0] not in info.devices:
+        raise UserError(f"the {backend} backend runs on {' or '.join(info.devices)}, not device={device}: "
+                        f"pass device={info.devices[0]}, or another backend")
+    return info.open(path, plugin=plugin, config=config, device=device, precision=precision, threads=threads,
+                     compile=compile)

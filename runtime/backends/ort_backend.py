@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.backends import Backend
+from runtime.backends.base import Backend, precision_of, size_multiple_of
 from runtime.errors import UserError
+from runtime.plan import pick_precision
 
 _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
@@ -19,7 +20,7 @@ def _dim(d):
 class OrtBackend(Backend):
     name = "ort"
 
-    def __init__(self, path, device: str = "cpu", threads: int | None = None, log=lambda m: None):
+    def __init__(self, path, device: str = "cpu", threads: int | None = None, precision: str | None = None):
         import onnxruntime as ort
         self.path = Path(path)
         opts = ort.SessionOptions()
@@ -30,7 +31,7 @@ class OrtBackend(Backend):
         if str(device).startswith("cuda"):
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise UserError("onnxruntime has no CUDA provider here: pip install onnxruntime-gpu, "
-                                "or use --device cpu")
+                                "or pass device=cpu")
             idx = int(device.split(":")[1]) if ":" in device else 0
             providers = [("CUDAExecutionProvider", {"device_id": idx}), "CPUExecutionProvider"]
         try:
@@ -51,8 +52,11 @@ class OrtBackend(Backend):
         th, tw = _dim(shape[2]), _dim(shape[3])
         self.fixed_tile = (th, tw) if th and tw else None
         meta = self.sess.get_modelmeta().custom_metadata_map or {}
-        self.precision = meta.get("mambacsr.precision") or ("fp16" if self.input_dtype == np.float16 else "fp32")
-        self.size_multiple = int(meta.get("mambacsr.size_multiple", 1) or 1)
+        self.precisions = (precision_of(meta.get("mambacsr.precision"), self.input_dtype == np.float16),)
+        self.precision = pick_precision(f"the ort backend with {self.path.name}", precision, self.precisions,
+                                        f"export a {precision} file (`python -m export.onnx --precision fp16`; "
+                                        f"INT8: `python -m export.quantize`)")
+        self.size_multiple = size_multiple_of(meta)
         scale = meta.get("mambacsr.scale")
         if scale is None:
             out_shape = self.sess.get_outputs()[0].shape
@@ -62,16 +66,12 @@ class OrtBackend(Backend):
                 probe = np.zeros((self.fixed_batch or 1, 3, th or 16, tw or 16), np.float32)
                 scale = self._raw(probe).shape[2] // probe.shape[2]
         self.scale = int(scale)
-        self.bytes_per_lr_pixel = 16 * 1024.0
 
     def _raw(self, x: np.ndarray) -> np.ndarray:
         return self.sess.run(None, {self.input_name: x.astype(self.input_dtype, copy=False)})[0]
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         n = batch.shape[0]
-        if self.fixed_tile and tuple(batch.shape[2:]) != self.fixed_tile:
-            raise UserError(f"{self.path.name} takes {self.fixed_tile[0]}x{self.fixed_tile[1]} tiles, got "
-                            f"{batch.shape[2]}x{batch.shape[3]}: pass --tile {self.fixed_tile[0]}")
         if not self.fixed_batch:
             return self._raw(batch).astype(np.float32, copy=False)
         outs = []

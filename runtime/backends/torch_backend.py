@@ -14,8 +14,9 @@ import os
 
 import numpy as np
 
-from runtime.backends import Backend
+from runtime.backends.base import Backend
 from runtime.errors import UserError
+from runtime.plan import pick_precision
 
 
 def _model_scale(model) -> int | None:
@@ -31,13 +32,12 @@ def _model_scale(model) -> int | None:
 class TorchBackend(Backend):
     name = "torch"
 
-    def __init__(self, model, device: str = "cpu", precision: str = "fp32", scale: int | None = None,
+    def __init__(self, model, device: str = "cpu", precision: str | None = None, scale: int | None = None,
                  size_multiple: int | None = None, threads: int | None = None, compile: bool = True):
         import torch
-        if precision not in ("fp32", "fp16"):
-            raise UserError(f"the torch backend runs fp32 or fp16, not {precision}: use --precision fp32")
-        if precision == "fp16" and not str(device).startswith("cuda"):
-            raise UserError("fp16 needs a CUDA device with the torch backend: use --precision fp32 on CPU")
+        self.precisions = ("fp32", "fp16") if str(device).startswith("cuda") else ("fp32",)
+        precision = pick_precision(f"the torch backend on {device}", precision, self.precisions,
+                                   "device=cuda for fp16" if precision == "fp16" else "")
         if threads:
             torch.set_num_threads(int(threads))
         self.torch = torch
@@ -49,11 +49,7 @@ class TorchBackend(Backend):
         if not self.scale:
             raise UserError("cannot tell the model's scale: pass a MambaCSR model (config 'upscale')")
         cfg = getattr(model, "config", None) or {}
-        if size_multiple is None and isinstance(getattr(model, "size_multiple", None), int):
-            size_multiple = model.size_multiple
-        if size_multiple is None:
-            size_multiple = 16 if (isinstance(cfg, dict) and cfg.get("cross_scale_scan")) else 1
-        self.size_multiple = int(size_multiple)
+        self.size_multiple = int(size_multiple or getattr(model, "size_multiple", 1))  # MambaCSR.size_multiple
         dim = int(cfg.get("embed_dim", 180)) if isinstance(cfg, dict) else 180
         # rough peak: ~ 60 float activations of embed_dim channels per LR pixel (4 scan directions)
         self.bytes_per_lr_pixel = float(60 * dim * (2 if precision == "fp16" else 4))
@@ -68,7 +64,7 @@ class TorchBackend(Backend):
         self._graphs: dict[tuple, tuple] = {}
 
     @classmethod
-    def from_checkpoint(cls, path, config=None, device="cpu", precision="fp32", threads=None, compile=True):
+    def from_checkpoint(cls, path, config=None, device="cpu", precision=None, threads=None, compile=True):
         try:
             from mambacsr import load_model
             from mambacsr.checkpoint import CheckpointError
@@ -80,7 +76,7 @@ class TorchBackend(Backend):
             raise UserError(str(e)) from None
         except (KeyError, ValueError, RuntimeError, OSError) as e:
             msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-            raise UserError(f"cannot load checkpoint {path}: {msg} (check --config/--preset)") from None
+            raise UserError(f"cannot load checkpoint {path}: {msg} (check its config: config=YAML_OR_PRESET)") from None
         return cls(model, device=device, precision=precision, threads=threads, compile=compile)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
