@@ -1,0 +1,267 @@
+#!/usr/bin/env python3
+"""Fetch the training photos and the held-out set of the shipped default model (issue 13).
+
+Sources, and nothing else: Debian's ``plasma-workspace-wallpapers``, ``mate-backgrounds`` and
+``gnome-backgrounds`` packages (``apt-get download``, pinned to the versions below, unpacked with
+``dpkg-deb -x``) and the images bundled in the scikit-image wheel (``pip download --no-deps``,
+``skimage/data/*`` unzipped; nothing fetched by pooch). ``IMAGES`` below lists every image used,
+its package, its path inside the package, its split and its licence; everything else in those
+packages (vector/abstract/flat-colour wallpapers, drawings, renders, SVGs, tiny images) is left
+out. The held-out images are never trained on.
+
+Output (written atomically; stale images in ``train/`` and ``heldout/`` are removed)::
+
+    OUT/train/<name>.png|.webp   longer side shrunk to --max-side (Lanczos); grey sources as 1-channel
+    OUT/heldout/<name>.png       shrunk to 1280, central 512x512, cropped to a multiple of 4: the
+                                 same pixels as ``prepare_data.py --hr-only --max-side 1280
+                                 --center-crop 512`` writes to HR/
+    OUT/SOURCES.md               the table printed at the end (name, split, source, licence, bytes)
+    WORK/                        downloaded .deb / wheel files and their unpacked trees
+                                 (default OUT/_sources; not needed for training)
+
+Upload ``OUT/train`` and ``OUT/heldout`` (``--limit-mib`` checks their total; PNG at 1280 px
+is 26.3 MiB, lossless WebP ``--train-format webp`` is smaller still). Use them as
+``scripts/train.py --hr-dir OUT/train --val-dir OUT/heldout`` (train.py lists .webp too).
+
+    python scripts/get_training_photos.py --out /work/data     # 28 train + 12 held-out, 26.3 MiB
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mambacsr.atomic import atomic_write  # noqa: E402
+from mambacsr.degrade import center_crop, mod_crop, shrink_to_max_side, to_rgb_uint8  # noqa: E402
+
+#: Debian packages (bookworm) and the versions the paths below were checked against.
+DEBS = {
+    "plasma-workspace-wallpapers": "4:5.27.5-2",
+    "mate-backgrounds": "1.26.0-1",
+    "gnome-backgrounds": "43.1-1",
+}
+SKIMAGE = "scikit-image"
+SKIMAGE_VERSION = "0.26.0"
+
+_PW = "plasma-workspace-wallpapers"
+_MB = "mate-backgrounds"
+_PLASMA = "usr/share/wallpapers/{}/contents/images/2560x1600.jpg"
+_MATE = "usr/share/backgrounds/mate/nature/{}.jpg"
+_SK = "skimage/data/{}"
+# Licences: Plasma, per-wallpaper metadata.json (KPlugin Authors/License; the package's copyright
+# file says GPL-2+ for every file); MATE, /usr/share/doc/mate-backgrounds/copyright; scikit-image,
+# the docstrings of skimage/data/_fetchers.py (the package itself is BSD-3-Clause).
+_PL = "LGPL-3 (Plasma metadata.json; package GPL-2+)"
+_ML = "GPL-2+ (mate-backgrounds copyright)"
+
+#: name -> (package, path inside the package, split, licence / author)
+IMAGES: dict[str, tuple[str, str, str, str]] = {
+    # -- held-out: the 8 images of the current README (numbers stay comparable) ------------------
+    "mate_LadyBird": (_MB, _MATE.format("LadyBird"), "heldout", f"{_ML}; Charles Barbin"),
+    "mate_Storm": (_MB, _MATE.format("Storm"), "heldout", f"{_ML}; Sergey Nazarov"),
+    "plasma_ColorfulCups": (_PW, _PLASMA.format("ColorfulCups"), "heldout", f"{_PL}; Dmitri Popov"),
+    "plasma_Path": (_PW, _PLASMA.format("Path"), "heldout", f"{_PL}; Risto Saukonpää"),
+    "sk_astronaut": (SKIMAGE, _SK.format("astronaut.png"), "heldout", "public domain (NASA)"),
+    "sk_chelsea": (SKIMAGE, _SK.format("chelsea.png"), "heldout", "CC0 (Stefan van der Walt)"),
+    "sk_coffee": (SKIMAGE, _SK.format("coffee.png"), "heldout", "CC0 (Rachel Michetti)"),
+    "sk_rocket": (SKIMAGE, _SK.format("rocket.jpg"), "heldout", "public domain (SpaceX)"),
+    # -- held-out additions. gnome-backgrounds 43.1 has no photograph (only 3-D renders and
+    # drawings: adwaita, grid, licorice, pixels, symbolic, truchet, vnc, wood and SVGs), so these
+    # are scikit-image photos that neither the old model nor this training set has seen.
+    "sk_coins": (SKIMAGE, _SK.format("coins.png"), "heldout", "no known copyright restrictions (Brooklyn Museum)"),
+    "sk_retina": (SKIMAGE, _SK.format("retina.jpg"), "heldout", "CC0 (Mikael Häggström, Wikimedia)"),
+    "sk_text": (SKIMAGE, _SK.format("text.png"), "heldout", "public domain (Wikipedia File:Corner.png)"),
+    "sk_page": (SKIMAGE, _SK.format("page.png"), "heldout", "no licence stated (scikit-image package: BSD-3-Clause)"),
+    # -- train: Plasma photographs -------------------------------------------------------------
+    "plasma_BytheWater": (_PW, _PLASMA.format("BytheWater"), "train", f"{_PL}; Maciej Wiklo"),
+    "plasma_ColdRipple": (_PW, _PLASMA.format("ColdRipple"), "train", f"{_PL}; Risto Saukonpää"),
+    "plasma_DarkestHour": (_PW, _PLASMA.format("DarkestHour"), "train", f"{_PL}; Risto Saukonpää"),
+    "plasma_EveningGlow": (_PW, _PLASMA.format("EveningGlow"), "train", f"{_PL}; Ian Hex"),
+    "plasma_FallenLeaf": (_PW, _PLASMA.format("FallenLeaf"), "train", f"{_PL}; Martin Klapetek"),
+    "plasma_Grey": (_PW, _PLASMA.format("Grey"), "train", f"{_PL}; Sigi Sagi"),
+    "plasma_Kite": (_PW, _PLASMA.format("Kite"), "train", f"{_PL}; Risto Saukonpää"),
+    "plasma_OneStandsOut": (_PW, _PLASMA.format("OneStandsOut"), "train", f"{_PL}; Risto Saukonpää"),
+    "plasma_summer_1am": (_PW, _PLASMA.format("summer_1am"), "train", f"{_PL}; Risto Saukonpää"),
+    # -- train: MATE nature/ photographs --------------------------------------------------------
+    "mate_Aqua": (_MB, _MATE.format("Aqua"), "train", f"{_ML}; Charles Barbin"),
+    "mate_Blinds": (_MB, _MATE.format("Blinds"), "train", f"{_ML}; Lennart Poettering, Andrea Cimitan"),
+    "mate_Dune": (_MB, _MATE.format("Dune"), "train", f"{_ML}; Marco Cogoni, Hylke Bons"),
+    "mate_FreshFlower": (_MB, _MATE.format("FreshFlower"), "train", f"{_ML}; Jens Ansorg"),
+    "mate_Garden": (_MB, _MATE.format("Garden"), "train", f"{_ML}; Charles Barbin"),
+    "mate_GreenMeadow": (_MB, _MATE.format("GreenMeadow"), "train", f"{_ML}; Timothy Schellhase, Lapo Calamandrei"),
+    "mate_RainDrops": (_MB, _MATE.format("RainDrops"), "train", f"{_ML}; \"blackcombwhistler07\""),
+    "mate_TwoWings": (_MB, _MATE.format("TwoWings"), "train", f"{_ML}; Charles Barbin, Hylke Bons"),
+    "mate_Wood": (_MB, _MATE.format("Wood"), "train", f"{_ML}; Jean-François Fortin Tam"),
+    "mate_YellowFlower": (_MB, _MATE.format("YellowFlower"), "train", f"{_ML}; Charles Barbin"),
+    # -- train: scikit-image photographs --------------------------------------------------------
+    "sk_camera": (SKIMAGE, _SK.format("camera.png"), "train", "CC0 (Lav Varshney)"),
+    "sk_brick": (SKIMAGE, _SK.format("brick.png"), "train", "CC0 (CC0Textures)"),
+    "sk_grass": (SKIMAGE, _SK.format("grass.png"), "train", "CC0 (DeviantArt linolafett)"),
+    "sk_gravel": (SKIMAGE, _SK.format("gravel.png"), "train", "CC0 (CC0Textures)"),
+    "sk_hubble_deep_field": (SKIMAGE, _SK.format("hubble_deep_field.jpg"), "train", "public domain (NASA)"),
+    "sk_ihc": (SKIMAGE, _SK.format("ihc.png"), "train", "no known copyright restrictions (CMMI)"),
+    "sk_moon": (SKIMAGE, _SK.format("moon.png"), "train", "no licence stated (scikit-image package: BSD-3-Clause)"),
+    "sk_motorcycle_left": (SKIMAGE, _SK.format("motorcycle_left.png"), "train", "Middlebury 2014 stereo (Scharstein et al.)"),
+    "sk_motorcycle_right": (SKIMAGE, _SK.format("motorcycle_right.png"), "train", "Middlebury 2014 stereo (Scharstein et al.)"),
+}
+
+COPYRIGHT = "usr/share/doc/{}/copyright"
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
+HELDOUT_MAX_SIDE, HELDOUT_CROP, SCALE = 1280, 512, 4
+
+
+def run(cmd: list[str], cwd: Path | None = None) -> None:
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, cwd=cwd, check=True)
+
+
+def fetch_debs(work: Path, pin: bool) -> dict[str, Path]:
+    """apt-get download + dpkg-deb -x each package; returns package -> unpacked root."""
+    debs, roots = work / "debs", {}
+    debs.mkdir(parents=True, exist_ok=True)
+    for pkg, ver in DEBS.items():
+        found = sorted(debs.glob(f"{pkg}_*.deb"))
+        if pin:
+            # apt names the file <pkg>_<version with ':' escaped as %3a>_<arch>.deb
+            found = [p for p in found if p.name.split("_")[1].replace("%3a", ":") == ver]
+        if not found:
+            run(["apt-get", "download", f"{pkg}={ver}" if pin else pkg], cwd=debs)
+            found = sorted(debs.glob(f"{pkg}_*.deb"))
+        root = work / "pkgs" / pkg
+        if root.exists():
+            shutil.rmtree(root)
+        root.mkdir(parents=True)
+        run(["dpkg-deb", "-x", str(found[-1]), str(root)])
+        if not (root / COPYRIGHT.format(pkg)).is_file():
+            raise SystemExit(f"error: {found[-1].name} has no {COPYRIGHT.format(pkg)}")
+        roots[pkg] = root
+    return roots
+
+
+def fetch_skimage(work: Path) -> Path:
+    """pip download the scikit-image wheel and unzip skimage/data/*; returns the root."""
+    wheels = work / "wheel"
+    found = sorted(wheels.glob(f"scikit_image-{SKIMAGE_VERSION}-*.whl"))
+    if not found:
+        run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+             f"{SKIMAGE}=={SKIMAGE_VERSION}", "-d", str(wheels)])
+        found = sorted(wheels.glob(f"scikit_image-{SKIMAGE_VERSION}-*.whl"))
+    if not found:
+        raise SystemExit(f"error: pip left no scikit_image-{SKIMAGE_VERSION} wheel in {wheels}")
+    root = work / "pkgs" / SKIMAGE
+    if root.exists():
+        shutil.rmtree(root)
+    with zipfile.ZipFile(found[-1]) as z:
+        for n in z.namelist():
+            if n.startswith("skimage/data/") and not n.endswith("/"):
+                z.extract(n, root)
+    return root
+
+
+def save_image(arr: np.ndarray, path: Path, fmt: str) -> None:
+    """Atomic lossless save; a grey image (R == G == B) as one channel (to_rgb_uint8 expands it)."""
+    grey = bool((arr[..., 0] == arr[..., 1]).all() and (arr[..., 0] == arr[..., 2]).all())
+    im = Image.fromarray(np.ascontiguousarray(arr[..., 0] if grey else arr))
+    with atomic_write(path) as tmp:
+        if fmt == "webp":
+            im.save(tmp, format="WEBP", lossless=True, quality=100, method=6, exact=True)
+        else:
+            im.save(tmp, format="PNG", optimize=True)
+        with Image.open(tmp) as back:  # lossless, checked
+            if not np.array_equal(to_rgb_uint8(back), arr):
+                raise SystemExit(f"error: {fmt} round trip of {path.name} is not lossless")
+
+
+def check_list() -> None:
+    paths = [(pkg, p) for pkg, p, _, _ in IMAGES.values()]
+    if len(set(paths)) != len(paths):
+        raise SystemExit("error: one source image is listed twice (train and held-out must be disjoint)")
+    for name, (pkg, _, split, _) in IMAGES.items():
+        if split not in ("train", "heldout") or pkg not in (*DEBS, SKIMAGE):
+            raise SystemExit(f"error: bad entry {name}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True, help="output folder (train/, heldout/, SOURCES.md)")
+    ap.add_argument("--work", type=Path, help="download/unpack folder (default OUT/_sources)")
+    ap.add_argument("--max-side", type=int, default=1280, help="longer side of the train images (Lanczos)")
+    ap.add_argument("--train-format", choices=("png", "webp"), default="png",
+                    help="train images as PNG or lossless WebP (held-out: always PNG)")
+    ap.add_argument("--limit-mib", type=float, default=45.0, help="fail if train/ + heldout/ exceed this")
+    ap.add_argument("--no-pin", action="store_true", help="apt-get download the candidate versions, not DEBS'")
+    args = ap.parse_args(argv)
+    check_list()
+    out = args.out
+    work = args.work or out / "_sources"
+
+    roots = fetch_debs(work, pin=not args.no_pin)
+    roots[SKIMAGE] = fetch_skimage(work)
+
+    rows, written = [], {"train": set(), "heldout": set()}
+    for name, (pkg, rel, split, licence) in IMAGES.items():
+        src = roots[pkg] / rel
+        if not src.is_file():
+            raise SystemExit(f"error: {pkg} has no {rel}")
+        with Image.open(src) as im:
+            src_size = im.size
+            img = to_rgb_uint8(im)
+        if split == "heldout":  # prepare_data.py --hr-only --max-side 1280 --center-crop 512
+            img = mod_crop(center_crop(shrink_to_max_side(img, HELDOUT_MAX_SIDE), HELDOUT_CROP), SCALE)
+            fmt = "png"
+        else:
+            img = shrink_to_max_side(img, args.max_side)
+            fmt = args.train_format
+        dst = out / split / f"{name}.{fmt}"
+        save_image(img, dst, fmt)
+        written[split].add(dst.name)
+        rows.append((name, split, pkg, rel, licence, src_size, img.shape, dst.stat().st_size))
+
+    for split, names in written.items():  # images of an earlier list / format would be trained on
+        for p in sorted((out / split).iterdir()):
+            if p.is_file() and p.suffix.lower() in IMAGE_EXTS and p.name not in names:
+                print(f"removing stale {p}")
+                p.unlink()
+
+    versions = {**DEBS, SKIMAGE: SKIMAGE_VERSION}
+    lines = ["| file | split | source (version) : path | source size | stored size | bytes | licence |",
+             "|---|---|---|---|---|---:|---|"]
+    for name, split, pkg, rel, licence, (sw, sh), shape, nbytes in rows:
+        ext = "png" if split == "heldout" else args.train_format
+        lines.append(f"| {split}/{name}.{ext} | {split} | {pkg} {versions[pkg]} : {rel} | {sw}x{sh} | "
+                     f"{shape[1]}x{shape[0]} | {nbytes} | {licence} |")
+    totals = {s: sum(r[-1] for r in rows if r[1] == s) for s in ("train", "heldout")}
+    counts = {s: sum(1 for r in rows if r[1] == s) for s in ("train", "heldout")}
+    total = sum(totals.values())
+    summary = [f"train: {counts['train']} images, {totals['train']} bytes "
+               f"({args.train_format}, longer side <= {args.max_side})",
+               f"heldout: {counts['heldout']} images, {totals['heldout']} bytes (png, central 512x512)",
+               f"total: {total} bytes = {total / 2**20:.2f} MiB (limit {args.limit_mib} MiB)"]
+    per_source = {}
+    for r in rows:
+        per_source.setdefault(r[2], {"train": 0, "heldout": 0})[r[1]] += 1
+    summary += [f"{pkg} {versions[pkg]}: {c['train']} train, {c['heldout']} held-out"
+                for pkg, c in per_source.items()]
+    cmd = "python scripts/get_training_photos.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = "\n".join(["# Training / held-out photos", "", f"Made by `{cmd}`.", "", *lines, "",
+                      *[f"* {s}" for s in summary], ""])
+    with atomic_write(out / "SOURCES.md") as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    print(text)
+    if total > args.limit_mib * 2**20:
+        print(f"error: train/ + heldout/ = {total / 2**20:.2f} MiB > {args.limit_mib} MiB: use "
+              f"--train-format webp or a smaller --max-side", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
