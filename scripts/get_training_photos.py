@@ -40,6 +40,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mambacsr.atomic import atomic_write  # noqa: E402
 from mambacsr.degrade import center_crop, mod_crop, shrink_to_max_side, to_rgb_uint8  # noqa: E402
+from runtime.imageio import IMAGE_SUFFIXES  # noqa: E402  (one suffix set for the project)
 
 #: Debian packages (bookworm) and the versions the paths below were checked against.
 DEBS = {
@@ -113,7 +114,6 @@ IMAGES: dict[str, tuple[str, str, str, str]] = {
 }
 
 COPYRIGHT = "usr/share/doc/{}/copyright"
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
 HELDOUT_MAX_SIDE, HELDOUT_CROP, SCALE = 1280, 512, 4
 
 
@@ -227,7 +227,7 @@ def main(argv=None) -> int:
 
     for split, names in written.items():  # images of an earlier list / format would be trained on
         for p in sorted((out / split).iterdir()):
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTS and p.name not in names:
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and p.name not in names:
                 print(f"removing stale {p}")
                 p.unlink()
 

@@ -49,8 +49,8 @@ import mambacsr  # noqa: E402
 from mambacsr.atomic import atomic_write  # noqa: E402
 from mambacsr.degrade import center_crop, degrade, mod_crop, shrink_to_max_side, to_rgb_uint8  # noqa: E402
 from mambacsr.metrics import psnr_y, ssim_y  # noqa: E402
+from runtime.imageio import IMAGE_SUFFIXES  # noqa: E402
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
 
 
 def log(msg: str) -> None:
@@ -64,7 +64,7 @@ def list_images(folders) -> list[Path]:
         if f.is_file():
             out.append(f)
         else:
-            out += sorted(p for p in f.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+            out += sorted(p for p in f.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     return out
 
 
@@ -341,7 +341,7 @@ def main(argv=None) -> int:
     val_images = [center_crop(load_rgb(p), args.val_crop) for p in list_images(args.val_dir)] if args.val_dir else []
     log(f"data ready in {time.time() - t0:.1f}s; {len(val_images)} held-out images")
 
-    multiple = getattr(model, "size_multiple", 16 if cfg.get("cross_scale_scan") else 1)
+    multiple = model.size_multiple
     loss_hist = []
     ema_params = [p for p in ema.parameters()]
     ema_bufs_src = list(model.buffers())
