@@ -26,7 +26,6 @@ import argparse
 import importlib.util
 import itertools
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -41,6 +40,7 @@ import torch  # noqa: E402
 import mambacsr  # noqa: E402
 from mambacsr.atomic import atomic_write  # noqa: E402
 from mambacsr.ops import scan_cpu  # noqa: E402
+from bench_scan_cpu import cpu_name  # noqa: E402  (scripts/ is on sys.path when run as a script)
 
 EMBED_DIMS = (48, 64, 96)
 DEPTHS = ((4, 4), (6, 6), (4, 4, 4))
@@ -66,17 +66,6 @@ def config_for(build_config, embed_dim: int, depths, d_state: int, tile: int) ->
 
 def label(embed_dim: int, depths, d_state: int) -> str:
     return f"e{embed_dim}-d{','.join(map(str, depths))}-n{d_state}"
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def loadavg() -> str:

@@ -150,6 +150,18 @@ def variant_names() -> list[str]:
             for i in range(lib.mambacsr_scan_variant_count() + 1)]
 
 
+def kernel_inputs(u, delta, A, Bs, Cs, D, delta_bias, *like_u):
+    """The sizes (batch, K*C, K, N, L, u_shared) and the tensors as the C ABI takes them: u
+    contiguous, delta/Bs/Cs (and `like_u`, e.g. dy) contiguous in u's dtype, A/D/delta_bias
+    contiguous float32 on u's device (None stays None)."""
+    bt, kc, length = delta.shape
+    sizes = (bt, kc, Bs.shape[1], Bs.shape[2], length, int(u.shape[1] != kc))
+    same = tuple(t.to(u.dtype).contiguous() for t in (delta, Bs, Cs, *like_u))
+    f32 = tuple(None if t is None else t.to(device=u.device, dtype=torch.float32).contiguous()
+                for t in (A, D, delta_bias))
+    return sizes, (u.contiguous(), same[0], f32[0], same[1], same[2], f32[1], f32[2], *same[3:])
+
+
 def selective_scan_cuda(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus,
                         order: ScanOrder | None = None, *, variant: int = 0, chunks: int = 0,
                         out: torch.Tensor | None = None):
@@ -171,14 +183,9 @@ def selective_scan_cuda(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus,
         return None
     if Bs.shape[2] > lib.mambacsr_scan_max_states():
         return None
+    (bt, kc, k, n, length, u_shared), (u, delta, A, Bs, Cs, D, delta_bias) = kernel_inputs(
+        u, delta, A, Bs, Cs, D, delta_bias)
     dtype = u.dtype
-    bt, kc, length = delta.shape
-    k, n = Bs.shape[1], Bs.shape[2]
-    u_shared = int(u.shape[1] != kc)
-    u = u.contiguous()
-    delta, Bs, Cs = (t.to(dtype).contiguous() for t in (delta, Bs, Cs))
-    A, D, delta_bias = (None if t is None else t.to(device=u.device, dtype=torch.float32).contiguous()
-                        for t in (A, D, delta_bias))
     y = torch.empty(bt, kc, length, device=u.device, dtype=dtype) if out is None else out
     code = int(variant) + 256 * int(chunks)
     c_order = order_struct(order)

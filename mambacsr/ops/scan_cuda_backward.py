@@ -43,13 +43,9 @@ def selective_scan_backward_cuda(u, delta, A, Bs, Cs, D, delta_bias, dy, delta_s
         fn, ws_size = _bound(lib)
     except (scan_cuda.ScanBuildError, AttributeError):
         return None
+    (bt, kc, k, n, length, u_shared), (u, delta, A, Bs, Cs, D, delta_bias, dy) = scan_cuda.kernel_inputs(
+        u, delta, A, Bs, Cs, D, delta_bias, dy)
     dtype = u.dtype
-    bt, kc, length = delta.shape
-    k, n = Bs.shape[1], Bs.shape[2]
-    u_shared = int(u.shape[1] != kc)
-    u = u.contiguous()
-    delta, Bs, Cs, dy = (t.to(dtype).contiguous() for t in (delta, Bs, Cs, dy))
-    A, D, delta_bias = (t.to(device=u.device, dtype=torch.float32).contiguous() for t in (A, D, delta_bias))
     f32 = dict(device=u.device, dtype=torch.float32)
     du = torch.zeros(u.shape, **f32)
     ddelta = torch.zeros(bt, kc, length, **f32)
