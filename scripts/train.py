@@ -249,7 +249,7 @@ def main(argv=None) -> int:
     m.add_argument("--d-state", type=int, default=8)
     m.add_argument("--scan-size", type=int, default=8)
     m.add_argument("--mlp-ratio", type=float, default=2.0)
-    m.add_argument("--cross-scale", action="store_true", help="the 'Final' variant (needs patch %% 16 == 0)")
+    m.add_argument("--cross-scale", action="store_true", help="the 'Final' variant (patch a multiple of its size multiple, 16)")
     m.add_argument("--drop-path", type=float, default=0.0)
     m.add_argument("--init", help="start from these weights (fine-tuning): .safetensors/.pth")
     o = ap.add_argument_group("optimisation")
@@ -283,8 +283,9 @@ def main(argv=None) -> int:
 
     if args.patch > 64:
         ap.error("--patch must be <= 64 (the official LR patch size)")
-    if args.cross_scale and args.patch % 16:
-        ap.error("--cross-scale needs --patch divisible by 16")
+    patch_multiple = mambacsr.model.size_multiple({"cross_scale_scan": args.cross_scale})
+    if args.patch % patch_multiple:
+        ap.error(f"--patch must be a multiple of {patch_multiple} for this variant (the model's size multiple)")
     device = torch.device(args.device)
     if args.scan == "chunked":
         os.environ["MAMBACSR_SCAN"] = "chunked"
