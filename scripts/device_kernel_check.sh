@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On a GPU machine: build the kernel (binding cache, and CMake in the background), check it under
-# compute-sanitizer (memcheck on a small subset, racecheck on one chunked call), benchmark, run
-# the GPU tests. Logs go to $OUT (or ./device_out).
+# compute-sanitizer (memcheck on a small subset, racecheck on one chunked call; the backward the
+# same way), benchmark (scan, training step), run the GPU tests (forward and backward). Logs go to $OUT (or ./device_out).
 #
 #   bash scripts/device_kernel_check.sh [bench_scan.py args...]
 #
@@ -111,15 +111,92 @@ CPP
   SAN_RC=$?
   timeout 100 compute-sanitizer --tool racecheck --error-exitcode 9 /tmp/san_case quick 2>&1 | tail -15 | tee "$OUT/racecheck.log"
   SAN_RC=$((SAN_RC + $?))
+  # The backward (mambacsr_scan_bwd.h) the same way: exact-size buffers, every order kind, K 2
+  # and 4, shared u or not, fp32/fp16, N 8/16/32, gradients zeroed as the ABI asks.
+  cat > /tmp/san_bwd.cu <<'CPP'
+#include "mambacsr_scan_bwd.h"
+#include <cuda_fp16.h>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+static void* upload(size_t n, int dtype, unsigned seed) {
+  const size_t es = dtype ? 2 : 4;
+  std::vector<unsigned char> h(n * es);
+  srand(seed);
+  for (size_t i = 0; i < n; ++i) {
+    float v = (rand() / (float)RAND_MAX) * 2.f - 1.f;
+    if (dtype) { __half x = __float2half(v); memcpy(&h[i * es], &x, 2); } else memcpy(&h[i * es], &v, 4);
+  }
+  void* d = nullptr;
+  cudaMalloc(&d, h.size());
+  cudaMemcpy(d, h.data(), h.size(), cudaMemcpyHostToDevice);
+  return d;
+}
+static float* zeros(size_t n) { float* d = nullptr; cudaMalloc(&d, n * 4); cudaMemset(d, 0, n * 4); return d; }
+int main() {
+  mambacsr_scan_order_t orders[4] = {};
+  orders[1].kind = MAMBACSR_ORDER_WINDOW; orders[1].height = 13; orders[1].width = 21;
+  orders[1].window[0] = orders[1].window[1] = 8; orders[1].flags[1] = MAMBACSR_ORDER_COLUMN_FIRST | MAMBACSR_ORDER_FLIP;
+  orders[2].kind = MAMBACSR_ORDER_CROSS_SCALE; orders[2].height = 32; orders[2].width = 48;
+  orders[2].window[0] = orders[2].window[1] = 16; orders[2].flags[0] = MAMBACSR_ORDER_COLUMN_FIRST; orders[2].flags[1] = MAMBACSR_ORDER_FLIP;
+  orders[3].kind = MAMBACSR_ORDER_WINDOW; orders[3].height = 24; orders[3].width = 40;
+  for (int g = 0; g < 4; ++g) orders[3].window[g] = 8;
+  orders[3].flags[1] = MAMBACSR_ORDER_COLUMN_FIRST; orders[3].flags[2] = MAMBACSR_ORDER_FLIP;
+  orders[3].flags[3] = MAMBACSR_ORDER_COLUMN_FIRST | MAMBACSR_ORDER_FLIP;
+  const int64_t lens[4] = {300, 13 * 21, 32 * 48 + 16 * 24, 24 * 40};
+  const int64_t ks[4] = {2, 2, 2, 4};
+  const int64_t ns[3] = {8, 16, 32};
+  const int64_t bt = 2, c = 9;
+  int bad = 0, cases = 0;
+  for (int o = 0; o < 4; ++o)
+    for (int dtype = 0; dtype < 2; ++dtype)
+      for (int shared = 0; shared < 2; ++shared)
+        for (int ni = 0; ni < 3; ++ni) {
+          const int64_t L = lens[o], k = ks[o], kc = k * c, n = ns[ni], uc = shared ? c : kc;
+          void* u = upload(bt * uc * L, dtype, 1);
+          void* d = upload(bt * kc * L, dtype, 2);
+          void* B = upload(bt * k * n * L, dtype, 3);
+          void* C = upload(bt * k * n * L, dtype, 4);
+          void* dy = upload(bt * kc * L, dtype, 5);
+          float* A = (float*)upload(kc * n, 0, 6);
+          float* D = (float*)upload(kc, 0, 7);
+          float* bias = (float*)upload(kc, 0, 8);
+          float *du = zeros(bt * uc * L), *dd = zeros(bt * kc * L), *dA = zeros(kc * n);
+          float *dB = zeros(bt * k * n * L), *dC = zeros(bt * k * n * L), *dD = zeros(kc), *db = zeros(kc);
+          const mambacsr_scan_order_t* ord = o ? &orders[o] : nullptr;
+          const size_t ws = mambacsr_selective_scan_backward_workspace_size(bt, kc, k, n, L, ord);
+          void* wsp = nullptr;
+          cudaMalloc(&wsp, ws);
+          const int st = mambacsr_selective_scan_backward(u, d, A, B, C, D, bias, dy, du, dd, dA, dB, dC, dD, db,
+                                                          bt, kc, k, n, L, shared, ord, dtype, 1, wsp, ws, 0);
+          const cudaError_t e = cudaDeviceSynchronize();
+          ++cases;
+          if (st || e != cudaSuccess) { ++bad; printf("backward case order %d dtype %d shared %d n %d: status %d, %s\n", o, dtype, shared, (int)n, st, cudaGetErrorString(e)); }
+          for (void* p : {u, d, B, C, dy, (void*)A, (void*)D, (void*)bias, (void*)du, (void*)dd, (void*)dA, (void*)dB,
+                          (void*)dC, (void*)dD, (void*)db, wsp}) cudaFree(p);
+        }
+  printf("%d backward cases, %d failed\n", cases, bad);
+  return bad ? 1 : 0;
+}
+CPP
+  nvcc -O1 -std=c++17 -I mambacsr/ops/csrc/cuda /tmp/san_bwd.cu -o /tmp/san_bwd -L"$(dirname "$LIB")" \
+       -l:"$(basename "$LIB")" -Xlinker -rpath="$(dirname "$LIB")" 2>&1 | tail -5
+  timeout 150 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 /tmp/san_bwd 2>&1 | tail -25 | tee "$OUT/memcheck_backward.log"
+  SAN_RC=$((SAN_RC + $?))
+  timeout 150 compute-sanitizer --tool racecheck --error-exitcode 9 /tmp/san_bwd 2>&1 | tail -15 | tee "$OUT/racecheck_backward.log"
+  SAN_RC=$((SAN_RC + $?))
 fi
 BENCH_RC=0
 if [ "${BENCH:-1}" = 1 ]; then
   timeout 300 $PY scripts/bench_scan.py ${BASELINE_LIB:+--baseline-lib "$BASELINE_LIB"} --json "$OUT/bench.json" "$@" 2>&1 | tee "$OUT/bench.log" | grep -v '^{'
   BENCH_RC=$?
+  timeout 300 $PY scripts/bench_train.py 2>&1 | tee "$OUT/bench_train.log"
+  BENCH_RC=$((BENCH_RC + $?))
 fi
 TEST_RC=0
 if [ "${TESTS:-1}" = 1 ]; then
-  timeout 300 $PY -m pytest -q -rs ${PYTEST_ARGS:-} tests/test_scan_cuda.py 2>&1 | tee "$OUT/tests.log" | tail -40
+  timeout 300 $PY -m pytest -q -rs ${PYTEST_ARGS:-} tests/test_scan_cuda.py tests/test_scan_cuda_backward.py 2>&1 | tee "$OUT/tests.log" | tail -40
   TEST_RC=$?
 fi
 wait $CMAKE_PID; CMAKE_RC=$?
