@@ -15,10 +15,11 @@ if not torch.cuda.is_available():
     pytest.skip("no CUDA device", allow_module_level=True)
 
 from mambacsr.ops import scan_cuda, selective_scan, selective_scan_ref  # noqa: E402
+from mambacsr.ops import scan_cuda_backward  # noqa: E402
 from mambacsr.ops.scan_cuda_backward import selective_scan_backward_cuda  # noqa: E402
 from mambacsr.scan_order import ScanOrder  # noqa: E402
 
-if not scan_cuda.available() or not hasattr(scan_cuda.load_library(), "mambacsr_selective_scan_backward"):
+if not scan_cuda.available() or not scan_cuda_backward.available(torch.cuda.current_device()):
     pytest.skip("CUDA scan library with the backward could not be built", allow_module_level=True)
 
 DEV = torch.device("cuda")

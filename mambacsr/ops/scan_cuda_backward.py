@@ -9,6 +9,7 @@ recomputes through the chunked PyTorch scan).
 from __future__ import annotations
 
 import ctypes
+import functools
 
 import torch
 
@@ -16,20 +17,35 @@ from ..scan_order import ScanOrder, order_struct
 from . import scan_cuda
 
 
-
 def _bound(lib: ctypes.CDLL):
-    """The backward entry points of `lib`, with argtypes set once."""
+    """The backward entry points of `lib` (argtypes set once); None when the library lacks them
+    (a forward-only build, e.g. the plugin's CMake target passed as MAMBACSR_SCAN_LIB)."""
+    if not hasattr(lib, "mambacsr_selective_scan_backward"):
+        return None
     fn = lib.mambacsr_selective_scan_backward
+    ws = lib.mambacsr_selective_scan_backward_workspace_size
     if not getattr(lib, "_backward_bound", False):
         fn.argtypes = ([ctypes.c_void_p] * 15 + [ctypes.c_int64] * 5 +
                        [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
                         ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p])
         fn.restype = ctypes.c_int
-        ws = lib.mambacsr_selective_scan_backward_workspace_size
         ws.argtypes = [ctypes.c_int64] * 5 + [ctypes.c_void_p]
         ws.restype = ctypes.c_size_t
         lib._backward_bound = True
-    return fn, lib.mambacsr_selective_scan_backward_workspace_size
+    return fn, ws
+
+
+def _entry_points(device):
+    try:
+        return _bound(scan_cuda.load_library(device))
+    except scan_cuda.ScanBuildError:
+        return None
+
+
+@functools.cache
+def available(device_index: int) -> bool:
+    """Whether training on this GPU can use the op with the CUDA backward."""
+    return _entry_points(device_index) is not None
 
 
 def selective_scan_backward_cuda(u, delta, A, Bs, Cs, D, delta_bias, dy, delta_softplus: bool,
@@ -38,11 +54,10 @@ def selective_scan_backward_cuda(u, delta, A, Bs, Cs, D, delta_bias, dy, delta_s
     None when the kernel is unavailable for these tensors."""
     if not u.is_cuda or u.dtype not in scan_cuda._DTYPES:
         return None
-    try:
-        lib = scan_cuda.load_library(u.device)
-        fn, ws_size = _bound(lib)
-    except (scan_cuda.ScanBuildError, AttributeError):
+    entry_points = _entry_points(u.device)
+    if entry_points is None:
         return None
+    fn, ws_size = entry_points
     (bt, kc, k, n, length, u_shared), (u, delta, A, Bs, Cs, D, delta_bias, dy) = scan_cuda.kernel_inputs(
         u, delta, A, Bs, Cs, D, delta_bias, dy)
     dtype = u.dtype
@@ -67,6 +82,6 @@ def selective_scan_backward_cuda(u, delta, A, Bs, Cs, D, delta_bias, dy, delta_s
     if status == scan_cuda._ERR_UNSUPPORTED:  # N above MAMBACSR_SCAN_BWD_MAX_STATES
         return None
     if status != 0:
-        raise RuntimeError(f"mambacsr_selective_scan_backward failed: {lib.mambacsr_scan_status_string(status).decode()} "
+        raise RuntimeError(f"mambacsr_selective_scan_backward failed: {scan_cuda.load_library(u.device).mambacsr_scan_status_string(status).decode()} "
                            f"(u {tuple(u.shape)} {dtype}, N={n}, order={order})")
     return du, ddelta, dA, dBs, dCs, dD, ddelta_bias

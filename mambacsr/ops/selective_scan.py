@@ -28,6 +28,7 @@ import torch
 
 from ..scan_order import ScanOrder
 from .chunked import selective_scan_chunked
+from . import scan_cuda_backward
 from .reference import check_scan_shapes, from_sequence, selective_scan_ref, to_sequence
 
 _FORCE_ENV = "MAMBACSR_SCAN"
@@ -124,8 +125,7 @@ def _backward(ctx, dy):
     order = ScanOrder.from_list(ctx.order, inputs[3].shape[1]) if ctx.order else None
     grads = None
     if dy.is_cuda and os.environ.get(_FORCE_ENV, "") not in ("reference", "chunked"):
-        from .scan_cuda_backward import selective_scan_backward_cuda
-        grads = selective_scan_backward_cuda(*inputs, dy, ctx.delta_softplus, order)
+        grads = scan_cuda_backward.selective_scan_backward_cuda(*inputs, dy, ctx.delta_softplus, order)
     if grads is None:
         grads = _backward_by_recompute(inputs, dy.contiguous(), ctx.delta_softplus, order)
     grads = tuple(None if g is None or not t.requires_grad else g.to(t.dtype)
@@ -136,16 +136,6 @@ def _backward(ctx, dy):
 selective_scan_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-@functools.cache
-def cuda_backward_available(device_index: int) -> bool:
-    """Whether training on this GPU can use the op with its CUDA backward."""
-    from . import scan_cuda
-    try:
-        return hasattr(scan_cuda.load_library(device_index), "mambacsr_selective_scan_backward")
-    except scan_cuda.ScanBuildError:
-        return False
-
-
 def selective_scan(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus: bool = True,
                    order: ScanOrder | tuple[int, ...] | None = None):
     """SelectiveScan as the model uses it (storage order in and out; `order` a ScanOrder or its
@@ -154,7 +144,7 @@ def selective_scan(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus: bool = Tr
     needs_grad = torch.is_grad_enabled() and not torch.compiler.is_exporting() and any(
         t.requires_grad for t in (u, delta, A, Bs, Cs, D, delta_bias))
     forced = os.environ.get(_FORCE_ENV, "")
-    if not needs_grad or (u.is_cuda and forced == "" and cuda_backward_available(u.device.index)):
+    if not needs_grad or (u.is_cuda and forced == "" and scan_cuda_backward.available(u.device.index)):
         as_list = order.as_list() if isinstance(order, ScanOrder) else (list(order) if order else None)
         return selective_scan_op(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, as_list)
     if order is not None and not isinstance(order, ScanOrder):
