@@ -44,8 +44,9 @@ if [ "${SANITIZE:-1}" = 1 ]; then
   # 32-row windows; fp32 and fp16; shared u; aligned and 1-element-off pointers; automatic,
   # single pass and chunked, with the workspace's index tables).
   LIB=${MAMBACSR_SCAN_LIB:-$(ls $MAMBACSR_CACHE/scan_cuda/*/libmambacsr_scan.so | head -1)}
-  cat > /tmp/san_case.cu <<'CPP'
-#include "mambacsr_scan.h"
+  # Random device buffers for the host programs below (fp32 or fp16; `off` elements of
+  # misalignment, the returned pointer starting after them).
+  cat > /tmp/san_upload.h <<'CPP'
 #include <cuda_fp16.h>
 #include <cstdio>
 #include <cstdlib>
@@ -64,6 +65,10 @@ static void* upload(size_t n, int dtype, int off, unsigned seed) {
   cudaMemcpy(d, h.data(), h.size(), cudaMemcpyHostToDevice);
   return (unsigned char*)d + off * es;
 }
+CPP
+  cat > /tmp/san_case.cu <<'CPP'
+#include "mambacsr_scan.h"
+#include "san_upload.h"
 int main(int argc, char** argv) {
   const bool quick = argc > 1;
   mambacsr_scan_order_t orders[4] = {};
@@ -115,24 +120,7 @@ CPP
   # and 4, shared u or not, fp32/fp16, N 8/16/32, gradients zeroed as the ABI asks.
   cat > /tmp/san_bwd.cu <<'CPP'
 #include "mambacsr_scan_bwd.h"
-#include <cuda_fp16.h>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <vector>
-static void* upload(size_t n, int dtype, unsigned seed) {
-  const size_t es = dtype ? 2 : 4;
-  std::vector<unsigned char> h(n * es);
-  srand(seed);
-  for (size_t i = 0; i < n; ++i) {
-    float v = (rand() / (float)RAND_MAX) * 2.f - 1.f;
-    if (dtype) { __half x = __float2half(v); memcpy(&h[i * es], &x, 2); } else memcpy(&h[i * es], &v, 4);
-  }
-  void* d = nullptr;
-  cudaMalloc(&d, h.size());
-  cudaMemcpy(d, h.data(), h.size(), cudaMemcpyHostToDevice);
-  return d;
-}
+#include "san_upload.h"
 static float* zeros(size_t n) { float* d = nullptr; cudaMalloc(&d, n * 4); cudaMemset(d, 0, n * 4); return d; }
 int main() {
   mambacsr_scan_order_t orders[4] = {};
@@ -154,14 +142,14 @@ int main() {
       for (int shared = 0; shared < 2; ++shared)
         for (int ni = 0; ni < 3; ++ni) {
           const int64_t L = lens[o], k = ks[o], kc = k * c, n = ns[ni], uc = shared ? c : kc;
-          void* u = upload(bt * uc * L, dtype, 1);
-          void* d = upload(bt * kc * L, dtype, 2);
-          void* B = upload(bt * k * n * L, dtype, 3);
-          void* C = upload(bt * k * n * L, dtype, 4);
-          void* dy = upload(bt * kc * L, dtype, 5);
-          float* A = (float*)upload(kc * n, 0, 6);
-          float* D = (float*)upload(kc, 0, 7);
-          float* bias = (float*)upload(kc, 0, 8);
+          void* u = upload(bt * uc * L, dtype, 0, 1);
+          void* d = upload(bt * kc * L, dtype, 0, 2);
+          void* B = upload(bt * k * n * L, dtype, 0, 3);
+          void* C = upload(bt * k * n * L, dtype, 0, 4);
+          void* dy = upload(bt * kc * L, dtype, 0, 5);
+          float* A = (float*)upload(kc * n, 0, 0, 6);
+          float* D = (float*)upload(kc, 0, 0, 7);
+          float* bias = (float*)upload(kc, 0, 0, 8);
           float *du = zeros(bt * uc * L), *dd = zeros(bt * kc * L), *dA = zeros(kc * n);
           float *dB = zeros(bt * k * n * L), *dC = zeros(bt * k * n * L), *dD = zeros(kc), *db = zeros(kc);
           const mambacsr_scan_order_t* ord = o ? &orders[o] : nullptr;
