@@ -82,6 +82,16 @@ MAMBACSR_HD int64_t mambacsr_order_seq_len(const mambacsr_scan_order_t* o, int g
     return length;
 }
 
+/* The longest sequence of the k groups (the workspace and grid sizes of a call follow it). */
+MAMBACSR_HD int64_t mambacsr_order_max_seq_len(const mambacsr_scan_order_t* o, int64_t k, int64_t length) {
+    int64_t m = 0;
+    for (int64_t g = 0; g < k; ++g) {
+        const int64_t s = mambacsr_order_seq_len(o, (int)g, length);
+        m = s > m ? s : m;
+    }
+    return m;
+}
+
 /* Validate an order for k groups and storage length `length`: 0 if valid, else a short reason. */
 static inline const char* mambacsr_order_check(const mambacsr_scan_order_t* o, int64_t k, int64_t length) {
     if (o->kind == MAMBACSR_ORDER_IDENTITY) {

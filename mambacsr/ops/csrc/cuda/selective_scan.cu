@@ -847,13 +847,7 @@ int make_plan(int64_t batch, int64_t kc, int64_t k, int64_t n, int64_t length,
     if (variant < 0 || id_req > kNumVariants) return MAMBACSR_ERR_INVALID_ARGUMENT;
     if (order && mambacsr_order_check(order, k, length) != 0) return MAMBACSR_ERR_INVALID_ARGUMENT;
     if (kc > INT32_MAX / 2 || batch * k > INT32_MAX) return MAMBACSR_ERR_UNSUPPORTED;
-    int64_t seq_max = length;
-    if (order) {
-        for (int64_t g = 0; g < k; ++g) {
-            const int64_t s = mambacsr_order_seq_len(order, (int)g, length);
-            seq_max = s > seq_max ? s : seq_max;
-        }
-    }
+    const int64_t seq_max = order ? mambacsr_order_max_seq_len(order, k, length) : length;
     if (seq_max >= INT32_MAX || length >= INT32_MAX) return MAMBACSR_ERR_UNSUPPORTED;
 
     const int64_t ch_per_group = kc / k;

@@ -213,15 +213,6 @@ scan_backward_kernel(const T* __restrict__ u, const T* __restrict__ delta, const
     }
 }
 
-int64_t max_seq_len(const mambacsr_scan_order_t* o, int64_t k, int64_t length) {
-    int64_t m = 0;
-    for (int64_t g = 0; g < k; ++g) {
-        const int64_t s = mambacsr_order_seq_len(o, (int)g, length);
-        m = s > m ? s : m;
-    }
-    return m;
-}
-
 int states_lanes(int64_t n) { return n <= 8 ? 8 : n <= 16 ? 16 : 32; }
 
 template <typename T, int NS>
@@ -269,7 +260,7 @@ size_t mambacsr_selective_scan_backward_workspace_size(int64_t batch, int64_t kc
     if (batch <= 0 || kc <= 0 || k <= 0 || n <= 0 || length <= 0 || n > MAMBACSR_SCAN_BWD_MAX_STATES)
         return 0;
     const mambacsr_scan_order_t o = order ? *order : identity_order();
-    const int64_t n_seg = (max_seq_len(&o, k, length) + kSeg - 1) / kSeg;
+    const int64_t n_seg = (mambacsr_order_max_seq_len(&o, k, length) + kSeg - 1) / kSeg;
     return (size_t)(batch * kc * states_lanes(n) * n_seg) * sizeof(float);
 }
 
@@ -291,7 +282,7 @@ int mambacsr_selective_scan_backward(const void* u, const void* delta, const flo
     if (mambacsr_order_check(&o, k, length) != 0) return MAMBACSR_ERR_INVALID_ARGUMENT;
     const size_t need = mambacsr_selective_scan_backward_workspace_size(batch, kc, k, n, length, &o);
     if (workspace == nullptr || workspace_bytes < need) return MAMBACSR_ERR_INVALID_ARGUMENT;
-    const int64_t n_seg_max = (max_seq_len(&o, k, length) + kSeg - 1) / kSeg;
+    const int64_t n_seg_max = (mambacsr_order_max_seq_len(&o, k, length) + kSeg - 1) / kSeg;
     Problem p;
     p.kc = kc;
     p.k = k;
