@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import statistics
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mambacsr  # noqa: E402
 from mambacsr.ops import selective_scan  # noqa: E402
 from mambacsr.scan_order import ScanOrder  # noqa: E402
+from bench_gpu import time_forward  # noqa: E402  (scripts/ is on sys.path when run as a script)
 
 PATHS = {"chunked PyTorch scan": "chunked", "CUDA kernels (fwd + bwd)": ""}
 
@@ -45,29 +45,12 @@ def graph_ms(fn, reps: int = 20) -> float:
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+    return time_forward(lambda _: g.replay(), None, reps, 0)
 
 
 def eager_ms(fn, reps: int = 10) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+    """Median ms of one eager `fn()` (after 3 warm-up calls)."""
+    return time_forward(lambda _: fn(), None, reps, 3)
 
 
 def scan_table(args) -> list[str]:
