@@ -52,7 +52,6 @@ from mambacsr.metrics import psnr_y, ssim_y  # noqa: E402
 from runtime.imageio import IMAGE_SUFFIXES  # noqa: E402
 
 
-
 def log(msg: str) -> None:
     print(f"[train {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
