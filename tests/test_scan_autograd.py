@@ -54,7 +54,11 @@ def test_op_gradients_match_float64_reference(name, shared_u):
     for nm, g, r in zip(NAMES, got, ref):
         assert g.shape == r.shape and g.dtype == torch.float32
         assert rel(g, r) < 1e-4, f"d{nm}: relative error {rel(g, r):.3g}"
-    # Negative control: the same check rejects gradients of a scan in the wrong order.
+    # Negative controls: the same check rejects gradients of a scan with its groups' B/C swapped
+    # and of a scan in the wrong order.
+    swapped = grads(lambda u, d, A, B, C, D, db: selective_scan_op(u, d, A, B.flip(1), C.flip(1), D, db, True,
+                                                                   as_list), args, dy)
+    assert max(rel(g, r) for g, r in zip(swapped, ref)) > 1e-2
     if order is not None:
         wrong = grads(lambda *a: selective_scan_op(*a, True, None), args, dy)
         assert max(rel(g, r) for g, r in zip(wrong, ref)) > 1e-2

@@ -77,6 +77,13 @@ def check(got, ref, tol, controls):
         assert worst >= tol, f"negative control '{cname}' passes the check: it cannot fail"
 
 
+def swapped_grads(args, dy, order):
+    """A broken backward: the kernel given the K groups' B and C in the wrong order."""
+    swapped = list(args)
+    swapped[3], swapped[4] = args[3].flip(1), args[4].flip(1)
+    return selective_scan_backward_cuda(*swapped, dy, True, order)
+
+
 @pytest.mark.parametrize("name", ORDERS)
 @pytest.mark.parametrize("shared_u", [False, True])
 def test_orders_float32(name, shared_u):
@@ -86,10 +93,8 @@ def test_orders_float32(name, shared_u):
     ref = grads_f64(args, dy, True, order)
     no_b = list(args)
     no_b[3] = torch.zeros_like(args[3])
-    swapped = list(args)
-    swapped[3], swapped[4] = args[3].flip(1), args[4].flip(1)
     controls = {"no B (D*u only)": selective_scan_backward_cuda(*no_b, dy, True, order),
-                "groups swapped": selective_scan_backward_cuda(*swapped, dy, True, order)}
+                "groups swapped": swapped_grads(args, dy, order)}
     if order is not None and order.kind != 0:
         controls["identity order"] = selective_scan_backward_cuda(*args, dy, True, None)
     check(got, ref, TOL[torch.float32], controls)
@@ -101,7 +106,7 @@ def test_half_inputs(name, dtype):
     order, length = ORDERS[name]
     args, dy = make(order, length, dtype=dtype, shared_u=True)
     got = selective_scan_backward_cuda(*args, dy, True, order)
-    check(got, grads_f64(args, dy, True, order), TOL[dtype], {})
+    check(got, grads_f64(args, dy, True, order), TOL[dtype], {"groups swapped": swapped_grads(args, dy, order)})
 
 
 @pytest.mark.parametrize("n", [1, 8, 13, 32])
@@ -139,7 +144,8 @@ def test_training_path_uses_the_kernel_and_matches_chunked(monkeypatch):
     assert calls, "the CUDA backward was not used"
     monkeypatch.setenv("MAMBACSR_SCAN", "chunked")
     ref = run()
-    check(got, ref, 1e-4, {})
+    args[3], args[4] = args[3].flip(1), args[4].flip(1)  # negative control: groups swapped
+    check(got, ref, 1e-4, {"groups swapped": run()})
 
 
 def test_graph_capture_and_determinism_of_shape():
