@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mambacsr  # noqa: E402
 from mambacsr.ops import selective_scan  # noqa: E402
 from mambacsr.scan_order import ScanOrder  # noqa: E402
-from bench_gpu import time_forward  # noqa: E402  (scripts/ is on sys.path when run as a script)
+from bench_gpu import profile, time_forward  # noqa: E402  (scripts/ is on sys.path when run as a script)
 
 PATHS = {"chunked PyTorch scan": "chunked", "CUDA kernels (fwd + bwd)": ""}
 
@@ -106,10 +106,23 @@ def step_table(args) -> list[str]:
             ms = timer(step)
             base.setdefault(mode, ms)
             rows.append(f"| {label} | {mode} | {ms:.2f} | {1000 / ms:.1f} | {base[mode] / ms:.1f}x |")
+        if args.profile and not env:
+            rows.extend(profile_rows(step, args.profile))
     nparam = sum(p.numel() for p in model.parameters())
     rows.insert(0, f"config: embed_dim {args.embed_dim}, depths {args.depths}, d_state {args.d_state}, "
                    f"{nparam / 1e6:.2f} M parameters; batch {args.batch}, LR patch {args.patch}\n")
     return rows
+
+
+def profile_rows(step, top: int) -> list[str]:
+    """GPU time of one eager step per kernel category and the costliest kernels (PyTorch profiler)."""
+    kernels: list = []
+    count, per_cat = profile(lambda _: step(), None, kernels)
+    total = sum(per_cat.values())
+    out = [f"\nprofile of one eager step (CUDA kernels): {count} kernels, {total:.2f} ms of GPU time; "
+           + ", ".join(f"{c} {ms:.2f} ms ({100 * ms / total:.0f}%)" for c, ms in per_cat.items())]
+    out += [f"  {ms:7.3f} ms  {name[:110]}" for ms, name in kernels[:top]]
+    return out + [""]
 
 
 def main(argv=None) -> int:
@@ -120,6 +133,8 @@ def main(argv=None) -> int:
     ap.add_argument("--patch", type=int, default=48)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--scan-channels", type=int, default=0, help="channels per scan group (default 2 * embed_dim)")
+    ap.add_argument("--profile", type=int, default=0, metavar="TOP",
+                    help="also profile one eager step of the CUDA-kernel path and list its TOP costliest kernels")
     args = ap.parse_args(argv)
     args.scan_channels = args.scan_channels or 2 * args.embed_dim
     torch.backends.cuda.matmul.allow_tf32 = True

@@ -7,7 +7,8 @@
 #
 # MAMBACSR_SCAN_LIB=/path/libmambacsr_scan.so uses a prebuilt library (no build here);
 # BASELINE_LIB=/path/to/an ABI-1 library adds the old kernel's column to the benchmark;
-# TESTS=0 / SANITIZE=0 / BENCH=0 skip a step; PYTEST_ARGS narrows the tests.
+# TESTS=0 / SANITIZE=0 / BENCH=0 skip a step; PYTEST_ARGS narrows the tests; SAN_TIMEOUT caps each
+# sanitizer run (seconds, default 150).
 set -u
 OUT=${OUT:-$PWD/device_out}
 mkdir -p "$OUT"
@@ -112,9 +113,9 @@ int main(int argc, char** argv) {
 CPP
   nvcc -O1 -std=c++17 -I mambacsr/ops/csrc/cuda /tmp/san_case.cu -o /tmp/san_case -L"$(dirname "$LIB")" \
        -l:"$(basename "$LIB")" -Xlinker -rpath="$(dirname "$LIB")" 2>&1 | tail -5
-  timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 /tmp/san_case 2>&1 | tail -25 | tee "$OUT/memcheck.log"
+  timeout ${SAN_TIMEOUT:-150} compute-sanitizer --tool memcheck --error-exitcode 9 /tmp/san_case 2>&1 | tail -25 | tee "$OUT/memcheck.log"
   SAN_RC=$?
-  timeout 100 compute-sanitizer --tool racecheck --error-exitcode 9 /tmp/san_case quick 2>&1 | tail -15 | tee "$OUT/racecheck.log"
+  timeout ${SAN_TIMEOUT:-150} compute-sanitizer --tool racecheck --error-exitcode 9 /tmp/san_case quick 2>&1 | tail -15 | tee "$OUT/racecheck.log"
   SAN_RC=$((SAN_RC + $?))
   # The backward (mambacsr_scan_bwd.h) the same way: exact-size buffers, every order kind, K 2
   # and 4, shared u or not, fp32/fp16, N 8/16/32, gradients zeroed as the ABI asks.
@@ -170,9 +171,9 @@ int main() {
 CPP
   nvcc -O1 -std=c++17 -I mambacsr/ops/csrc/cuda /tmp/san_bwd.cu -o /tmp/san_bwd -L"$(dirname "$LIB")" \
        -l:"$(basename "$LIB")" -Xlinker -rpath="$(dirname "$LIB")" 2>&1 | tail -5
-  timeout 150 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 /tmp/san_bwd 2>&1 | tail -25 | tee "$OUT/memcheck_backward.log"
+  timeout ${SAN_TIMEOUT:-150} compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 /tmp/san_bwd 2>&1 | tail -25 | tee "$OUT/memcheck_backward.log"
   SAN_RC=$((SAN_RC + $?))
-  timeout 150 compute-sanitizer --tool racecheck --error-exitcode 9 /tmp/san_bwd 2>&1 | tail -15 | tee "$OUT/racecheck_backward.log"
+  timeout ${SAN_TIMEOUT:-150} compute-sanitizer --tool racecheck --error-exitcode 9 /tmp/san_bwd 2>&1 | tail -15 | tee "$OUT/racecheck_backward.log"
   SAN_RC=$((SAN_RC + $?))
 fi
 BENCH_RC=0
