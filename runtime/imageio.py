@@ -26,9 +26,7 @@ import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import imagecodecs
 import numpy as np
-import tifffile
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from mambacsr.atomic import atomic_write
@@ -100,6 +98,8 @@ class _Collect(logging.Handler):
 
 def _decode_png16(path: Path, notes: list[str]) -> np.ndarray:
     """libpng's warnings about this file (logged by imagecodecs) become notes on the image."""
+    import imagecodecs  # the 16-bit codecs load only when a 16-bit file is met (import cost)
+
     logger = logging.getLogger("imagecodecs")
     said, propagate = _Collect(), logger.propagate
     logger.addHandler(said)
@@ -114,6 +114,8 @@ def _decode_png16(path: Path, notes: list[str]) -> np.ndarray:
 
 
 def _decode_tiff16(path: Path) -> np.ndarray:
+    import tifffile
+
     a = tifffile.imread(str(path), key=0, maxworkers=1)
     if a.ndim == 3 and a.shape[0] in (3, 4) and a.shape[2] not in (3, 4):  # planar
         a = np.moveaxis(a, 0, -1)
@@ -129,6 +131,8 @@ def encode_png16(a: np.ndarray, icc: bytes | None = None) -> bytes:
 
     libpng writes no ICC profile here, so an iCCP chunk is placed after IHDR (where the PNG
     specification wants it: before any IDAT)."""
+    import imagecodecs
+
     a = np.ascontiguousarray(a[:, :, 0] if a.shape[2] == 1 else a, dtype=np.uint16)
     data = bytes(imagecodecs.png_encode(a, level=6))
     if icc:
@@ -141,6 +145,8 @@ def encode_tiff16(a: np.ndarray, icc: bytes | None = None) -> bytes:
     """(H, W, C) uint16 as a deflate-compressed TIFF (tifffile)."""
     if a.shape[2] == 2:  # Pillow cannot open 16-bit grey+alpha TIFFs: store it as RGBA
         a = np.concatenate([a[:, :, :1]] * 3 + [a[:, :, 1:]], axis=2)
+    import tifffile
+
     ch = a.shape[2]
     buf = io.BytesIO()
     tifffile.imwrite(buf, np.ascontiguousarray(a[:, :, 0] if ch == 1 else a, dtype=np.uint16),
