@@ -4,7 +4,8 @@ Two tables, side by side in one process, on the card named in the output:
 
 1. one SelectiveScan, forward + backward, at a training shape (CUDA-graph replays, median ms):
    the project's kernels (forward + `mambacsr_scan_bwd.h`) vs the chunked PyTorch scan with
-   the order gathered in PyTorch (what training used before);
+   the order gathered in PyTorch (what training used before), and vs the same kernels with the
+   backward held to one chunk per sequence (one block walks it all, as its first version did);
 2. whole training steps (forward, L1 loss, backward, Adam) of a model config, eager and as one
    captured CUDA graph (as `scripts/train.py --cuda-graph` runs them): iterations per second.
 
@@ -13,6 +14,7 @@ Two tables, side by side in one process, on the card named in the output:
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shlex
 import sys
@@ -23,15 +25,22 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mambacsr  # noqa: E402
-from mambacsr.ops import selective_scan  # noqa: E402
+from mambacsr.ops import scan_cuda_backward, selective_scan  # noqa: E402
 from mambacsr.scan_order import ScanOrder  # noqa: E402
 from bench_gpu import profile, time_forward  # noqa: E402  (scripts/ is on sys.path when run as a script)
 
-PATHS = {"chunked PyTorch scan": "chunked", "CUDA kernels (fwd + bwd)": ""}
+# label -> (MAMBACSR_SCAN, sequence chunks of the CUDA backward: 1 = one block walks the whole
+# sequence, as the first version did; 0 = automatic, what training uses)
+PATHS = {"chunked PyTorch scan": ("chunked", 0), "CUDA kernels, backward in 1 chunk": ("", 1),
+         "CUDA kernels (fwd + bwd)": ("", 0)}
+_BACKWARD = scan_cuda_backward.selective_scan_backward_cuda
 
 
-def use_path(env_value: str) -> None:
+def use_path(path: tuple[str, int]) -> None:
+    env_value, chunks = path
     os.environ["MAMBACSR_SCAN"] = env_value
+    scan_cuda_backward.selective_scan_backward_cuda = (
+        functools.partial(_BACKWARD, chunks=chunks) if chunks else _BACKWARD)
 
 
 def graph_ms(fn, reps: int = 20) -> float:
@@ -74,8 +83,8 @@ def scan_table(args) -> list[str]:
             y = selective_scan(*leaves, True, order)
             torch.autograd.grad(y, leaves, dy)
         base = None
-        for label, env in PATHS.items():
-            use_path(env)
+        for label, path in PATHS.items():
+            use_path(path)
             ms = graph_ms(step)
             base = base or ms
             rows.append(f"| {dirs[0]} | {label} | {ms:.3f} | {base / ms:.1f}x |")
@@ -89,8 +98,8 @@ def step_table(args) -> list[str]:
                cross_scale_scan=False, scan_size=8)
     rows = ["| path | mode | ms / step | it/s | speed-up |", "|---|---|---:|---:|---:|"]
     base = {}
-    for label, env in PATHS.items():
-        use_path(env)
+    for label, path in PATHS.items():
+        use_path(path)
         torch.manual_seed(0)
         model = mambacsr.MambaCSR(**cfg).cuda().train()
         opt = torch.optim.Adam(model.parameters(), lr=torch.tensor(1e-4, device="cuda"), capturable=True,
@@ -106,7 +115,7 @@ def step_table(args) -> list[str]:
             ms = timer(step)
             base.setdefault(mode, ms)
             rows.append(f"| {label} | {mode} | {ms:.2f} | {1000 / ms:.1f} | {base[mode] / ms:.1f}x |")
-        if args.profile and not env:
+        if args.profile and path == ("", 0):
             rows.extend(profile_rows(step, args.profile))
     nparam = sum(p.numel() for p in model.parameters())
     rows.insert(0, f"config: embed_dim {args.embed_dim}, depths {args.depths}, d_state {args.d_state}, "

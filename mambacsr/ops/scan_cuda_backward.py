@@ -26,7 +26,7 @@ def _bound(lib: ctypes.CDLL):
     ws = lib.mambacsr_selective_scan_backward_workspace_size
     if not getattr(lib, "_backward_bound", False):
         fn.argtypes = ([ctypes.c_void_p] * 15 + [ctypes.c_int64] * 5 +
-                       [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
+                       [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                         ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p])
         fn.restype = ctypes.c_int
         ws.argtypes = [ctypes.c_int64] * 5 + [ctypes.c_void_p]
@@ -49,9 +49,10 @@ def available(device_index: int) -> bool:
 
 
 def selective_scan_backward_cuda(u, delta, A, Bs, Cs, D, delta_bias, dy, delta_softplus: bool,
-                                 order: ScanOrder | None = None):
+                                 order: ScanOrder | None = None, chunks: int = 0):
     """Gradients (du, ddelta, dA, dBs, dCs, dD, ddelta_bias), float32, shaped like the inputs;
-    None when the kernel is unavailable for these tensors."""
+    None when the kernel is unavailable for these tensors. `chunks`: pieces of each sequence
+    scanned in parallel (0: one wave of blocks on this GPU; tests pin it)."""
     if not u.is_cuda or u.dtype not in scan_cuda._DTYPES:
         return None
     entry_points = _entry_points(u.device)
@@ -78,7 +79,7 @@ def selective_scan_backward_cuda(u, delta, A, Bs, Cs, D, delta_bias, dy, delta_s
         status = fn(ptr(u), ptr(delta), ptr(A), ptr(Bs), ptr(Cs), ptr(D), ptr(delta_bias), ptr(dy),
                     ptr(du), ptr(ddelta), ptr(dA), ptr(dBs), ptr(dCs), ptr(dD), ptr(ddelta_bias),
                     bt, kc, k, n, length, u_shared, order_ptr, scan_cuda._DTYPES[dtype], int(bool(delta_softplus)),
-                    ptr(ws), ws_bytes, torch.cuda.current_stream(u.device).cuda_stream)
+                    int(chunks), ptr(ws), ws_bytes, torch.cuda.current_stream(u.device).cuda_stream)
     if status == scan_cuda._ERR_UNSUPPORTED:  # N above MAMBACSR_SCAN_BWD_MAX_STATES
         return None
     if status != 0:

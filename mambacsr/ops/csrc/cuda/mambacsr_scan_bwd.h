@@ -12,6 +12,11 @@
  * channels for dBs/dCs, across the batch for dA/dD/ddelta_bias). The forward is recomputed from
  * float32 states checkpointed every MAMBACSR_SCAN_BWD_SEGMENT tokens into the workspace, so the
  * call needs no forward activations. It only launches on `stream` and never allocates.
+ *
+ * Each group sequence is cut into `chunks` pieces of whole segments scanned in parallel (two
+ * kernels: per-chunk summaries, then the gradients with the carries between chunks); 0 picks
+ * enough for one wave of blocks on the current GPU. Any count gives the same gradients up to
+ * float32 rounding; it is capped at the segment count and MAMBACSR_SCAN_BWD_MAX_CHUNKS.
  */
 #ifndef MAMBACSR_SCAN_BWD_H
 #define MAMBACSR_SCAN_BWD_H
@@ -24,6 +29,7 @@ extern "C" {
 
 #define MAMBACSR_SCAN_BWD_SEGMENT 32
 #define MAMBACSR_SCAN_BWD_MAX_STATES 32
+#define MAMBACSR_SCAN_BWD_MAX_CHUNKS 64
 
 /* Workspace bytes of mambacsr_selective_scan_backward for this problem. */
 MAMBACSR_API size_t mambacsr_selective_scan_backward_workspace_size(
@@ -36,7 +42,7 @@ MAMBACSR_API int mambacsr_selective_scan_backward(
     const float* D, const float* delta_bias, const void* dy,
     float* du, float* ddelta, float* dA, float* dBs, float* dCs, float* dD, float* ddelta_bias,
     int64_t batch, int64_t kc, int64_t k, int64_t n, int64_t length, int u_shared,
-    const mambacsr_scan_order_t* order, int dtype, int delta_softplus,
+    const mambacsr_scan_order_t* order, int dtype, int delta_softplus, int chunks,
     void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
 #ifdef __cplusplus
