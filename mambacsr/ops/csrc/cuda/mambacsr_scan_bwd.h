@@ -15,7 +15,7 @@
  *
  * Each group sequence is cut into `chunks` pieces of whole segments scanned in parallel (two
  * kernels: per-chunk summaries, then the gradients with the carries between chunks); 0 picks
- * enough for one wave of blocks on the current GPU. Any count gives the same gradients up to
+ * the count from the current GPU's occupancy (the fewest chunks that fill whole waves). Any count gives the same gradients up to
  * float32 rounding; it is capped at the segment count and MAMBACSR_SCAN_BWD_MAX_CHUNKS.
  */
 #ifndef MAMBACSR_SCAN_BWD_H

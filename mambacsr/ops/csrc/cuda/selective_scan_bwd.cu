@@ -3,8 +3,8 @@
 // One thread per (batch, channel, state n); the NS lanes of a channel are adjacent in a warp
 // (NS = N rounded up to 8, 16 or 32), a block holds 128 / NS channels of one group. A group's
 // sequence (in the scan order of mambacsr_scan_order.h) is cut into P chunks of whole SEG-token
-// segments, one block per chunk, so that a small batch still fills the GPU (P from the occupancy:
-// one wave). Both recurrences are linear with the per-(channel, n) decay a_t = exp(dt_t * A_n),
+// segments, one block per chunk, so that a small batch still fills the GPU (P from the occupancy
+// and the wave count: pick_chunks). Both recurrences are linear with the per-(channel, n) decay a_t = exp(dt_t * A_n),
 // so a chunk's part can be computed from zero and corrected by a decay product
 // exp(A_n * sum dt) times what flows in from the other chunks:
 //
@@ -342,21 +342,28 @@ int64_t workspace_floats(int64_t ns, int64_t n_seg_max) {
     return ns * n_seg_max + n_seg_max + 2 * ns * cap + cap;
 }
 
-// P: the requested count, or (0) enough chunks for one wave of the gradient kernel on this GPU.
+// P: the requested count, or (0) the fewest chunks within 5 % of the best time in waves of the
+// gradient kernel on this GPU: cost(P) = ceil(blocks * P / wave) / P, the waves each chunk's
+// share of the sequence takes. One chunk per sequence already fills the GPU at large batches;
+// small ones gain up to the full wave.
 template <typename T, int NS>
 int64_t pick_chunks(int requested, int64_t blocks_per_chunk, int64_t cap) {
-    int64_t chunks = requested;
-    if (chunks <= 0) {
-        int dev = 0, sms = 0, per_sm = 0;
-        if (cudaGetDevice(&dev) != cudaSuccess ||
-            cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
-            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, scan_backward_kernel<T, NS>, kThreads, 0) !=
-                cudaSuccess)
-            return -1;
-        const int64_t wave = (int64_t)sms * (per_sm > 0 ? per_sm : 1);
-        chunks = (wave + blocks_per_chunk - 1) / blocks_per_chunk;
-    }
-    return chunks < 1 ? 1 : chunks > cap ? cap : chunks;
+    if (requested > 0) return requested < cap ? requested : cap;
+    int dev = 0, sms = 0, per_sm = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, scan_backward_kernel<T, NS>, kThreads, 0) !=
+            cudaSuccess)
+        return -1;
+    const int64_t wave = (int64_t)sms * (per_sm > 0 ? per_sm : 1);
+    auto cost = [&](int64_t chunks) {
+        return (double)((blocks_per_chunk * chunks + wave - 1) / wave) / (double)chunks;
+    };
+    double best = cost(1);
+    for (int64_t c = 2; c <= cap; ++c) best = cost(c) < best ? cost(c) : best;
+    for (int64_t c = 1; c < cap; ++c)
+        if (cost(c) <= 1.05 * best) return c;
+    return cap;
 }
 
 template <typename T, int NS>
