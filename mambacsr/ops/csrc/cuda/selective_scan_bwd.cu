@@ -42,6 +42,11 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kSeg = MAMBACSR_SCAN_BWD_SEGMENT;
+// Blocks per SM the gradient kernel's registers are budgeted for (1: no cap, 124 registers,
+// 4 blocks of 128 threads per SM on sm_90; a larger value trades spills for resident warps).
+#ifndef MAMBACSR_SCAN_BWD_MIN_BLOCKS
+#define MAMBACSR_SCAN_BWD_MIN_BLOCKS 1
+#endif
 
 __device__ __forceinline__ float to_f(float x) { return x; }
 __device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
@@ -233,7 +238,7 @@ chunk_summary_kernel(const Inputs<T> in, const Workspace ws, const mambacsr_scan
 
 // Kernel 2: the gradients, per chunk, with the state and adjoint flowing in from the others.
 template <typename T, int NS>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, MAMBACSR_SCAN_BWD_MIN_BLOCKS)
 scan_backward_kernel(const Inputs<T> in, const Grads gr, const Workspace ws, const mambacsr_scan_order_t order,
                      const Problem p) {
     __shared__ float h_s[kSeg][kThreads];  // h_t after token t of the segment
