@@ -12,7 +12,9 @@ with ``mambacsr.degrade.degrade`` (bicubic x``--scale`` then JPEG at ``--qf``, t
 ``scripts/prepare_data.py``) and kept in memory; patches are cut from the whole degraded image
 (as the paper does: degrade, then crop). ``--pairs-dir`` instead reads ready pairs made by
 ``prepare_data.py`` (``HR/`` and ``LR_q{QF}/``). ``--max-side 1280`` first shrinks large source
-photos (Pillow Lanczos) to wash out their own compression artefacts.
+photos (Pillow Lanczos) to wash out their own compression artefacts. With few sources,
+``--hr-scales`` and ``--grid-shifts`` add copies of each at other sizes and with the JPEG grid
+moved (other artefacts on the same content).
 
 Checkpoints (``--out``/state.pt: model, EMA, optimiser, step, config) are written atomically
 every ``--save-every`` seconds and at the end; ``--resume`` continues from one. At the end the
@@ -113,16 +115,36 @@ class PairSampler:
         return lrs, hrs
 
 
+def degraded_variants(img: np.ndarray, args, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(LR, HR) pairs of one HR source: at every ``--hr-scales`` factor (Lanczos), each degraded
+    ``--grid-shifts`` times at every ``--qf``. Copies after the first are first cropped by a random
+    multiple of the scale (< 8 LR px per axis), so that the LR's 8x8 JPEG grid falls on other
+    pixels: the same content with other compression artefacts."""
+    out = []
+    for f in args.hr_scales:
+        src = img
+        if f != 1.0:
+            h, w = img.shape[:2]
+            size = (max(1, round(w * f)), max(1, round(h * f)))
+            src = np.asarray(Image.fromarray(img).resize(size, Image.Resampling.LANCZOS), dtype=np.uint8)
+        for shift in range(args.grid_shifts):
+            dy, dx = divmod(int(rng.integers(1, 64)), 8) if shift else (0, 0)
+            cropped = src[dy * args.scale:, dx * args.scale:]
+            for qf in args.qf:
+                hr, lr = degrade(cropped, args.scale, qf)
+                out.append((lr, hr))
+    return out
+
+
 def load_training_pairs(args) -> list[tuple[np.ndarray, np.ndarray]]:
     pairs = []
     if args.hr_dir:
         paths = list_images(args.hr_dir)
+        rng = np.random.default_rng(args.seed)
         for p in paths:
-            img = load_rgb(p, args.max_side)
-            for qf in args.qf:
-                hr, lr = degrade(img, args.scale, qf)
-                pairs.append((lr, hr))
-        log(f"{len(paths)} HR images -> {len(pairs)} pairs (x{args.scale}, QF {args.qf}, max side {args.max_side})")
+            pairs += degraded_variants(load_rgb(p, args.max_side), args, rng)
+        log(f"{len(paths)} HR images -> {len(pairs)} pairs (x{args.scale}, QF {args.qf}, max side {args.max_side}, "
+            f"HR scales {args.hr_scales}, {args.grid_shifts} JPEG grid position(s))")
     if args.pairs_dir:
         root = Path(args.pairs_dir)
         for qf in args.qf:
@@ -240,6 +262,10 @@ def main(argv=None) -> int:
     d.add_argument("--val-crop", type=int, default=512, help="centre crop of each held-out image (HR px; 0 = whole)")
     d.add_argument("--scale", type=int, default=4)
     d.add_argument("--qf", type=int, nargs="+", default=[10])
+    d.add_argument("--hr-scales", type=float, nargs="+", default=[1.0],
+                   help="also train on each HR source shrunk by these factors (Lanczos; e.g. 1 0.8 0.64)")
+    d.add_argument("--grid-shifts", type=int, default=1,
+                   help="JPEG-compress each source this many times, each at another 8x8 grid position")
     m = ap.add_argument_group("model")
     m.add_argument("--config", help="network_g as a JSON/YAML file, or a preset name of mambacsr.PRESETS")
     m.add_argument("--embed-dim", type=int, default=48)

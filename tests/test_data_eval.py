@@ -236,6 +236,27 @@ def test_train_smoke_and_resume(tmp_path, monkeypatch):
     assert (out / "val.jsonl").read_text().count("\n") == 2
 
 
+def test_train_degraded_variants_move_the_jpeg_grid():
+    """--hr-scales / --grid-shifts: each copy is the same content at another size or position,
+    and a moved copy carries other JPEG artefacts than the first one on the same pixels."""
+    import argparse
+
+    import train
+
+    img = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    args = argparse.Namespace(hr_scales=[1.0, 0.5], grid_shifts=2, qf=[10], scale=2)
+    pairs = train.degraded_variants(img, args, np.random.default_rng(0))
+    assert len(pairs) == 4
+    for lr, hr in pairs:
+        assert (lr.shape[0] * 2, lr.shape[1] * 2) == hr.shape[:2]
+    (lr0, hr0), (lr1, hr1) = pairs[:2]
+    dy, dx = divmod(int(np.random.default_rng(0).integers(1, 64)), 8)
+    assert hr0.shape == (96, 128, 3) and np.array_equal(hr1, hr0[2 * dy:, 2 * dx:])
+    inner = (slice(8, -8), slice(8, -8))
+    assert not np.array_equal(lr1[inner], lr0[dy:, dx:][inner])  # the 8x8 grid moved
+    assert pairs[2][1].shape == (48, 64, 3) and pairs[3][1].shape[:2] < (49, 65) and pairs[3][1].shape != (48, 64, 3)
+
+
 # --------------------------------------------------------------------------------------- shipped model
 
 
