@@ -254,7 +254,7 @@ def test_train_degraded_variants_move_the_jpeg_grid():
     assert hr0.shape == (96, 128, 3) and np.array_equal(hr1, hr0[2 * dy:, 2 * dx:])
     inner = (slice(8, -8), slice(8, -8))
     assert not np.array_equal(lr1[inner], lr0[dy:, dx:][inner])  # the 8x8 grid moved
-    assert pairs[2][1].shape == (48, 64, 3) and pairs[3][1].shape[:2] < (49, 65) and pairs[3][1].shape != (48, 64, 3)
+    assert pairs[2][1].shape == (48, 64, 3) and pairs[3][1].shape[0] <= 48 and pairs[3][1].shape[1] <= 64 and pairs[3][1].shape != (48, 64, 3)
 
 
 # --------------------------------------------------------------------------------------- shipped model
