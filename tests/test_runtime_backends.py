@@ -332,3 +332,23 @@ def test_size_multiple_from_metadata():
     assert size_multiple_of({"mambacsr.config": json.dumps(dict(TINY, cross_scale_scan=True))}) == 16
     assert size_multiple_of({"mambacsr.config": json.dumps(TINY)}) == 1
     assert size_multiple_of({}) == 1
+
+
+def test_torch_backend_autotunes_cudnn_only_inside_its_forward(monkeypatch):
+    """cuDNN times its convolution algorithms for the fixed tile shape during our forward; the
+    caller's global setting is untouched before and after."""
+    import torch
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        upscale = 2
+
+        def forward(self, x):
+            seen.append(torch.backends.cudnn.benchmark)
+            return torch.nn.functional.interpolate(x, scale_factor=2)
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    out = TorchBackend(Probe()).run(np.zeros((1, 3, 8, 8), np.float32))
+    assert out.shape == (1, 3, 16, 16)
+    assert seen == [True] and torch.backends.cudnn.benchmark is False
