@@ -14,7 +14,8 @@ with ``mambacsr.degrade.degrade`` (bicubic x``--scale`` then JPEG at ``--qf``, t
 ``prepare_data.py`` (``HR/`` and ``LR_q{QF}/``). ``--max-side 1280`` first shrinks large source
 photos (Pillow Lanczos) to wash out their own compression artefacts. With few sources,
 ``--hr-scales`` and ``--grid-shifts`` add copies of each at other sizes and with the JPEG grid
-moved (other artefacts on the same content).
+moved (other artefacts on the same content); ``--degrade fresh`` degrades every sample afresh
+instead (random shrink, JPEG grid position and quality; worker threads make batches ahead).
 
 Checkpoints (``--out``/state.pt: model, EMA, optimiser, step, config) are written atomically
 every ``--save-every`` seconds and at the end; ``--resume`` continues from one. At the end the
@@ -113,6 +114,74 @@ class PairSampler:
                 a, b = a.transpose(1, 0, 2), b.transpose(1, 0, 2)
             lrs[i], hrs[i] = a, b
         return lrs, hrs
+
+
+class FreshSampler:
+    """Random aligned (LR, HR) patches degraded afresh for every sample (``--degrade fresh``).
+
+    Each sample: a source photo (weighted by area), a random shrink factor in
+    [min(--hr-scales), max(--hr-scales)], a random crop of the source that becomes a
+    (patch + 2*margin)*scale HR square after the shrink (Lanczos), ``degrade`` on that square at a
+    random ``--qf`` (bicubic down, JPEG), then the centre patch of the LR and the aligned HR, with
+    flips/rot90. The margin (8 LR px: one 16x16 JPEG MCU around the patch) keeps the resampling and
+    JPEG borders out of the patch. The JPEG grid thus falls anywhere on the content and no two
+    samples share artefacts. Batches are made ahead by worker threads (Pillow releases the GIL);
+    batch k depends only on (seed, k), so a run is reproducible whatever the threads do."""
+
+    MARGIN = 8
+
+    def __init__(self, images: list[np.ndarray], scale: int, patch: int, qfs: list[int], shrink: tuple[float, float],
+                 seed: int = 0, workers: int = 2, ahead: int = 4):
+        import concurrent.futures
+
+        self.scale, self.patch, self.qfs = scale, patch, list(qfs)
+        self.shrink = (min(shrink), max(shrink))
+        side = (patch + 2 * self.MARGIN) * scale  # HR square after the shrink
+        self.images = [im for im in images if min(im.shape[:2]) * self.shrink[1] >= side]
+        if not self.images:
+            raise ValueError(f"no training image is at least {side} px on each side")
+        w = np.array([im.shape[0] * im.shape[1] for im in self.images], dtype=np.float64)
+        self.weights = w / w.sum()
+        self.seed, self.next_batch = seed, 0
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
+        self.ahead, self.pending = ahead, []
+
+    def _one(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        p, s, m = self.patch, self.scale, self.MARGIN
+        side = (p + 2 * m) * s
+        img = self.images[int(rng.choice(len(self.images), p=self.weights))]
+        h, w = img.shape[:2]
+        f = float(rng.uniform(*self.shrink))
+        f = max(f, side / min(h, w))  # the crop must fit in the photo
+        src = min(int(np.ceil(side / f)), h, w)
+        y, x = int(rng.integers(0, h - src + 1)), int(rng.integers(0, w - src + 1))
+        hr = img[y : y + src, x : x + src]
+        if src != side:
+            hr = np.asarray(Image.fromarray(hr).resize((side, side), Image.Resampling.LANCZOS), dtype=np.uint8)
+        hr, lr = degrade(hr, s, self.qfs[int(rng.integers(0, len(self.qfs)))])
+        a, b = lr[m : m + p, m : m + p], hr[m * s : (m + p) * s, m * s : (m + p) * s]
+        if rng.random() < 0.5:
+            a, b = a[:, ::-1], b[:, ::-1]
+        if rng.random() < 0.5:
+            a, b = a[::-1], b[::-1]
+        if rng.random() < 0.5:
+            a, b = a.transpose(1, 0, 2), b.transpose(1, 0, 2)
+        return a, b
+
+    def make_batch(self, index: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([self.seed, index])
+        p, s = self.patch, self.scale
+        lrs = np.empty((batch, p, p, 3), np.uint8)
+        hrs = np.empty((batch, p * s, p * s, 3), np.uint8)
+        for i in range(batch):
+            lrs[i], hrs[i] = self._one(rng)
+        return lrs, hrs
+
+    def sample(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        while len(self.pending) < self.ahead:
+            self.pending.append(self.pool.submit(self.make_batch, self.next_batch, batch))
+            self.next_batch += 1
+        return self.pending.pop(0).result()
 
 
 def degraded_variants(img: np.ndarray, args, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -266,6 +335,10 @@ def main(argv=None) -> int:
                    help="also train on each HR source shrunk by these factors (Lanczos; e.g. 1 0.8 0.64)")
     d.add_argument("--grid-shifts", type=int, default=1,
                    help="JPEG-compress each source this many times, each at another 8x8 grid position")
+    d.add_argument("--degrade", choices=("fixed", "fresh"), default="fixed",
+                   help="fixed: degrade each source once (and its --hr-scales/--grid-shifts copies) at start-up; "
+                        "fresh: degrade every sample afresh (a random shrink between the --hr-scales, a "
+                        "random JPEG grid position, a random --qf)")
     m = ap.add_argument_group("model")
     m.add_argument("--config", help="network_g as a JSON/YAML file, or a preset name of mambacsr.PRESETS")
     m.add_argument("--embed-dim", type=int, default=48)
@@ -306,6 +379,8 @@ def main(argv=None) -> int:
                         "by itself); chunked: the portable PyTorch scan everywhere (the pre-kernel baseline)")
     args = ap.parse_args(argv)
 
+    if args.degrade == "fresh" and (args.pairs_dir or not args.hr_dir):
+        ap.error("--degrade fresh needs --hr-dir (it degrades the photos itself), not --pairs-dir")
     if args.patch > 64:
         ap.error("--patch must be <= 64 (the official LR patch size)")
     patch_multiple = mambacsr.model.size_multiple({"cross_scale_scan": args.cross_scale})
@@ -362,8 +437,15 @@ def main(argv=None) -> int:
 
     # data
     t0 = time.time()
-    pairs = load_training_pairs(args)
-    sampler = PairSampler(pairs, args.scale, args.patch, seed=args.seed + step)
+    if args.degrade == "fresh":
+        paths = list_images(args.hr_dir)
+        sampler = FreshSampler([load_rgb(p, args.max_side) for p in paths], args.scale, args.patch, args.qf,
+                               (min(args.hr_scales), max(args.hr_scales)), seed=args.seed + step)
+        log(f"{len(paths)} HR images, degraded afresh per sample (x{args.scale}, QF {args.qf}, "
+            f"shrink {sampler.shrink[0]:g}-{sampler.shrink[1]:g})")
+    else:
+        pairs = load_training_pairs(args)
+        sampler = PairSampler(pairs, args.scale, args.patch, seed=args.seed + step)
     val_images = [center_crop(load_rgb(p), args.val_crop) for p in list_images(args.val_dir)] if args.val_dir else []
     log(f"data ready in {time.time() - t0:.1f}s; {len(val_images)} held-out images")
 

@@ -234,6 +234,8 @@ def test_train_smoke_and_resume(tmp_path, monkeypatch):
     assert train.main(common + ["--max-steps", "3", "--resume"]) == 0
     assert torch.load(out / "state.pt", map_location="cpu", weights_only=False)["step"] == 3
     assert (out / "val.jsonl").read_text().count("\n") == 2
+    fresh = common[:-4] + ["--out", str(tmp_path / "fresh"), "--degrade", "fresh", "--hr-scales", "0.8", "1"]
+    assert train.main(fresh + ["--max-steps", "2"]) == 0
 
 
 def test_train_degraded_variants_move_the_jpeg_grid():
@@ -255,6 +257,31 @@ def test_train_degraded_variants_move_the_jpeg_grid():
     inner = (slice(8, -8), slice(8, -8))
     assert not np.array_equal(lr1[inner], lr0[dy:, dx:][inner])  # the 8x8 grid moved
     assert pairs[2][1].shape == (48, 64, 3) and pairs[3][1].shape[0] <= 48 and pairs[3][1].shape[1] <= 64 and pairs[3][1].shape != (48, 64, 3)
+
+
+def test_train_fresh_sampler_pairs_are_aligned_and_reproducible():
+    """--degrade fresh: each LR patch is the bicubic downscale of its HR patch (here without JPEG,
+    to see the alignment; one LR pixel off fails), a batch depends only on (seed, index), and
+    JPEG artefacts differ between batches."""
+    import train
+    from mambacsr.degrade import bicubic_resize
+
+    rng = np.random.default_rng(1)
+    img = np.asarray(Image.fromarray(rng.integers(0, 256, (50, 60, 3), dtype=np.uint8)).resize(
+        (240, 200), Image.Resampling.BICUBIC))
+    plain = train.FreshSampler([img], 2, 16, [None], (0.6, 1.0), seed=3, workers=1)
+    lr, hr = plain.make_batch(0, 4)
+    assert lr.shape == (4, 16, 16, 3) and hr.shape == (4, 32, 32, 3)
+    inner = (slice(3, -3), slice(3, -3))
+    for a, b in zip(lr, hr):
+        down = bicubic_resize(np.ascontiguousarray(b), (16, 16)).astype(int)
+        assert np.abs(a.astype(int) - down)[inner].max() <= 2
+        assert np.abs(a[:, 1:].astype(int) - down[:, :-1])[inner].max() > 2  # one LR pixel off
+    assert all(np.array_equal(x, y) for x, y in zip(plain.make_batch(0, 4), (lr, hr)))
+    assert not np.array_equal(plain.make_batch(1, 4)[1], hr)
+    jpeg = train.FreshSampler([img], 2, 16, [10], (1.0, 1.0), seed=3, workers=2)
+    first, again = jpeg.sample(4), jpeg.sample(4)
+    assert first[0].shape == (4, 16, 16, 3) and not np.array_equal(first[0], again[0])
 
 
 # --------------------------------------------------------------------------------------- shipped model
