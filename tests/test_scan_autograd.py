@@ -18,18 +18,22 @@ ORDERS = {
 }
 
 
-def inputs(order, shared_u, seed=0):
+def grad_inputs(order, length=None, n=4, c=3, bt=2, shared_u=False, seed=0):
+    """(inputs, dy) for gradient checks, float32 on the CPU, under which the recurrence dominates
+    y (B, C ~ 1, dt ~ 0.1..1, D small). K from the order (2 for identity); `length` defaults to
+    the order's storage length. Also used by tests/test_scan_cuda_backward.py."""
+    k = 2 if order is None else len(order.windows)
+    length = length or order.storage_length(0)
     g = torch.Generator().manual_seed(seed)
-    k, c, n, bt = 2, 3, 4, 2
-    length = 37 if order is None else order.storage_length(0)
     kc = k * c
-    return [torch.randn(bt, c if shared_u else kc, length, generator=g),
+    args = [torch.randn(bt, c if shared_u else kc, length, generator=g),
             torch.randn(bt, kc, length, generator=g) * 0.5 - 1.0,
             -(0.05 + 1.95 * torch.rand(kc, n, generator=g)),
             torch.randn(bt, k, n, length, generator=g),
             torch.randn(bt, k, n, length, generator=g),
             torch.randn(kc, generator=g) * 0.3,
             torch.randn(kc, generator=g) * 0.5]
+    return args, torch.randn(bt, kc, length, generator=g)
 
 
 def grads(fn, args, dy):
@@ -45,9 +49,8 @@ def rel(a, b):
 @pytest.mark.parametrize("shared_u", [False, True])
 def test_op_gradients_match_float64_reference(name, shared_u):
     order = ORDERS[name]
-    args = inputs(order, shared_u)
+    args, dy = grad_inputs(order, 37 if order is None else None, shared_u=shared_u)
     as_list = order.as_list() if order else None
-    dy = torch.randn(args[1].shape, generator=torch.Generator().manual_seed(1))
     got = grads(lambda *a: selective_scan_op(*a, True, as_list), args, dy)
     ref = grads(lambda *a: selective_scan_ref(*(t.double() for t in a), True, order,
                                               state_dtype=torch.float64), args, dy)

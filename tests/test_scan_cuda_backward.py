@@ -18,6 +18,7 @@ from mambacsr.ops import scan_cuda, selective_scan, selective_scan_ref  # noqa: 
 from mambacsr.ops import scan_cuda_backward  # noqa: E402
 from mambacsr.ops.scan_cuda_backward import selective_scan_backward_cuda  # noqa: E402
 from mambacsr.scan_order import ScanOrder  # noqa: E402
+from test_scan_autograd import grad_inputs  # noqa: E402
 
 if not scan_cuda.available() or not scan_cuda_backward.available(torch.cuda.current_device()):
     pytest.skip("CUDA scan library with the backward could not be built", allow_module_level=True)
@@ -38,19 +39,8 @@ ORDERS = {  # (order, storage length for identity)
 
 
 def make(order, length, n=16, c=24, bt=2, dtype=torch.float32, shared_u=False, seed=0):
-    """Inputs under which the recurrence dominates y (B, C ~ 1, dt ~ 0.1..1, D small)."""
-    k = 2 if order is None else len(order.windows)
-    length = length or order.storage_length(0)
-    g = torch.Generator().manual_seed(seed)
-    kc = k * c
-    args = [torch.randn(bt, c if shared_u else kc, length, generator=g),
-            torch.randn(bt, kc, length, generator=g) * 0.5 - 1.0,
-            -(0.05 + 1.95 * torch.rand(kc, n, generator=g)),
-            torch.randn(bt, k, n, length, generator=g),
-            torch.randn(bt, k, n, length, generator=g),
-            torch.randn(kc, generator=g) * 0.3,
-            torch.randn(kc, generator=g) * 0.5]
-    dy = torch.randn(bt, kc, length, generator=g)
+    """`grad_inputs` on the GPU: u, delta, B, C and dy in `dtype`, A, D and delta_bias float32."""
+    args, dy = grad_inputs(order, length, n=n, c=c, bt=bt, shared_u=shared_u, seed=seed)
     low = lambda t: t.to(dtype).to(DEV)  # noqa: E731
     return [low(args[0]), low(args[1]), args[2].to(DEV), low(args[3]), low(args[4]),
             args[5].to(DEV), args[6].to(DEV)], low(dy)
