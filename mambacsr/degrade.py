@@ -28,7 +28,8 @@ import io
 import numpy as np
 from PIL import Image
 
-__all__ = ["QUALITY_FACTORS", "shrink_to_max_side", "center_crop", "mod_crop", "bicubic_resize", "jpeg_roundtrip", "degrade", "to_rgb_uint8"]
+__all__ = ["QUALITY_FACTORS", "shrink_to_max_side", "center_crop", "mod_crop", "lanczos_resize", "bicubic_resize",
+           "jpeg_roundtrip", "degrade", "to_rgb_uint8"]
 
 #: The quality factors of the paper's benchmark.
 QUALITY_FACTORS = (10, 20, 30, 40)
@@ -65,7 +66,7 @@ def shrink_to_max_side(img: np.ndarray, max_side: int | None) -> np.ndarray:
         return img
     f = max_side / max(h, w)
     size = (max(1, round(w * f)), max(1, round(h * f)))
-    return np.asarray(Image.fromarray(img).resize(size, Image.Resampling.LANCZOS), dtype=np.uint8)
+    return lanczos_resize(img, size)
 
 
 def center_crop(img: np.ndarray, size: int | None) -> np.ndarray:
@@ -82,6 +83,12 @@ def mod_crop(hr: np.ndarray, scale: int) -> np.ndarray:
     """Crop the bottom/right so that height and width are multiples of ``scale``."""
     h, w = hr.shape[:2]
     return hr[: h - h % scale, : w - w % scale]
+
+
+def lanczos_resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Pillow Lanczos resize of an (H,W,3) uint8 array to ``size = (width, height)`` (source
+    preparation: shrinking photos before the degradation)."""
+    return np.asarray(Image.fromarray(img).resize(size, Image.Resampling.LANCZOS), dtype=np.uint8)
 
 
 def bicubic_resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:

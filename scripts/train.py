@@ -50,7 +50,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mambacsr  # noqa: E402
 from mambacsr.atomic import atomic_write  # noqa: E402
-from mambacsr.degrade import center_crop, degrade, mod_crop, shrink_to_max_side, to_rgb_uint8  # noqa: E402
+from mambacsr.degrade import (bicubic_resize, center_crop, degrade, lanczos_resize, mod_crop,  # noqa: E402
+                              shrink_to_max_side, to_rgb_uint8)
 from mambacsr.metrics import psnr_y, ssim_y  # noqa: E402
 from runtime.imageio import IMAGE_SUFFIXES  # noqa: E402
 
@@ -83,6 +84,18 @@ def load_rgb(path: Path, max_side: int = 0) -> np.ndarray:
 # data
 
 
+def random_flips(a: np.ndarray, b: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The same random horizontal/vertical flip and transpose (rot90 with the flips) of an LR
+    patch and its HR patch."""
+    if rng.random() < 0.5:
+        a, b = a[:, ::-1], b[:, ::-1]
+    if rng.random() < 0.5:
+        a, b = a[::-1], b[::-1]
+    if rng.random() < 0.5:
+        a, b = a.transpose(1, 0, 2), b.transpose(1, 0, 2)
+    return a, b
+
+
 class PairSampler:
     """Random aligned (LR, HR) patches with flips/rot90 from in-memory uint8 image pairs."""
 
@@ -104,15 +117,8 @@ class PairSampler:
             lr, hr = self.pairs[j]
             y = int(self.rng.integers(0, lr.shape[0] - p + 1))
             x = int(self.rng.integers(0, lr.shape[1] - p + 1))
-            a = lr[y : y + p, x : x + p]
-            b = hr[y * s : (y + p) * s, x * s : (x + p) * s]
-            if self.rng.random() < 0.5:
-                a, b = a[:, ::-1], b[:, ::-1]
-            if self.rng.random() < 0.5:
-                a, b = a[::-1], b[::-1]
-            if self.rng.random() < 0.5:
-                a, b = a.transpose(1, 0, 2), b.transpose(1, 0, 2)
-            lrs[i], hrs[i] = a, b
+            lrs[i], hrs[i] = random_flips(lr[y : y + p, x : x + p], hr[y * s : (y + p) * s, x * s : (x + p) * s],
+                                          self.rng)
         return lrs, hrs
 
 
@@ -157,16 +163,9 @@ class FreshSampler:
         y, x = int(rng.integers(0, h - src + 1)), int(rng.integers(0, w - src + 1))
         hr = img[y : y + src, x : x + src]
         if src != side:
-            hr = np.asarray(Image.fromarray(hr).resize((side, side), Image.Resampling.LANCZOS), dtype=np.uint8)
+            hr = lanczos_resize(hr, (side, side))
         hr, lr = degrade(hr, s, self.qfs[int(rng.integers(0, len(self.qfs)))])
-        a, b = lr[m : m + p, m : m + p], hr[m * s : (m + p) * s, m * s : (m + p) * s]
-        if rng.random() < 0.5:
-            a, b = a[:, ::-1], b[:, ::-1]
-        if rng.random() < 0.5:
-            a, b = a[::-1], b[::-1]
-        if rng.random() < 0.5:
-            a, b = a.transpose(1, 0, 2), b.transpose(1, 0, 2)
-        return a, b
+        return random_flips(lr[m : m + p, m : m + p], hr[m * s : (m + p) * s, m * s : (m + p) * s], rng)
 
     def make_batch(self, index: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng([self.seed, index])
@@ -195,7 +194,7 @@ def degraded_variants(img: np.ndarray, args, rng: np.random.Generator) -> list[t
         if f != 1.0:
             h, w = img.shape[:2]
             size = (max(1, round(w * f)), max(1, round(h * f)))
-            src = np.asarray(Image.fromarray(img).resize(size, Image.Resampling.LANCZOS), dtype=np.uint8)
+            src = lanczos_resize(img, size)
         for shift in range(args.grid_shifts):
             dy, dx = divmod(int(rng.integers(1, 64)), 8) if shift else (0, 0)
             cropped = src[dy * args.scale:, dx * args.scale:]
@@ -284,7 +283,7 @@ def evaluate_model(model, images: list[np.ndarray], scale: int, qf: int, device,
             x = F.pad(x, (0, pw, 0, ph), mode="reflect")
         y = model(x)[..., : h * scale, : w * scale]
         sr = (y.clamp(0, 1) * 255.0).round().byte()[0].permute(1, 2, 0).cpu().numpy()
-        bic = np.asarray(Image.fromarray(lr).resize((w * scale, h * scale), Image.Resampling.BICUBIC))
+        bic = bicubic_resize(lr, (w * scale, h * scale))
         ps.append(psnr_y(hr, sr, scale))
         ss.append(ssim_y(hr, sr, scale))
         pb.append(psnr_y(hr, bic, scale))
