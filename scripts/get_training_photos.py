@@ -24,6 +24,7 @@ is 26.3 MiB, lossless WebP ``--train-format webp`` is smaller still). Use them a
 ``scripts/train.py --hr-dir OUT/train --val-dir OUT/heldout`` (train.py lists .webp too).
 
     python scripts/get_training_photos.py --out /work/data     # 28 train + 12 held-out, 26.3 MiB
+    python scripts/get_training_photos.py --out /work/data_full --train-format source   # full resolution
 """
 from __future__ import annotations
 
@@ -194,8 +195,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="output folder (train/, heldout/, SOURCES.md)")
     ap.add_argument("--work", type=Path, help="download/unpack folder (default OUT/_sources)")
     ap.add_argument("--max-side", type=int, default=1280, help="longer side of the train images (Lanczos)")
-    ap.add_argument("--train-format", choices=("png", "webp"), default="png",
-                    help="train images as PNG or lossless WebP (held-out: always PNG)")
+    ap.add_argument("--train-format", choices=("png", "webp", "source"), default="png",
+                    help="train images as PNG or lossless WebP shrunk to --max-side, or 'source': the "
+                         "package's own file, byte for byte, at full resolution (held-out: always PNG)")
     ap.add_argument("--limit-mib", type=float, default=45.0, help="fail if train/ + heldout/ exceed this")
     ap.add_argument("--no-pin", action="store_true", help="apt-get download the candidate versions, not DEBS'")
     args = ap.parse_args(argv)
@@ -217,11 +219,17 @@ def main(argv=None) -> int:
         if split == "heldout":  # prepare_data.py --hr-only --max-side 1280 --center-crop 512
             img = mod_crop(center_crop(shrink_to_max_side(img, HELDOUT_MAX_SIDE), HELDOUT_CROP), SCALE)
             fmt = "png"
+        elif args.train_format == "source":  # full resolution, no re-encoding (train.py --max-side shrinks)
+            fmt = src.suffix.lower().lstrip(".")
         else:
             img = shrink_to_max_side(img, args.max_side)
             fmt = args.train_format
         dst = out / split / f"{name}.{fmt}"
-        save_image(img, dst, fmt)
+        if split == "train" and args.train_format == "source":
+            with atomic_write(dst) as tmp:
+                shutil.copyfile(src, tmp)
+        else:
+            save_image(img, dst, fmt)
         written[split].add(dst.name)
         rows.append((name, split, pkg, rel, licence, src_size, img.shape, dst.stat().st_size))
 
@@ -235,14 +243,16 @@ def main(argv=None) -> int:
     lines = ["| file | split | source (version) : path | source size | stored size | bytes | licence |",
              "|---|---|---|---|---|---:|---|"]
     for name, split, pkg, rel, licence, (sw, sh), shape, nbytes in rows:
-        ext = "png" if split == "heldout" else args.train_format
+        ext = "png" if split == "heldout" else Path(rel).suffix.lower().lstrip(".") if args.train_format == "source" \
+            else args.train_format
         lines.append(f"| {split}/{name}.{ext} | {split} | {pkg} {versions[pkg]} : {rel} | {sw}x{sh} | "
                      f"{shape[1]}x{shape[0]} | {nbytes} | {licence} |")
     totals = {s: sum(r[-1] for r in rows if r[1] == s) for s in ("train", "heldout")}
     counts = {s: sum(1 for r in rows if r[1] == s) for s in ("train", "heldout")}
     total = sum(totals.values())
-    summary = [f"train: {counts['train']} images, {totals['train']} bytes "
-               f"({args.train_format}, longer side <= {args.max_side})",
+    stored = ("package files, full resolution" if args.train_format == "source"
+              else f"{args.train_format}, longer side <= {args.max_side}")
+    summary = [f"train: {counts['train']} images, {totals['train']} bytes ({stored})",
                f"heldout: {counts['heldout']} images, {totals['heldout']} bytes (png, central 512x512)",
                f"total: {total} bytes = {total / 2**20:.2f} MiB (limit {args.limit_mib} MiB)"]
     per_source = {}

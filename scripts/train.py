@@ -77,10 +77,6 @@ def load_rgb(path: Path, max_side: int = 0) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------
-# differentiable scan for training
-
-
-# ----------------------------------------------------------------------------------------------
 # data
 
 
@@ -373,6 +369,8 @@ def main(argv=None) -> int:
     r.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     r.add_argument("--cuda-graph", action="store_true", help="capture each training step in a CUDA graph")
     r.add_argument("--threads", type=int, default=0)
+    r.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="threads that degrade batches ahead with --degrade fresh")
     r.add_argument("--scan", choices=("auto", "chunked"), default="auto",
                    help="auto: the compiled kernels (on CUDA the forward and backward kernels; falls back "
                         "by itself); chunked: the portable PyTorch scan everywhere (the pre-kernel baseline)")
@@ -439,7 +437,8 @@ def main(argv=None) -> int:
     if args.degrade == "fresh":
         paths = list_images(args.hr_dir)
         sampler = FreshSampler([load_rgb(p, args.max_side) for p in paths], args.scale, args.patch, args.qf,
-                               (min(args.hr_scales), max(args.hr_scales)), seed=args.seed + step)
+                               (min(args.hr_scales), max(args.hr_scales)), seed=args.seed + step,
+                               workers=args.workers)
         log(f"{len(paths)} HR images, degraded afresh per sample (x{args.scale}, QF {args.qf}, "
             f"shrink {sampler.shrink[0]:g}-{sampler.shrink[1]:g})")
     else:
