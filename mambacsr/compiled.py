@@ -8,17 +8,31 @@ same kernels for all of them and compiles each once (its in-memory and on-disk c
 them); the whole model as one graph took minutes to compile per input shape. No autotuning
 (default mode): first use costs tens of seconds per input shape, later processes hit the
 on-disk cache. The scan itself is the opaque custom op (its fake kernel gives Inductor shapes).
+
+Before compiling, the channel-attention convolutions are zero-padded to tensor-core channel
+multiples (`pad_channels`): 180 -> 7 -> 180 channels in Final x4 make cuDNN pad every input and
+fall back to slow kernels; 184 -> 8 -> 184 with zero weights computes the same numbers.
 """
 from __future__ import annotations
 
+import math
+
+import torch
 import torch.nn as nn
 
 # Blocks that differ only in constants each cost a (cheap, cache-hit) recompile: allow them all.
 _RECOMPILE_LIMIT = 256
+#: Tensor cores take 16-byte rows: 8 fp16 channels.
+CHANNEL_MULTIPLE = 8
 
 
-def compile_blocks(model: nn.Module) -> nn.Module:
+def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
+                   shape_pad: bool = False) -> nn.Module:
     """Compile every residual block and cross-scale fusion of `model` in place; returns it.
+
+    pad: zero-pad the channel-attention convolutions first (`pad_channels`; exact).
+    freeze: Inductor's freezing (weights become constants; weight-only math is folded once).
+    shape_pad: make Inductor pad every unaligned matrix product (`force_shape_pad`).
 
     Inference only (the compiled code is traced under no_grad). Safe to capture in a CUDA graph
     after a warm-up call per input shape."""
@@ -30,10 +44,59 @@ def compile_blocks(model: nn.Module) -> nn.Module:
     if hasattr(dynamo_config, "accumulated_cache_size_limit"):
         dynamo_config.accumulated_cache_size_limit = max(dynamo_config.accumulated_cache_size_limit,
                                                         _RECOMPILE_LIMIT * 4)
+    if pad:
+        pad_channels(model)
+    options = {}
+    if freeze:
+        options["freezing"] = True
+    if shape_pad:
+        options["force_shape_pad"] = True
     for module in model.modules():
         if isinstance(module, LW_SS2D):
             # Column-first blocks read rows of the transposed grid; compiled, the transposes fuse.
             module.transpose_column_scans = True
         if isinstance(module, (RLMBlock, Cross_SS2D)):
-            module.compile(dynamic=False)
+            module.compile(dynamic=False, options=options or None)
     return model
+
+
+def pad_channels(model: nn.Module, multiple: int = CHANNEL_MULTIPLE) -> nn.Module:
+    """Zero-pad every channel-attention branch (CAB) of `model` in place to channel counts that
+    are multiples of `multiple`; returns it. Exact: the extra input channels are zeros, the
+    extra filters have zero weights and bias (GELU(0) = 0; their attention gate multiplies
+    zeros), and CAB.forward cuts the output back to its own channels."""
+    from .model import CAB
+
+    for cab in (m for m in model.modules() if isinstance(m, CAB)):
+        conv1, _, conv2, attention = cab.cab
+        channels = _round_up(cab.num_feat, multiple)
+        inner = _round_up(conv1.out_channels, multiple)
+        squeeze, excite = attention.attention[1], attention.attention[3]
+        cab.cab[0] = _zero_padded(conv1, channels, inner)
+        cab.cab[2] = _zero_padded(conv2, inner, channels)
+        attention.attention[1] = _zero_padded(squeeze, channels, squeeze.out_channels)
+        attention.attention[3] = _zero_padded(excite, excite.in_channels, channels)
+    return model
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return int(math.ceil(n / multiple) * multiple)
+
+
+def _zero_padded(conv: nn.Conv2d, in_channels: int, out_channels: int) -> nn.Conv2d:
+    """`conv` with in/out channels grown to the given counts; the new weights and biases are 0."""
+    if (conv.in_channels, conv.out_channels) == (in_channels, out_channels):
+        return conv
+    if conv.groups != 1:
+        raise ValueError("only dense convolutions can be zero-padded")
+    w = conv.weight
+    new = nn.Conv2d(in_channels, out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    conv.dilation, bias=conv.bias is not None, device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:conv.out_channels, :conv.in_channels].copy_(w)
+        if conv.bias is not None:
+            new.bias.zero_()
+            new.bias[:conv.out_channels].copy_(conv.bias)
+    new.train(conv.training)
+    return new

@@ -48,13 +48,19 @@ class CAB(nn.Module):
 
     def __init__(self, num_feat: int, compress_ratio: int = 3, squeeze_factor: int = 30):
         super().__init__()
+        self.num_feat = num_feat
         self.cab = nn.Sequential(
             nn.Conv2d(num_feat, num_feat // compress_ratio, 3, 1, 1), nn.GELU(),
             nn.Conv2d(num_feat // compress_ratio, num_feat, 3, 1, 1),
             ChannelAttention(num_feat, squeeze_factor))
 
     def forward(self, x):
-        return self.cab(x)
+        # The convolutions may carry zero channels beyond num_feat (mambacsr.compiled pads them to
+        # tensor-core multiples); the padding is exact, so it is added here and cut off again.
+        pad = self.cab[0].in_channels - x.shape[1]
+        if pad:
+            x = F.pad(x, (0, 0, 0, 0, 0, pad))
+        return self.cab(x)[:, :self.num_feat]
 
 
 class Mlp(nn.Module):

@@ -8,6 +8,9 @@ ones (same shapes, same ops). Example (the README's numbers):
 
     python scripts/bench_gpu.py --preset final-x4 --tile 64 --batch 1,8 --precision fp32,fp16
 
+`--modes compiled:none,compiled:pad,compiled:pad+freeze` times `mambacsr.compiled.compile_blocks`
+with exactly those options on, side by side ('compiled' alone: its defaults).
+
 `--baseline DIR` also times the same model from another checkout of the project (for example the
 release before the order moved into the op) in the same process, for side-by-side ratios.
 """
@@ -148,7 +151,7 @@ def main() -> int:
         for ms, name in top[:args.top]:
             print(f"  {ms:7.3f}  {categorize(name):11s}  {name[:110]}")
     if args.baseline:  # its own process: both register an op named mambacsr::selective_scan
-        modes = ",".join(m for m in args.modes.split(",") if m != "compiled")
+        modes = ",".join(m for m in args.modes.split(",") if not m.startswith("compiled"))
         subprocess.run([sys.executable, __file__, "--code-root", str(Path(args.baseline).resolve()), "--label",
                         "baseline", "--modes", modes, "--preset", args.preset, "--tile", str(args.tile),
                         "--batch", args.batch, "--precision", args.precision, "--iters", str(args.iters),
@@ -156,6 +159,18 @@ def main() -> int:
     print("\nms: median of CUDA-event times per forward of one batch; categories: GPU time of one forward "
           "(eager kernels for eager/graph, generated kernels for compiled), from the PyTorch profiler.")
     return 0
+
+
+def compile_options(mode: str) -> dict:
+    """'compiled' -> compile_blocks' defaults; 'compiled:pad+freeze' -> exactly those options on
+    (pad, freeze, shape_pad; 'compiled:none' -> all off), for side-by-side A/B rows."""
+    if ":" not in mode:
+        return {}
+    chosen = set(mode.split(":", 1)[1].split("+")) - {"none"}
+    known = {"pad", "freeze", "shape_pad"}
+    if chosen - known:
+        raise SystemExit(f"unknown compile option(s) {sorted(chosen - known)} in mode {mode!r}; known: {sorted(known)}")
+    return {k: k in chosen for k in known}
 
 
 def run_rows(args) -> list:
@@ -173,13 +188,13 @@ def run_rows(args) -> list:
                 x = torch.rand(batch, 3, args.tile, args.tile, device="cuda", dtype=dtype)
                 with torch.inference_mode():
                     t0 = time.perf_counter()
-                    if mode == "compiled":
+                    if mode.startswith("compiled"):
                         from mambacsr.compiled import compile_blocks
-                        compile_blocks(model)
+                        compile_blocks(model, **compile_options(mode))
                     model(x)
                     torch.cuda.synchronize()
                     first = time.perf_counter() - t0
-                    fn = graphed(model, x) if mode in ("graph", "compiled") else model
+                    fn = model if mode == "eager" else graphed(model, x)
                     ms = time_forward(fn, x, args.iters, args.warmup)
                     top: list = []
                     kernels, per_cat = profile(model, x, top)
