@@ -58,9 +58,9 @@ class CAB(nn.Module):
         # The convolutions may carry zero channels beyond num_feat (mambacsr.compiled pads them to
         # tensor-core multiples); the padding is exact, so it is added here and cut off again.
         pad = self.cab[0].in_channels - x.shape[1]
-        if pad:
-            x = F.pad(x, (0, 0, 0, 0, 0, pad))
-        return self.cab(x)[:, :self.num_feat]
+        if not pad:
+            return self.cab(x)
+        return self.cab(F.pad(x, (0, 0, 0, 0, 0, pad)))[:, :self.num_feat]
 
 
 class Mlp(nn.Module):

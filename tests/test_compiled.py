@@ -1,0 +1,73 @@
+"""The compiled inference path (`mambacsr.compiled.compile_blocks`: channel padding + regional
+torch.compile, what `mambacsr-rt` runs on CUDA by default) against the eager model, on the CPU
+(Inductor's C++ backend) and on the GPU when there is one.
+
+Weights are made to matter: the scans' B/C/dt projections, the channel-attention branch and the
+body's output convolution are scaled up, so that a compiled block that dropped the scan's state
+or the (padded) channel-attention branch moves the image far beyond the tolerance. The negative
+controls check exactly that: with the scans reduced to D*u, or the branch removed, the same
+comparison must fail.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import FINAL_SMALL, WO_SMALL
+from mambacsr import MambaCSR
+from mambacsr.compiled import compile_blocks
+from mambacsr.model import CAB
+
+TOL = 5e-5  # relative L2 in fp32 (TF32 off); measured ~1e-6 on the CPU
+CONTROL = 20 * TOL  # what a broken block must exceed (measured 0.8-1.5e-2 on the CPU)
+
+DEVICES = [pytest.param("cpu"),
+           pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                            reason="no CUDA device")])]
+
+
+def mattering_model(cfg: dict, device: str, scan: bool = True, cab: bool = True) -> MambaCSR:
+    """Seeded model with the scans and the channel-attention branch made to matter; scan=False
+    reduces every scan to D*u (zero B, C and dt projections), cab=False removes the branch."""
+    torch.manual_seed(0)
+    model = MambaCSR(**cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("x_proj_weight"):
+                p.mul_(100 if scan else 0)
+        for block in (m for m in model.modules() if isinstance(m, CAB)):
+            block.cab[2].weight.mul_(20 if cab else 0)
+            if not cab:
+                block.cab[2].bias.zero_()
+        model.conv_after_body.weight.mul_(100)
+    return model.to(device)
+
+
+@pytest.fixture
+def full_fp32():
+    """TF32 off for matrix products and convolutions (restored afterwards)."""
+    precision, cudnn = torch.get_float32_matmul_precision(), torch.backends.cudnn
+    torch.set_float32_matmul_precision("highest")
+    try:
+        with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark,
+                         deterministic=cudnn.deterministic, allow_tf32=False):
+            yield
+    finally:
+        torch.set_float32_matmul_precision(precision)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cfg", [dict(WO_SMALL, embed_dim=30), dict(FINAL_SMALL, embed_dim=30)], ids=["wo", "final"])
+def test_compiled_forward_matches_eager(cfg, device, full_fp32):
+    x = torch.rand(2, 3, 32, 48).to(device)
+    with torch.inference_mode():
+        want = mattering_model(cfg, device)(x)
+        for broken in (dict(scan=False), dict(cab=False)):  # negative controls (eager)
+            assert rel(mattering_model(cfg, device, **broken)(x), want) > CONTROL, broken
+        compiled = compile_blocks(mattering_model(cfg, device))
+        assert any(m.cab[0].in_channels == 32 for m in compiled.modules() if isinstance(m, CAB))  # padded
+        assert rel(compiled(x), want) < TOL
