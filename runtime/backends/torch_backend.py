@@ -9,6 +9,7 @@ captured once as a CUDA graph and replayed, since launch overhead dominates at b
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 
@@ -44,6 +45,10 @@ class TorchBackend(Backend):
         self.device = str(device)
         self.precision = precision
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
+        self.compiled = (compile and self.device.startswith("cuda")
+                         and os.environ.get("MAMBACSR_COMPILE", "1") != "0")
+        if self.compiled:  # compiling pads convolutions in place: leave the caller's model as it was
+            model = copy.deepcopy(model)
         self.model = model.to(self.device, self.dtype).eval()
         self.scale = int(scale or _model_scale(model) or 0)
         if not self.scale:
@@ -55,8 +60,6 @@ class TorchBackend(Backend):
         self.bytes_per_lr_pixel = float(60 * dim * (2 if precision == "fp16" else 4))
         self.fixed_tile = None
         self.max_batch = None
-        self.compiled = (compile and self.device.startswith("cuda")
-                         and os.environ.get("MAMBACSR_COMPILE", "1") != "0")
         if self.compiled:
             from mambacsr.compiled import compile_blocks
             compile_blocks(self.model)
