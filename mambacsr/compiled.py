@@ -12,6 +12,9 @@ on-disk cache. The scan itself is the opaque custom op (its fake kernel gives In
 Before compiling, the channel-attention convolutions are zero-padded to tensor-core channel
 multiples (`pad_channels`): 180 -> 7 -> 180 channels in Final x4 make cuDNN pad every input and
 fall back to slow kernels; 184 -> 8 -> 184 with zero weights computes the same numbers.
+`widen_streams` (off by default until measured) goes further: each block carries its residual
+stream at 184 channels, so that the projections in and out of it (180-channel rows: 360 bytes,
+which miss the 16-byte alignment of Hopper's GEMM kernels) become aligned matrix products.
 """
 from __future__ import annotations
 
@@ -26,13 +29,16 @@ _RECOMPILE_LIMIT = 256
 CHANNEL_MULTIPLE = 8
 
 
-def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False) -> nn.Module:
+def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
+                   wide_stream: bool = False) -> nn.Module:
     """Compile every residual block and cross-scale fusion of `model` in place; returns it.
 
     pad: zero-pad the channel-attention convolutions first (`pad_channels`; exact). H100, Final
     x4 fp16 batch 8: 45.72 -> 44.30 ms, 2381 -> 2171 kernels (scripts/bench_gpu.py).
     freeze: Inductor's freezing (weights become constants). Off: no faster (44.62 ms) and 50 %
     more compile time in the same measurement.
+    wide_stream: also widen every block's residual stream (`widen_streams`, which pads the
+    channel attention too; exact). Not yet timed on a GPU.
 
     Inference only (the compiled code is traced under no_grad). Safe to capture in a CUDA graph
     after a warm-up call per input shape."""
@@ -44,7 +50,9 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False) -> 
     if hasattr(dynamo_config, "accumulated_cache_size_limit"):
         dynamo_config.accumulated_cache_size_limit = max(dynamo_config.accumulated_cache_size_limit,
                                                         _RECOMPILE_LIMIT * 4)
-    if pad:
+    if wide_stream:
+        widen_streams(model)
+    elif pad:
         pad_channels(model)
     options = {"freezing": True} if freeze else None
     for module in model.modules():
@@ -75,6 +83,51 @@ def pad_channels(model: nn.Module, multiple: int = CHANNEL_MULTIPLE) -> nn.Modul
     return model
 
 
+def widen_streams(model: nn.Module, multiple: int = CHANNEL_MULTIPLE) -> nn.Module:
+    """Widen the residual stream inside every block and cross-scale fusion of `model` in place
+    to a multiple of `multiple` channels (Final x4: 180 -> 184); returns it. Exact: the blocks
+    append zero channels on entry and cut them off on exit (RLMBlock.stream_channels); inside,
+    the LayerNorms normalise the real channels only and keep the extra ones zero, the
+    projections into the block's branches get zero input columns, the projections back into
+    the stream zero output rows (and bias), and the channel-attention branch is padded as by
+    `pad_channels`, so every extra channel stays exactly zero."""
+    from .model import RLMBlock, Cross_SS2D
+
+    pad_channels(model, multiple)
+    for block in (m for m in model.modules() if isinstance(m, (RLMBlock, Cross_SS2D))):
+        channels = block.skip_scale.numel()
+        wide = _round_up(channels, multiple)
+        if wide == channels:
+            continue
+        block.stream_channels = wide
+        block.ln_1, block.ln_2 = PrefixLayerNorm(block.ln_1, wide), PrefixLayerNorm(block.ln_2, wide)
+        for name in ("skip_scale", "skip_scale2"):
+            p = getattr(block, name)
+            setattr(block, name, nn.Parameter(nn.functional.pad(p.detach(), (0, wide - channels)),
+                                              requires_grad=p.requires_grad))
+        ssm = block.self_attention if isinstance(block, RLMBlock) else block
+        ssm.in_proj = _zero_padded_linear(ssm.in_proj, wide, ssm.in_proj.out_features)
+        ssm.out_proj = _zero_padded_linear(ssm.out_proj, ssm.out_proj.in_features, wide)
+        if isinstance(block, Cross_SS2D):
+            block.in_proj_down = _zero_padded_linear(block.in_proj_down, wide, block.in_proj_down.out_features)
+        block.mlp.fc1 = _zero_padded_linear(block.mlp.fc1, wide, block.mlp.fc1.out_features)
+        block.mlp.fc2 = _zero_padded_linear(block.mlp.fc2, block.mlp.fc2.in_features, wide)
+    return model
+
+
+class PrefixLayerNorm(nn.Module):
+    """`norm` (over C channels) applied to the first C channels of a zero-padded stream; the
+    output keeps the padding's width, its extra channels zero."""
+
+    def __init__(self, norm: nn.LayerNorm, width: int):
+        super().__init__()
+        self.norm, self.width = norm, width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channels = self.norm.normalized_shape[-1]
+        return nn.functional.pad(self.norm(x[..., :channels]), (0, self.width - channels))
+
+
 def _round_up(n: int, multiple: int) -> int:
     return int(math.ceil(n / multiple) * multiple)
 
@@ -95,4 +148,20 @@ def _zero_padded(conv: nn.Conv2d, in_channels: int, out_channels: int) -> nn.Con
             new.bias.zero_()
             new.bias[:conv.out_channels].copy_(conv.bias)
     new.train(conv.training)
+    return new
+
+
+def _zero_padded_linear(linear: nn.Linear, in_features: int, out_features: int) -> nn.Linear:
+    """`linear` with its input/output grown to the given sizes; the new weights and biases are 0."""
+    if (linear.in_features, linear.out_features) == (in_features, out_features):
+        return linear
+    w = linear.weight
+    new = nn.Linear(in_features, out_features, bias=linear.bias is not None, device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:linear.out_features, :linear.in_features].copy_(w)
+        if linear.bias is not None:
+            new.bias.zero_()
+            new.bias[:linear.out_features].copy_(linear.bias)
+    new.train(linear.training)
     return new

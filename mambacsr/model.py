@@ -201,8 +201,23 @@ class LW_SS2D(SS2D):
         return self.transpose_column_scans and all(d.startswith("c_") for d in self.directions)
 
 
+def _widen(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """x with zero channels appended up to `channels` (a block whose residual stream
+    mambacsr.compiled padded to a tensor-core multiple); x itself when it is that wide already."""
+    return F.pad(x, (0, channels - x.shape[-1])) if channels > x.shape[-1] else x
+
+
+def _narrow(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """The first `channels` channels of x (the padded stream cut back); x itself when unpadded."""
+    return x[..., :channels] if x.shape[-1] > channels else x
+
+
 class RLMBlock(nn.Module):
     """Residual local Mamba block: LN -> (local-window SS2D + 0.01 * CAB) -> LN -> MLP."""
+
+    #: Width of the residual stream inside the block: 0 = the model's own; set by
+    #: mambacsr.compiled.widen_streams (zero channels up to a tensor-core multiple).
+    stream_channels: int = 0
 
     def __init__(self, hidden_dim: int, drop_path: float, d_state: int, mlp_ratio: float,
                  directions: Sequence[str]):
@@ -218,16 +233,18 @@ class RLMBlock(nn.Module):
 
     def forward(self, x, x_size):  # (B, L, C)
         b, _, c = x.shape
-        inp = x.reshape(b, *x_size, c)
+        inp = _widen(x.reshape(b, *x_size, c), self.stream_channels)
         x = self.ln_1(inp)
         conv_x = self.conv_block(x.permute(0, 3, 1, 2).contiguous()).permute(0, 2, 3, 1)
         x = inp * self.skip_scale + self.drop_path(self.self_attention(x)) + conv_x * 0.01
         x = x * self.skip_scale2 + self.drop_path(self.mlp(self.ln_2(x)))
-        return x.reshape(b, -1, c)
+        return _narrow(x, c).reshape(b, -1, c)
 
 
 class Cross_SS2D(SS2D):
     """Position-aligned cross-scale fusion of the full- and half-resolution branches."""
+
+    stream_channels: int = 0  # as RLMBlock.stream_channels
 
     def __init__(self, d_model: int, directions: Sequence[str], d_state: int = 16):
         super().__init__(d_model, d_state, directions)
@@ -244,9 +261,10 @@ class Cross_SS2D(SS2D):
     def forward(self, x, x_down, x_size):  # (B, L, C), (B, L/4, C)
         b, _, c = x.shape
         h, w = x_size
-        inp = x.reshape(b, h, w, c)
+        inp = _widen(x.reshape(b, h, w, c), self.stream_channels)
         x, z = self.project_in(self.ln_1(inp), self.in_proj, self.conv2d, self.act)
-        x_down = x_down.reshape(b, h // 2, w // 2, c)  # not normalised: as in the official code
+        # not normalised: as in the official code
+        x_down = _widen(x_down.reshape(b, h // 2, w // 2, c), self.stream_channels)
         x_down, _ = self.project_in(x_down, self.in_proj_down, self.conv2d2, self.act_down)
         # Storage for the cross-scale order: [half-resolution tokens ; full-resolution tokens].
         ys = self.scan_core(torch.cat((x_down.flatten(2), x.flatten(2)), dim=-1),
@@ -255,7 +273,7 @@ class Cross_SS2D(SS2D):
         y = self.merge(ys, h, w).to(x.dtype)
         out = inp * self.skip_scale + self.out_proj(y * z)
         out = out * self.skip_scale2 + self.mlp(self.ln_2(out))
-        return out.reshape(b, -1, c)
+        return _narrow(out, c).reshape(b, -1, c)
 
 
 def block_directions(depth: int, scan_size: int, dual_interleaved_scan: bool,

@@ -163,11 +163,11 @@ def main() -> int:
 
 def compile_options(mode: str) -> dict:
     """'compiled' -> compile_blocks' defaults; 'compiled:pad+freeze' -> exactly those options on
-    (pad, freeze; 'compiled:none' -> all off), for side-by-side A/B rows."""
+    (pad, freeze, wide_stream; 'compiled:none' -> all off), for side-by-side A/B rows."""
     if ":" not in mode:
         return {}
     chosen = set(mode.split(":", 1)[1].split("+")) - {"none"}
-    known = {"pad", "freeze"}
+    known = {"pad", "freeze", "wide_stream"}
     if chosen - known:
         raise SystemExit(f"unknown compile option(s) {sorted(chosen - known)} in mode {mode!r}; known: {sorted(known)}")
     return {k: k in chosen for k in known}

@@ -6,20 +6,23 @@ Weights are made to matter: the scans' B/C/dt projections, the channel-attention
 body's output convolution are scaled up, so that a compiled block that dropped the scan's state
 or the (padded) channel-attention branch moves the image far beyond the tolerance. The negative
 controls check exactly that: with the scans reduced to D*u, or the branch removed, the same
-comparison must fail.
+comparison must fail. The two padding transforms (`pad_channels`, `widen_streams`) are also
+checked on their own in eager mode, each with a control that a wrong padding fails.
 """
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import FINAL_SMALL, WO_SMALL
 from mambacsr import MambaCSR
-from mambacsr.compiled import compile_blocks
+from mambacsr.compiled import PrefixLayerNorm, compile_blocks, widen_streams
 from mambacsr.model import CAB
 
 TOL = 5e-5  # relative L2 in fp32 (TF32 off); measured ~1e-6 on the CPU
 CONTROL = 20 * TOL  # what a broken block must exceed (measured 0.8-1.5e-2 on the CPU)
+EXACT = 1e-6  # the padding transforms in eager mode (measured 0)
 
 DEVICES = [pytest.param("cpu"),
            pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
@@ -61,13 +64,62 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("options", [{}, {"wide_stream": True}], ids=["defaults", "wide-stream"])
 @pytest.mark.parametrize("cfg", [dict(WO_SMALL, embed_dim=30), dict(FINAL_SMALL, embed_dim=30)], ids=["wo", "final"])
-def test_compiled_forward_matches_eager(cfg, device, full_fp32):
+def test_compiled_forward_matches_eager(cfg, options, device, full_fp32):
     x = torch.rand(2, 3, 32, 48).to(device)
     with torch.inference_mode():
         want = mattering_model(cfg, device)(x)
         for broken in (dict(scan=False), dict(cab=False)):  # negative controls (eager)
             assert rel(mattering_model(cfg, device, **broken)(x), want) > CONTROL, broken
-        compiled = compile_blocks(mattering_model(cfg, device))
+        compiled = compile_blocks(mattering_model(cfg, device), **options)
         assert any(m.cab[0].in_channels == 32 for m in compiled.modules() if isinstance(m, CAB))  # padded
         assert rel(compiled(x), want) < TOL
+
+
+def test_channel_padding_for_tensor_cores_is_exact():
+    """mambacsr.compiled pads the channel-attention convolutions (here 30 -> 1 -> 30 channels to
+    32 -> 8 -> 32) with zeros; the image must not change. The branch is scaled up so that it
+    matters, and a padded filter made non-zero (negative control) must change the image."""
+    from mambacsr.compiled import pad_channels
+    model = MambaCSR(**dict(WO_SMALL, embed_dim=30)).eval()
+    x = torch.rand(1, 3, 16, 24)
+    with torch.no_grad():
+        for cab in (m for m in model.modules() if isinstance(m, CAB)):
+            cab.cab[2].weight.mul_(200)
+        want = model(x)
+        without_cab = model.__class__(**model.config).eval()
+        without_cab.load_state_dict(model.state_dict())
+        for cab in (m for m in without_cab.modules() if isinstance(m, CAB)):
+            cab.cab[2].weight.zero_()
+            cab.cab[2].bias.zero_()
+        assert (without_cab(x) - want).abs().max() > 1e-3  # the branch matters
+        pad_channels(model)
+        cabs = [m for m in model.modules() if isinstance(m, CAB)]
+        assert cabs and all(c.cab[0].weight.shape[:2] == (8, 32) and c.cab[2].weight.shape[:2] == (32, 8)
+                            for c in cabs)
+        got = model(x)
+        assert (got - want).abs().max().item() < 1e-6
+        cabs[0].cab[2].weight[:, 7].fill_(1.0)  # a padded input channel of conv2 (conv1 filter 7 is 0)
+        cabs[0].cab[0].bias[7] = 1.0
+        assert (model(x) - want).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("cfg", [dict(WO_SMALL, embed_dim=30), dict(FINAL_SMALL, embed_dim=30)], ids=["wo", "final"])
+def test_widened_streams_are_exact(cfg, monkeypatch):
+    """widen_streams carries each block's residual stream at 32 channels instead of 30; the image
+    must not change. Negative control: LayerNorms that normalise the padded width (the zeros
+    included) must change it."""
+    x = torch.rand(1, 3, 32, 48)
+    with torch.no_grad():
+        want = mattering_model(cfg, "cpu")(x)
+        model = widen_streams(mattering_model(cfg, "cpu"))
+        blocks = [m for m in model.modules() if getattr(m, "stream_channels", 0)]
+        assert blocks and all(m.stream_channels == 32 and m.mlp.fc2.out_features == 32 for m in blocks)
+        assert rel(model(x), want) < EXACT
+
+        def whole_width(self, x):
+            c, w = self.norm.normalized_shape[-1], self.width
+            return F.layer_norm(x, (w,), F.pad(self.norm.weight, (0, w - c)), F.pad(self.norm.bias, (0, w - c)))
+        monkeypatch.setattr(PrefixLayerNorm, "forward", whole_width)
+        assert rel(model(x), want) > 100 * EXACT  # measured 6-8e-4
