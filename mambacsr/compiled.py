@@ -106,12 +106,12 @@ def widen_streams(model: nn.Module, multiple: int = CHANNEL_MULTIPLE) -> nn.Modu
             setattr(block, name, nn.Parameter(nn.functional.pad(p.detach(), (0, wide - channels)),
                                               requires_grad=p.requires_grad))
         ssm = block.self_attention if isinstance(block, RLMBlock) else block
-        ssm.in_proj = _zero_padded_linear(ssm.in_proj, wide, ssm.in_proj.out_features)
-        ssm.out_proj = _zero_padded_linear(ssm.out_proj, ssm.out_proj.in_features, wide)
+        ssm.in_proj = _zero_padded(ssm.in_proj, wide, ssm.in_proj.out_features)
+        ssm.out_proj = _zero_padded(ssm.out_proj, ssm.out_proj.in_features, wide)
         if isinstance(block, Cross_SS2D):
-            block.in_proj_down = _zero_padded_linear(block.in_proj_down, wide, block.in_proj_down.out_features)
-        block.mlp.fc1 = _zero_padded_linear(block.mlp.fc1, wide, block.mlp.fc1.out_features)
-        block.mlp.fc2 = _zero_padded_linear(block.mlp.fc2, block.mlp.fc2.in_features, wide)
+            block.in_proj_down = _zero_padded(block.in_proj_down, wide, block.in_proj_down.out_features)
+        block.mlp.fc1 = _zero_padded(block.mlp.fc1, wide, block.mlp.fc1.out_features)
+        block.mlp.fc2 = _zero_padded(block.mlp.fc2, block.mlp.fc2.in_features, wide)
     return model
 
 
@@ -132,36 +132,26 @@ def _round_up(n: int, multiple: int) -> int:
     return int(math.ceil(n / multiple) * multiple)
 
 
-def _zero_padded(conv: nn.Conv2d, in_channels: int, out_channels: int) -> nn.Conv2d:
-    """`conv` with in/out channels grown to the given counts; the new weights and biases are 0."""
-    if (conv.in_channels, conv.out_channels) == (in_channels, out_channels):
-        return conv
-    if conv.groups != 1:
-        raise ValueError("only dense convolutions can be zero-padded")
-    w = conv.weight
-    new = nn.Conv2d(in_channels, out_channels, conv.kernel_size, conv.stride, conv.padding,
-                    conv.dilation, bias=conv.bias is not None, device=w.device, dtype=w.dtype)
+def _zero_padded(layer: nn.Conv2d | nn.Linear, inputs: int, outputs: int) -> nn.Conv2d | nn.Linear:
+    """`layer` (a dense convolution or a linear layer) with its input and output channels grown
+    to the given counts; the new weights and biases are 0."""
+    conv = isinstance(layer, nn.Conv2d)
+    size = (layer.in_channels, layer.out_channels) if conv else (layer.in_features, layer.out_features)
+    if size == (inputs, outputs):
+        return layer
+    w = layer.weight
+    kind = dict(bias=layer.bias is not None, device=w.device, dtype=w.dtype)
+    if conv:
+        if layer.groups != 1:
+            raise ValueError("only dense convolutions can be zero-padded")
+        new = nn.Conv2d(inputs, outputs, layer.kernel_size, layer.stride, layer.padding, layer.dilation, **kind)
+    else:
+        new = nn.Linear(inputs, outputs, **kind)
     with torch.no_grad():
         new.weight.zero_()
-        new.weight[:conv.out_channels, :conv.in_channels].copy_(w)
-        if conv.bias is not None:
+        new.weight[:size[1], :size[0]].copy_(w)
+        if layer.bias is not None:
             new.bias.zero_()
-            new.bias[:conv.out_channels].copy_(conv.bias)
-    new.train(conv.training)
-    return new
-
-
-def _zero_padded_linear(linear: nn.Linear, in_features: int, out_features: int) -> nn.Linear:
-    """`linear` with its input/output grown to the given sizes; the new weights and biases are 0."""
-    if (linear.in_features, linear.out_features) == (in_features, out_features):
-        return linear
-    w = linear.weight
-    new = nn.Linear(in_features, out_features, bias=linear.bias is not None, device=w.device, dtype=w.dtype)
-    with torch.no_grad():
-        new.weight.zero_()
-        new.weight[:linear.out_features, :linear.in_features].copy_(w)
-        if linear.bias is not None:
-            new.bias.zero_()
-            new.bias[:linear.out_features].copy_(linear.bias)
-    new.train(linear.training)
+            new.bias[:size[1]].copy_(layer.bias)
+    new.train(layer.training)
     return new
