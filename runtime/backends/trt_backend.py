@@ -31,11 +31,12 @@ def read_sidecar(engine_path) -> dict:
         return {}
 
 
-def check_sidecar(engine_path: Path, trt_version: str, gpu: tuple[str, str], plugin_sha: str | None) -> None:
-    """Compare the engine's build record (``E.engine.json``) with this machine; one-line errors."""
+def check_sidecar(engine_path: Path, trt_version: str, gpu: tuple[str, str], plugin_sha: str | None) -> dict:
+    """Compare the engine's build record (``E.engine.json``) with this machine; one-line errors.
+    Returns the record ({} when there is none)."""
     rec = read_sidecar(engine_path)
     if not rec:
-        return
+        return rec
     fix = f"rebuild it here: {rec.get('rebuild', 'mambacsr-rt build --onnx M.onnx --plugin LIB --tile N')}"
     if rec.get("trt_version") and rec["trt_version"] != trt_version:
         raise UserError(f"{engine_path.name} was built with TensorRT {rec['trt_version']}, this is "
@@ -48,6 +49,7 @@ def check_sidecar(engine_path: Path, trt_version: str, gpu: tuple[str, str], plu
                         f"pass the plugin=LIB it was built with, or {fix}")
     if rec.get("plugin_sha256") and not plugin_sha:
         raise UserError(f"{engine_path.name} uses the MambaCSR plugin: pass plugin=libmambacsr_plugins.so")
+    return rec
 
 
 class TrtBackend(Backend):
@@ -68,8 +70,7 @@ class TrtBackend(Backend):
         if plugin:
             load_plugin(trt, plugin, self.logger)
             plugin_sha = file_sha256(plugin)
-        check_sidecar(self.path, trt.__version__, gpu_info(dev_index), plugin_sha)
-        record = read_sidecar(self.path)
+        record = check_sidecar(self.path, trt.__version__, gpu_info(dev_index), plugin_sha)
         self.size_multiple = size_multiple_of(record.get("metadata", {}))
 
         self.runtime = trt.Runtime(self.logger)
