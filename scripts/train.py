@@ -138,7 +138,7 @@ class FreshSampler:
 
         self.scale, self.patch, self.qfs = scale, patch, list(qfs)
         self.shrink = (min(shrink), max(shrink))
-        side = (patch + 2 * self.MARGIN) * scale  # HR square after the shrink
+        self.side = side = (patch + 2 * self.MARGIN) * scale  # HR square after the shrink
         self.images = [im for im in images if min(im.shape[:2]) * self.shrink[1] >= side]
         if not self.images:
             raise ValueError(f"no training image is at least {side} px on each side")
@@ -149,8 +149,7 @@ class FreshSampler:
         self.ahead, self.pending = ahead, []
 
     def _one(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        p, s, m = self.patch, self.scale, self.MARGIN
-        side = (p + 2 * m) * s
+        p, s, m, side = self.patch, self.scale, self.MARGIN, self.side
         img = self.images[int(rng.choice(len(self.images), p=self.weights))]
         h, w = img.shape[:2]
         f = float(rng.uniform(*self.shrink))
