@@ -45,8 +45,9 @@ if [ "${SANITIZE:-1}" = 1 ]; then
   # 32-row windows; fp32 and fp16; shared u; aligned and 1-element-off pointers; automatic,
   # single pass and chunked, with the workspace's index tables).
   LIB=${MAMBACSR_SCAN_LIB:-$(ls $MAMBACSR_CACHE/scan_cuda/*/libmambacsr_scan.so | head -1)}
-  # Random device buffers for the host programs below (fp32 or fp16; `off` elements of
-  # misalignment, the returned pointer starting after them).
+  # What the host programs below share: random device buffers (fp32 or fp16; `off` elements of
+  # misalignment, the returned pointer starting after them) and the two orders both use (include
+  # after the scan header).
   cat > /tmp/san_upload.h <<'CPP'
 #include <cuda_fp16.h>
 #include <cstdio>
@@ -66,6 +67,14 @@ static void* upload(size_t n, int dtype, int off, unsigned seed) {
   cudaMemcpy(d, h.data(), h.size(), cudaMemcpyHostToDevice);
   return (unsigned char*)d + off * es;
 }
+// orders[1]: 8x8 windows on 13 x 21 (padded), group 1 column-first and flipped; orders[2]:
+// cross-scale on 32 x 48 with 16-wide windows, group 0 column-first, group 1 flipped.
+static void window_and_cross_scale_orders(mambacsr_scan_order_t* orders) {
+  orders[1].kind = MAMBACSR_ORDER_WINDOW; orders[1].height = 13; orders[1].width = 21;
+  orders[1].window[0] = orders[1].window[1] = 8; orders[1].flags[1] = MAMBACSR_ORDER_COLUMN_FIRST | MAMBACSR_ORDER_FLIP;
+  orders[2].kind = MAMBACSR_ORDER_CROSS_SCALE; orders[2].height = 32; orders[2].width = 48;
+  orders[2].window[0] = orders[2].window[1] = 16; orders[2].flags[0] = MAMBACSR_ORDER_COLUMN_FIRST; orders[2].flags[1] = MAMBACSR_ORDER_FLIP;
+}
 CPP
   cat > /tmp/san_case.cu <<'CPP'
 #include "mambacsr_scan.h"
@@ -73,10 +82,7 @@ CPP
 int main(int argc, char** argv) {
   const bool quick = argc > 1;
   mambacsr_scan_order_t orders[4] = {};
-  orders[1].kind = MAMBACSR_ORDER_WINDOW; orders[1].height = 13; orders[1].width = 21;
-  orders[1].window[0] = orders[1].window[1] = 8; orders[1].flags[1] = MAMBACSR_ORDER_COLUMN_FIRST | MAMBACSR_ORDER_FLIP;
-  orders[2].kind = MAMBACSR_ORDER_CROSS_SCALE; orders[2].height = 32; orders[2].width = 48;
-  orders[2].window[0] = orders[2].window[1] = 16; orders[2].flags[0] = MAMBACSR_ORDER_COLUMN_FIRST; orders[2].flags[1] = MAMBACSR_ORDER_FLIP;
+  window_and_cross_scale_orders(orders);
   orders[3].kind = MAMBACSR_ORDER_WINDOW; orders[3].height = 40; orders[3].width = 56;
   orders[3].window[0] = orders[3].window[1] = 32; orders[3].flags[0] = MAMBACSR_ORDER_COLUMN_FIRST;
   orders[3].flags[1] = MAMBACSR_ORDER_COLUMN_FIRST | MAMBACSR_ORDER_FLIP;
@@ -126,10 +132,7 @@ static float* zeros(size_t n) { float* d = nullptr; cudaMalloc(&d, n * 4); cudaM
 int main(int argc, char** argv) {
   const bool quick = argc > 1;  // racecheck: window and cross-scale orders, fp32, shared u, N 8/16/32
   mambacsr_scan_order_t orders[4] = {};
-  orders[1].kind = MAMBACSR_ORDER_WINDOW; orders[1].height = 13; orders[1].width = 21;
-  orders[1].window[0] = orders[1].window[1] = 8; orders[1].flags[1] = MAMBACSR_ORDER_COLUMN_FIRST | MAMBACSR_ORDER_FLIP;
-  orders[2].kind = MAMBACSR_ORDER_CROSS_SCALE; orders[2].height = 32; orders[2].width = 48;
-  orders[2].window[0] = orders[2].window[1] = 16; orders[2].flags[0] = MAMBACSR_ORDER_COLUMN_FIRST; orders[2].flags[1] = MAMBACSR_ORDER_FLIP;
+  window_and_cross_scale_orders(orders);
   orders[3].kind = MAMBACSR_ORDER_WINDOW; orders[3].height = 24; orders[3].width = 40;
   for (int g = 0; g < 4; ++g) orders[3].window[g] = 8;
   orders[3].flags[1] = MAMBACSR_ORDER_COLUMN_FIRST; orders[3].flags[2] = MAMBACSR_ORDER_FLIP;
