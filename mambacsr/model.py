@@ -148,11 +148,12 @@ class SS2D(nn.Module):
         w = self.x_proj_weight
         Bs = torch.matmul(w[:, r:r + n].reshape(k * n, d), u).view(b, k, n, length)
         Cs = torch.matmul(w[:, r + n:].reshape(k * n, d), u).view(b, k, n, length)
-        if u.dtype in (torch.float16, torch.bfloat16):
+        if u.dtype in (torch.float16, torch.bfloat16) or (u.is_cuda and torch.backends.cuda.matmul.allow_tf32):
             # delta = dt_proj(x_proj_dt(u)) with the two low-rank factors folded into one (K*D, D)
             # weight (in float32): one tensor-core GEMM beats two skinny ones (H100 fp16: 16.6 ->
-            # 13.0 ms per 64x64 tile). Not in float32, where the 15x larger GEMM runs without
-            # tensor cores (78.6 -> 90.3 ms per batch of 8); scripts/bench_gpu.py.
+            # 13.0 ms per 64x64 tile). Not in plain float32, where the 15x larger GEMM runs without
+            # tensor cores (78.6 -> 90.3 ms per batch of 8); scripts/bench_gpu.py. With TF32 allowed
+            # it runs on tensor cores again.
             w_dt = torch.matmul(self.dt_projs_weight.float(), w[:, :r].float()).to(u.dtype)
             dts = torch.matmul(w_dt.reshape(k * d, d), u)                                  # (B, K*D, L)
         else:

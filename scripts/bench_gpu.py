@@ -9,7 +9,8 @@ ones (same shapes, same ops). Example (the README's numbers):
     python scripts/bench_gpu.py --preset final-x4 --tile 64 --batch 1,8 --precision fp32,fp16
 
 `--modes compiled:none,compiled:pad,compiled:pad+freeze` times `mambacsr.compiled.compile_blocks`
-with exactly those options on, side by side ('compiled' alone: its defaults).
+with exactly those options on, side by side ('compiled' alone: its defaults); `+tf32` in a mode
+also lets that row's fp32 matrix products use TF32.
 
 `--baseline DIR` also times the same model from another checkout of the project (for example the
 release before the order moved into the op) in the same process, for side-by-side ratios.
@@ -161,16 +162,19 @@ def main() -> int:
     return 0
 
 
-def compile_options(mode: str) -> dict:
+def compile_options(mode: str) -> tuple[dict, bool]:
     """'compiled' -> compile_blocks' defaults; 'compiled:pad+freeze' -> exactly those options on
-    (pad, freeze, wide_stream; 'compiled:none' -> all off), for side-by-side A/B rows."""
+    (pad, freeze, wide_stream; 'compiled:none' -> all off), for side-by-side A/B rows. Returns
+    (compile_blocks options, tf32): '+tf32' lets fp32 matrix products use TF32 tensor cores for
+    that row (`torch.backends.cuda.matmul.allow_tf32`; cuDNN's convolutions already do)."""
     if ":" not in mode:
-        return {}
+        return {}, False
     chosen = set(mode.split(":", 1)[1].split("+")) - {"none"}
     known = {"pad", "freeze", "wide_stream"}
-    if chosen - known:
-        raise SystemExit(f"unknown compile option(s) {sorted(chosen - known)} in mode {mode!r}; known: {sorted(known)}")
-    return {k: k in chosen for k in known}
+    if chosen - known - {"tf32"}:
+        raise SystemExit(f"unknown compile option(s) {sorted(chosen - known - {'tf32'})} in mode {mode!r}; "
+                         f"known: {sorted(known | {'tf32'})}")
+    return {k: k in chosen for k in known}, "tf32" in chosen
 
 
 def run_rows(args) -> list:
@@ -186,11 +190,13 @@ def run_rows(args) -> list:
                 torch.manual_seed(0)
                 model = MambaCSR(**PRESETS[args.preset]).eval().to("cuda", dtype)
                 x = torch.rand(batch, 3, args.tile, args.tile, device="cuda", dtype=dtype)
+                options, tf32 = compile_options(mode)
+                torch.backends.cuda.matmul.allow_tf32 = tf32
                 with torch.inference_mode():
                     t0 = time.perf_counter()
                     if mode.startswith("compiled"):
                         from mambacsr.compiled import compile_blocks
-                        compile_blocks(model, **compile_options(mode))
+                        compile_blocks(model, **options)
                     model(x)
                     torch.cuda.synchronize()
                     first = time.perf_counter() - t0
