@@ -30,7 +30,7 @@ CHANNEL_MULTIPLE = 8
 
 
 def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
-                   wide_stream: bool = False) -> nn.Module:
+                   wide_stream: bool = False, layout_opt: bool = True) -> nn.Module:
     """Compile every residual block and cross-scale fusion of `model` in place; returns it.
 
     pad: zero-pad the channel-attention convolutions first (`pad_channels`; exact). H100, Final
@@ -39,6 +39,9 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
     more compile time in the same measurement.
     wide_stream: also widen every block's residual stream (`widen_streams`, which pads the
     channel attention too; exact). Not yet timed on a GPU.
+    layout_opt: Inductor's layout optimisation, which gives every 4-D intermediate of a graph
+    with convolutions channels-last strides; the blocks' (B, H, W, C) LayerNorm outputs then
+    get an (H-fastest) layout that needs a strided copy before every projection.
 
     Inference only (the compiled code is traced under no_grad). Safe to capture in a CUDA graph
     after a warm-up call per input shape."""
@@ -54,7 +57,7 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
         widen_streams(model)
     elif pad:
         pad_channels(model)
-    options = {"freezing": True} if freeze else None
+    options = {"freezing": freeze, "layout_optimization": layout_opt}
     for module in model.modules():
         if isinstance(module, LW_SS2D):
             # Column-first blocks read rows of the transposed grid; compiled, the transposes fuse.

@@ -10,7 +10,8 @@ ones (same shapes, same ops). Example (the README's numbers):
 
 `--modes compiled:none,compiled:pad,compiled:pad+freeze` times `mambacsr.compiled.compile_blocks`
 with exactly those options on, side by side ('compiled' alone: its defaults); `+tf32` in a mode
-also lets that row's fp32 matrix products use TF32.
+also lets that row's fp32 matrix products use TF32, `+no_layout_opt` turns Inductor's layout
+optimisation off.
 
 `--baseline DIR` also times the same model from another checkout of the project (for example the
 release before the order moved into the op) in the same process, for side-by-side ratios.
@@ -170,11 +171,11 @@ def compile_options(mode: str) -> tuple[dict, bool]:
     if ":" not in mode:
         return {}, False
     chosen = set(mode.split(":", 1)[1].split("+")) - {"none"}
-    known = {"pad", "freeze", "wide_stream"}
-    if chosen - known - {"tf32"}:
-        raise SystemExit(f"unknown compile option(s) {sorted(chosen - known - {'tf32'})} in mode {mode!r}; "
-                         f"known: {sorted(known | {'tf32'})}")
-    return {k: k in chosen for k in known}, "tf32" in chosen
+    known, extra = {"pad", "freeze", "wide_stream"}, {"tf32", "no_layout_opt"}
+    if chosen - known - extra:
+        raise SystemExit(f"unknown compile option(s) {sorted(chosen - known - extra)} in mode {mode!r}; "
+                         f"known: {sorted(known | extra)}")
+    return {**{k: k in chosen for k in known}, "layout_opt": "no_layout_opt" not in chosen}, "tf32" in chosen
 
 
 def run_rows(args) -> list:
