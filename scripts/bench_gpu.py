@@ -165,7 +165,8 @@ def main() -> int:
 
 def compile_options(mode: str) -> tuple[dict, bool]:
     """'compiled' -> compile_blocks' defaults; 'compiled:pad+freeze' -> exactly those options on
-    (pad, freeze, wide_stream; 'compiled:none' -> all off), for side-by-side A/B rows. Returns
+    (pad, freeze, wide_stream; 'compiled:none' -> all off, Inductor's layout optimisation on as
+    in Inductor's own default), for side-by-side A/B rows. Returns
     (compile_blocks options, tf32): '+tf32' lets fp32 matrix products use TF32 tensor cores for
     that row (`torch.backends.cuda.matmul.allow_tf32`; cuDNN's convolutions already do)."""
     if ":" not in mode:

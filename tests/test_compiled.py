@@ -1,5 +1,6 @@
-"""The compiled inference path (`mambacsr.compiled.compile_blocks`: channel padding + regional
-torch.compile, what `mambacsr-rt` runs on CUDA by default) against the eager model, on the CPU
+"""The compiled inference path (`mambacsr.compiled.compile_blocks`: widened residual streams and
+padded channel attention + regional torch.compile, what `mambacsr-rt` runs on CUDA by default;
+and its previous default, padding only with Inductor's layout optimisation) against the eager model, on the CPU
 (Inductor's C++ backend) and on the GPU when there is one.
 
 Weights are made to matter: the scans' B/C/dt projections, the channel-attention branch and the
@@ -64,7 +65,8 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("options", [{}, {"wide_stream": True}], ids=["defaults", "wide-stream"])
+@pytest.mark.parametrize("options", [{}, {"wide_stream": False, "layout_opt": True}],
+                         ids=["defaults", "padded-only-layout-opt"])
 @pytest.mark.parametrize("cfg", [dict(WO_SMALL, embed_dim=30), dict(FINAL_SMALL, embed_dim=30)], ids=["wo", "final"])
 def test_compiled_forward_matches_eager(cfg, options, device, full_fp32):
     x = torch.rand(2, 3, 32, 48).to(device)
