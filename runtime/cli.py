@@ -77,6 +77,9 @@ def _add_model_args(p: argparse.ArgumentParser, lists: bool = False) -> None:
     r.add_argument("--no-compile", action="store_true",
                    help="torch backend on CUDA: skip torch.compile of the blocks (no first-use compile time, "
                         "slower per tile)")
+    r.add_argument("--tf32", action="store_true",
+                   help="torch backend, fp32 on CUDA: matrix products on TF32 tensor cores (faster, "
+                        "10-bit mantissa products, as TensorRT's fp32 engines)")
 
 
 def _version() -> str:

@@ -25,7 +25,8 @@ def model_options(args, **override) -> dict:
     """The model flags as :func:`runtime.backends.open_backend` arguments."""
     opts = dict(backend=args.backend, engine=args.engine, plugin=args.plugin, onnx=args.onnx, ckpt=args.ckpt,
                 config=args.config or args.preset, device=args.device, precision=args.precision,
-                threads=args.threads, compile=not getattr(args, "no_compile", False))
+                threads=args.threads, compile=not getattr(args, "no_compile", False),
+                tf32=getattr(args, "tf32", False))
     return {**opts, **override}
 
 

@@ -103,7 +103,7 @@ class Upscaler:
              window: str | None = None, tta: bool = False, **model) -> Upscaler:
         """Open a model (``model``: :func:`runtime.backends.open_backend`'s arguments: ``ckpt``,
         ``onnx`` or ``engine`` + ``plugin``, ``config``, ``backend``, ``device``, ``precision``,
-        ``threads``, ``compile``, ``log``) and plan its runs (:meth:`RunPlan.for_backend`: ``tile``
+        ``threads``, ``compile``, ``tf32``, ``log``) and plan its runs (:meth:`RunPlan.for_backend`: ``tile``
         None picks one, 0 runs each image whole)."""
         backend = backends.open_backend(**model)
         try:

@@ -352,3 +352,23 @@ def test_torch_backend_autotunes_cudnn_only_inside_its_forward(monkeypatch):
     out = TorchBackend(Probe()).run(np.zeros((1, 3, 8, 8), np.float32))
     assert out.shape == (1, 3, 16, 16)
     assert seen == [True] and torch.backends.cudnn.benchmark is False
+
+
+def test_tf32_is_refused_where_it_cannot_apply(tmp_path, capsys):
+    """TF32 is a fp32-on-CUDA option of the torch backend: anywhere else it is refused before any
+    model runs, with the fix named (not silently ignored)."""
+    from runtime.backends import open_backend
+    from test_runtime_cli import run_cli
+    net = PixelShuffleNet(np.zeros((12, 3, 3, 3), np.float32), np.zeros(12, np.float32), 2)
+    with pytest.raises(UserError, match="tf32 applies to fp32 on CUDA, not fp32 on cpu: drop it"):
+        TorchBackend(net, device="cpu", tf32=True)
+    assert TorchBackend(net, device="cpu").tf32 is False
+    onnx = standin_onnx(tmp_path / "m.onnx")[0]
+    with pytest.raises(UserError, match="tf32 is an option of the torch backend, not the ort backend: drop it"):
+        open_backend(onnx=str(onnx), device="cpu", tf32=True)
+    img = tmp_path / "in.png"
+    from PIL import Image
+    Image.new("RGB", (8, 8)).save(img)
+    code, _, err = run_cli(capsys, "upscale", img, "-o", tmp_path / "out", "--onnx", onnx, "--device", "cpu", "--tf32")
+    assert code == 2 and "tf32 is an option of the torch backend" in err, err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -33,10 +33,10 @@ def _open_ort(path, *, device, precision, threads, **_) -> Backend:
     return OrtBackend(path, device=resolve_device(device), threads=threads, precision=precision)
 
 
-def _open_torch(path, *, config, device, precision, threads, compile, **_) -> Backend:
+def _open_torch(path, *, config, device, precision, threads, compile, tf32, **_) -> Backend:
     from runtime.backends.torch_backend import TorchBackend
     return TorchBackend.from_checkpoint(path, config=config, device=resolve_device(device), precision=precision,
-                                        threads=threads, compile=compile)
+                                        threads=threads, compile=compile, tf32=tf32)
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ def _wrong_model(backend: str, runs: str, given: str, path, config) -> str:
 
 def open_backend(backend: str = "auto", *, engine=None, plugin=None, onnx=None, ckpt=None,
                  config=None, device: str | None = "auto", precision: str | None = None,
-                 threads: int | None = None, compile: bool = True,
+                 threads: int | None = None, compile: bool = True, tf32: bool = False,
                  log: Callable[[str], None] = lambda m: None) -> Backend:
     """Open the backend for the model given (one of ``engine``, ``onnx``, ``ckpt``; none: the
     shipped default checkpoint). ``backend="auto"`` picks the row that runs that model kind (the
@@ -159,8 +159,11 @@ def open_backend(backend: str = "auto", *, engine=None, plugin=None, onnx=None, 
         raise UserError(f"the {backend} backend is not installed: {info.install}, or pass {others}")
     if given != info.runs:
         raise UserError(_wrong_model(backend, info.runs, given, path, config))
+    if tf32 and backend != "torch":
+        raise UserError(f"tf32 is an option of the torch backend, not the {backend} backend: drop it "
+                        "(TensorRT's fp32 engines use TF32 unless built with --noTF32)")
     if device not in (None, "", "auto") and device.split(":")[0] not in info.devices:
         raise UserError(f"the {backend} backend runs on {' or '.join(info.devices)}, not device={device}: "
                         f"pass device={info.devices[0]}, or another backend")
     return info.open(path, plugin=plugin, config=config, device=device, precision=precision, threads=threads,
-                     compile=compile)
+                     compile=compile, tf32=tf32)

@@ -4,11 +4,15 @@ On CUDA the blocks are compiled with torch.compile (`mambacsr.compiled`: the glu
 scans fused into generated kernels; first use of an input shape compiles, `compile=False` /
 `mambacsr-rt --no-compile` or `MAMBACSR_COMPILE=0` skips it), and each input shape's forward is
 captured once as a CUDA graph and replayed, since launch overhead dominates at batch 1
-(`MAMBACSR_CUDA_GRAPH=0` turns that off). Measured numbers: README, scripts/bench_gpu.py.
+(`MAMBACSR_CUDA_GRAPH=0` turns that off). `tf32=True` (`mambacsr-rt --tf32`) lets fp32 matrix
+products use TF32 tensor cores inside this backend's forward only (H100, Final x4, batch 8:
+70.2 -> 55.3 ms); off by default because it changes fp32 numerics. Measured numbers: README,
+scripts/bench_gpu.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -34,7 +38,8 @@ class TorchBackend(Backend):
     name = "torch"
 
     def __init__(self, model, device: str = "cpu", precision: str | None = None, scale: int | None = None,
-                 size_multiple: int | None = None, threads: int | None = None, compile: bool = True):
+                 size_multiple: int | None = None, threads: int | None = None, compile: bool = True,
+                 tf32: bool = False):
         import torch
         self.precisions = ("fp32", "fp16") if str(device).startswith("cuda") else ("fp32",)
         precision = pick_precision(f"the torch backend on {device}", precision, self.precisions,
@@ -45,6 +50,10 @@ class TorchBackend(Backend):
         self.device = str(device)
         self.precision = precision
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
+        if tf32 and not (self.device.startswith("cuda") and precision == "fp32"):
+            raise UserError(f"tf32 applies to fp32 on CUDA, not {precision} on {self.device}: drop it"
+                            + (", or pass precision=fp32" if self.device.startswith("cuda") else ""))
+        self.tf32 = bool(tf32)
         self.compiled = (compile and self.device.startswith("cuda")
                          and os.environ.get("MAMBACSR_COMPILE", "1") != "0")
         if self.compiled:  # compiling pads convolutions in place: leave the caller's model as it was
@@ -67,7 +76,8 @@ class TorchBackend(Backend):
         self._graphs: dict[tuple, tuple] = {}
 
     @classmethod
-    def from_checkpoint(cls, path, config=None, device="cpu", precision=None, threads=None, compile=True):
+    def from_checkpoint(cls, path, config=None, device="cpu", precision=None, threads=None, compile=True,
+                        tf32=False):
         try:
             from mambacsr import load_model
             from mambacsr.checkpoint import CheckpointError
@@ -80,11 +90,11 @@ class TorchBackend(Backend):
         except (KeyError, ValueError, RuntimeError, OSError) as e:
             msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
             raise UserError(f"cannot load checkpoint {path}: {msg} (check its config: config=YAML_OR_PRESET)") from None
-        return cls(model, device=device, precision=precision, threads=threads, compile=compile)
+        return cls(model, device=device, precision=precision, threads=threads, compile=compile, tf32=tf32)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         torch = self.torch
-        with torch.inference_mode(), self._cudnn_autotune():
+        with torch.inference_mode(), self._cudnn_autotune(), self._matmul_tf32():
             x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, self.dtype)
             y = self._graphed(x) if self.use_cuda_graph else self.model(x)
             return y.float().cpu().numpy()
@@ -96,6 +106,21 @@ class TorchBackend(Backend):
         cudnn = self.torch.backends.cudnn
         return cudnn.flags(enabled=cudnn.enabled, benchmark=True, deterministic=cudnn.deterministic,
                            allow_tf32=cudnn.allow_tf32)
+
+    @contextlib.contextmanager
+    def _matmul_tf32(self):
+        """TF32 matrix products as asked (`tf32`), only inside our forward: compiling, capturing
+        and replaying all see the same setting, and the caller's global one is restored."""
+        if not self.device.startswith("cuda"):
+            yield
+            return
+        matmul = self.torch.backends.cuda.matmul
+        before = matmul.allow_tf32
+        matmul.allow_tf32 = self.tf32
+        try:
+            yield
+        finally:
+            matmul.allow_tf32 = before
 
     def _graphed(self, x):
         """Replay the CUDA graph captured for x's shape (captured on first use)."""
