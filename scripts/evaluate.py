@@ -64,14 +64,14 @@ class Model:
     """A model row: the runtime's Upscaler (backend + RunPlan) on uint8 RGB arrays. ``label``'s
     ``{precision}`` is the precision the backend runs."""
 
-    def __init__(self, label: str, tile: int = 0, **model):
+    def __init__(self, label: str, tile: int = 0, tta: bool = False, **model):
         from runtime import Upscaler
 
-        self.up = Upscaler.open(tile=tile, **model)
+        self.up = Upscaler.open(tile=tile, tta=tta, **model)
         plan = self.up.plan
         self.scale = plan.scale
         tiled = "" if plan.whole_image else f" (tiled {plan.tile[0]})"
-        self.name = label.replace("{precision}", plan.precision) + tiled
+        self.name = label.replace("{precision}", plan.precision) + tiled + (", x8 self-ensemble" if tta else "")
 
     def __call__(self, lr: np.ndarray) -> np.ndarray:
         return self.up.upscale(ImageData(lr)).pixels
@@ -123,6 +123,8 @@ def main(argv=None) -> int:
                     help="tile size for models that take any size (0 = whole image; fixed-tile models use their own)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--tta", action="store_true",
+                    help="also score each model with the runtime's x8 self-ensemble (mambacsr-rt --tta)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
 
@@ -143,19 +145,21 @@ def main(argv=None) -> int:
     run = dict(device=args.device, threads=args.threads or None, tile=args.tile)
     methods = [Bicubic(args.scale)]
     try:
-        if not args.no_default:
-            from mambacsr.pretrained import DEFAULT_MODEL_NAME
+        for tta in (False, True) if args.tta else (False,):
+            if not args.no_default:
+                from mambacsr.pretrained import DEFAULT_MODEL_NAME
 
-            try:
-                methods.append(Model(f"MambaCSR default ({DEFAULT_MODEL_NAME}), PyTorch eager", backend="torch",
-                                     compile=False, **run))
-            except UserError as e:
-                print(f"note: {as_flags(str(e))}", file=sys.stderr)
-        for c in args.ckpt:
-            methods.append(Model(f"{Path(c).name}, PyTorch eager", ckpt=c, config=args.config, backend="torch",
-                                 compile=False, **run))
-        for o in args.onnx:
-            methods.append(Model(f"ONNX Runtime {{precision}}: {Path(o).name}", onnx=o, backend="ort", **run))
+                try:
+                    methods.append(Model(f"MambaCSR default ({DEFAULT_MODEL_NAME}), PyTorch eager", backend="torch",
+                                         compile=False, tta=tta, **run))
+                except UserError as e:
+                    print(f"note: {as_flags(str(e))}", file=sys.stderr)
+            for c in args.ckpt:
+                methods.append(Model(f"{Path(c).name}, PyTorch eager", ckpt=c, config=args.config, backend="torch",
+                                     compile=False, tta=tta, **run))
+            for o in args.onnx:
+                methods.append(Model(f"ONNX Runtime {{precision}}: {Path(o).name}", onnx=o, backend="ort", tta=tta,
+                                     **run))
     except UserError as e:
         print(f"error: {as_flags(str(e))}", file=sys.stderr)
         return 2

@@ -211,6 +211,14 @@ def test_evaluate_onnx_row(tmp_path, capsys):
     Image.fromarray(smooth_image(40, 36)).save(gt / "x.png")
     assert evaluate.main(["--gt", str(gt), "--scale", "2", "--qf", "30", "--no-default", "--onnx", str(onnx_path)]) == 0
     assert "up.onnx" in capsys.readouterr().out
+    # --tta adds the x8 self-ensemble row; nearest upsampling commutes with flips and transposes,
+    # so a correct ensemble scores exactly the plain row (a wrong inverse transform would not)
+    out_json = tmp_path / "r.json"
+    assert evaluate.main(["--gt", str(gt), "--scale", "2", "--qf", "30", "--no-default", "--onnx", str(onnx_path),
+                          "--tta", "--json", str(out_json)]) == 0
+    res = json.loads(out_json.read_text())["results"]
+    assert [r["method"].endswith("x8 self-ensemble") for r in res] == [False, False, True]
+    assert res[2]["psnr"] == pytest.approx(res[1]["psnr"], abs=1e-6) and res[1]["psnr"] > res[0]["psnr"] - 10
 
 
 def test_train_smoke_and_resume(tmp_path, monkeypatch):
