@@ -231,7 +231,7 @@ def main(argv=None) -> int:
         else:
             save_image(img, dst, fmt)
         written[split].add(dst.name)
-        rows.append((name, split, pkg, rel, licence, src_size, img.shape, dst.stat().st_size))
+        rows.append((dst.name, split, pkg, rel, licence, src_size, img.shape, dst.stat().st_size))
 
     for split, names in written.items():  # images of an earlier list / format would be trained on
         for p in sorted((out / split).iterdir()):
@@ -242,10 +242,8 @@ def main(argv=None) -> int:
     versions = {**DEBS, SKIMAGE: SKIMAGE_VERSION}
     lines = ["| file | split | source (version) : path | source size | stored size | bytes | licence |",
              "|---|---|---|---|---|---:|---|"]
-    for name, split, pkg, rel, licence, (sw, sh), shape, nbytes in rows:
-        ext = "png" if split == "heldout" else Path(rel).suffix.lower().lstrip(".") if args.train_format == "source" \
-            else args.train_format
-        lines.append(f"| {split}/{name}.{ext} | {split} | {pkg} {versions[pkg]} : {rel} | {sw}x{sh} | "
+    for fname, split, pkg, rel, licence, (sw, sh), shape, nbytes in rows:
+        lines.append(f"| {split}/{fname} | {split} | {pkg} {versions[pkg]} : {rel} | {sw}x{sh} | "
                      f"{shape[1]}x{shape[0]} | {nbytes} | {licence} |")
     totals = {s: sum(r[-1] for r in rows if r[1] == s) for s in ("train", "heldout")}
     counts = {s: sum(1 for r in rows if r[1] == s) for s in ("train", "heldout")}
