@@ -28,8 +28,8 @@ import io
 import numpy as np
 from PIL import Image
 
-__all__ = ["QUALITY_FACTORS", "shrink_to_max_side", "center_crop", "mod_crop", "lanczos_resize", "bicubic_resize",
-           "jpeg_roundtrip", "degrade", "to_rgb_uint8"]
+__all__ = ["QUALITY_FACTORS", "shrink_to_max_side", "center_crop", "mod_crop", "lanczos_resize", "lanczos_scale",
+           "bicubic_resize", "jpeg_roundtrip", "degrade", "to_rgb_uint8"]
 
 #: The quality factors of the paper's benchmark.
 QUALITY_FACTORS = (10, 20, 30, 40)
@@ -64,9 +64,7 @@ def shrink_to_max_side(img: np.ndarray, max_side: int | None) -> np.ndarray:
     h, w = img.shape[:2]
     if max(h, w) <= max_side:
         return img
-    f = max_side / max(h, w)
-    size = (max(1, round(w * f)), max(1, round(h * f)))
-    return lanczos_resize(img, size)
+    return lanczos_scale(img, max_side / max(h, w))
 
 
 def center_crop(img: np.ndarray, size: int | None) -> np.ndarray:
@@ -89,6 +87,12 @@ def lanczos_resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Pillow Lanczos resize of an (H,W,3) uint8 array to ``size = (width, height)`` (source
     preparation: shrinking photos before the degradation)."""
     return np.asarray(Image.fromarray(img).resize(size, Image.Resampling.LANCZOS), dtype=np.uint8)
+
+
+def lanczos_scale(img: np.ndarray, factor: float) -> np.ndarray:
+    """``img`` resized by ``factor`` on both axes (Lanczos; each side rounded, at least 1 px)."""
+    h, w = img.shape[:2]
+    return lanczos_resize(img, (max(1, round(w * factor)), max(1, round(h * factor))))
 
 
 def bicubic_resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -40,6 +40,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -50,8 +51,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mambacsr  # noqa: E402
 from mambacsr.atomic import atomic_write  # noqa: E402
-from mambacsr.degrade import (bicubic_resize, center_crop, degrade, lanczos_resize, mod_crop,  # noqa: E402
-                              shrink_to_max_side, to_rgb_uint8)
+from mambacsr.degrade import (bicubic_resize, center_crop, degrade, lanczos_resize, lanczos_scale,  # noqa: E402
+                              mod_crop, shrink_to_max_side, to_rgb_uint8)
 from mambacsr.metrics import psnr_y, ssim_y  # noqa: E402
 from runtime.imageio import IMAGE_SUFFIXES  # noqa: E402
 
@@ -132,7 +133,7 @@ class FreshSampler:
 
     MARGIN = 8
 
-    def __init__(self, images: list[np.ndarray], scale: int, patch: int, qfs: list[int], shrink: tuple[float, float],
+    def __init__(self, images: list[np.ndarray], scale: int, patch: int, qfs: list[int], shrink: Sequence[float],
                  seed: int = 0, workers: int = 2, ahead: int = 4):
         import concurrent.futures
 
@@ -185,11 +186,7 @@ def degraded_variants(img: np.ndarray, args, rng: np.random.Generator) -> list[t
     pixels: the same content with other compression artefacts."""
     out = []
     for f in args.hr_scales:
-        src = img
-        if f != 1.0:
-            h, w = img.shape[:2]
-            size = (max(1, round(w * f)), max(1, round(h * f)))
-            src = lanczos_resize(img, size)
+        src = img if f == 1.0 else lanczos_scale(img, f)
         for shift in range(args.grid_shifts):
             dy, dx = divmod(int(rng.integers(1, 64)), 8) if shift else (0, 0)
             cropped = src[dy * args.scale:, dx * args.scale:]
@@ -436,7 +433,7 @@ def main(argv=None) -> int:
     if args.degrade == "fresh":
         paths = list_images(args.hr_dir)
         sampler = FreshSampler([load_rgb(p, args.max_side) for p in paths], args.scale, args.patch, args.qf,
-                               (min(args.hr_scales), max(args.hr_scales)), seed=args.seed + step,
+                               args.hr_scales, seed=args.seed + step,
                                workers=args.workers)
         log(f"{len(paths)} HR images, degraded afresh per sample (x{args.scale}, QF {args.qf}, "
             f"shrink {sampler.shrink[0]:g}-{sampler.shrink[1]:g})")
