@@ -105,4 +105,3 @@ def test_column_first_blocks_on_the_transposed_grid_give_the_same_output(size, m
         monkeypatch.setattr(LW_SS2D, "transpose_column_scans", True)
         got = model(x)
     assert ((got - want).norm() / want.norm()).item() < 1e-6
-
