@@ -38,7 +38,7 @@ CHANNEL_MULTIPLE = 8
 
 
 def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
-                   wide_stream: bool = True, layout_opt: bool = False) -> nn.Module:
+                   wide_stream: bool = True, layout_opt: bool = False, tap_convs: bool = True) -> nn.Module:
     """Compile every residual block and cross-scale fusion of `model` in place; returns it.
 
     pad: zero-pad the channel-attention convolutions first (`pad_channels`; exact). H100, Final
@@ -50,6 +50,9 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
     11.6 -> 12.7 ms (two runs; batch-1 times of one build varied 11.6-13.4 ms in one run).
     layout_opt: Inductor's layout optimisation (module docstring). Off: fp16 batch 8 45.23 ->
     41.73 ms padded, 39.28 ms widened (one run; batch 1 and fp32 not yet timed with it off).
+    tap_convs: the blocks' convolutions computed channels-last as shifted taps
+    (`channels_last_convs`; same arithmetic): no cuDNN layout conversions, and Inductor fuses
+    the taps with their neighbours.
 
     Inference only (the compiled code is traced under no_grad). Safe to capture in a CUDA graph
     after a warm-up call per input shape."""
@@ -65,6 +68,8 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
         widen_streams(model)
     elif pad:
         pad_channels(model)
+    if tap_convs:
+        channels_last_convs(model)
     options = {"freezing": freeze, "layout_optimization": layout_opt}
     for module in model.modules():
         if isinstance(module, LW_SS2D):
@@ -137,6 +142,98 @@ class PrefixLayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         channels = self.norm.normalized_shape[-1]
         return nn.functional.pad(self.norm(x[..., :channels]), (0, self.width - channels))
+
+
+def channels_last_convs(model: nn.Module) -> nn.Module:
+    """Swap the convolutions inside every block of `model` (each SS2D's depthwise 3x3, each
+    channel-attention branch) in place for channels-last tap convolutions; returns it.
+
+    Why: the blocks hold their tokens as (B, H, W, C). A cuDNN convolution of that data needs an
+    NCHW copy, then converts it to NHWC for tensor cores and back (H100, Final x4 fp16 batch 8:
+    about 5 ms of 39 in copies, layout conversions and the NCHW depthwise kernel). As taps, the
+    depthwise convolution is one pointwise sum that Inductor fuses with its SiLU and with the
+    transposed write the scan reads, and the channel-attention convolutions are matrix products
+    on the token layout. Same parameters (and state-dict keys); apply after any padding."""
+    from .model import CAB, SS2D, Cross_SS2D
+
+    for module in list(model.modules()):
+        if isinstance(module, SS2D):
+            module.conv2d = TapConv2d(module.conv2d)
+            if isinstance(module, Cross_SS2D):
+                module.conv2d2 = TapConv2d(module.conv2d2)
+        for name, child in list(module.named_children()):
+            if isinstance(child, CAB):
+                setattr(module, name, ChannelsLastCAB(child))
+    return model
+
+
+class TapConv2d(nn.Module):
+    """A stride-1, zero-'same'-padded k x k convolution (dense or depthwise) of channels-last
+    (B, H, W, C) tensors, as a sum of k*k shifted taps.
+
+    Depthwise: the taps are per-channel products of shifted inputs. Dense: one matrix product on
+    the narrower side, so the intermediate has k*k*min(in, out) channels per token: with few
+    outputs (the CAB's 184 -> 8) each input token is multiplied by all taps' weights first and
+    the shifted products summed; with few inputs (8 -> 184) the shifted inputs are gathered
+    first (im2col) and multiplied once. Zero padding is exact either way: a tap outside the
+    image contributes a zero product. Inputs narrower than the weights (zero-padded channels)
+    use the leading weights."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        k = conv.kernel_size[0]
+        same = (conv.kernel_size == (k, k) and k % 2 == 1 and conv.stride == (1, 1)
+                and conv.dilation == (1, 1) and conv.padding == (k // 2, k // 2) and conv.padding_mode == "zeros")
+        depthwise = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+        if not same or (conv.groups > 1 and not depthwise):
+            raise ValueError(f"TapConv2d takes stride-1 'same' k x k convolutions, dense or depthwise; got {conv}")
+        self.weight, self.bias = conv.weight, conv.bias
+        self.k, self.depthwise = k, depthwise
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # NCHW in and out, like the Conv2d it replaces
+        return self.forward_nhwc(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def forward_nhwc(self, x: torch.Tensor) -> torch.Tensor:
+        k, p = self.k, self.k // 2
+        h, w, c = x.shape[1:]
+        taps = [(i, j) for i in range(k) for j in range(k)]
+        if self.depthwise:
+            xp = nn.functional.pad(x, (0, 0, p, p, p, p))
+            out = sum(xp[:, i:i + h, j:j + w] * self.weight[:, 0, i, j] for i, j in taps)
+        elif self.weight.shape[0] <= c:  # few outputs: multiply by every tap's weights, then shift
+            outputs = self.weight.shape[0]
+            wt = self.weight[:, :c].permute(1, 2, 3, 0).reshape(c, k * k * outputs)
+            prod = nn.functional.pad((x @ wt).view(*x.shape[:3], k * k, outputs), (0, 0, 0, 0, p, p, p, p))
+            out = sum(prod[:, i:i + h, j:j + w, i * k + j] for i, j in taps)
+        else:  # few inputs: gather the shifted inputs, multiply once
+            xp = nn.functional.pad(x, (0, 0, p, p, p, p))
+            cols = torch.cat([xp[:, i:i + h, j:j + w] for i, j in taps], dim=-1)
+            out = cols @ self.weight[:, :c].permute(2, 3, 1, 0).reshape(k * k * c, -1)
+        return out if self.bias is None else out + self.bias
+
+
+class ChannelsLastCAB(nn.Module):
+    """The channel-attention branch (CAB) computed channels-last: TapConv2d convolutions, the
+    squeeze/excite 1x1 convolutions as matrix products of the pooled channels. Keeps the CAB's
+    modules (`cab`), so parameters and state-dict keys are unchanged. Output channels = input
+    channels (zero-padded weights beyond them are cut)."""
+
+    def __init__(self, cab: nn.Module):
+        super().__init__()
+        self.cab = cab.cab
+        self.num_feat = cab.num_feat
+        self.cab[0], self.cab[2] = TapConv2d(self.cab[0]), TapConv2d(self.cab[2])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # NCHW in and out, like the CAB it replaces
+        return self.forward_nhwc(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def forward_nhwc(self, x: torch.Tensor) -> torch.Tensor:
+        conv1, act, conv2, attention = self.cab
+        _, squeeze, relu, excite, gate = attention.attention
+        y = conv2.forward_nhwc(act(conv1.forward_nhwc(x)))
+        s = relu(nn.functional.linear(y.mean((1, 2)), squeeze.weight.flatten(1), squeeze.bias))
+        s = gate(nn.functional.linear(s, excite.weight.flatten(1), excite.bias))
+        return (y * s[:, None, None, :])[..., :x.shape[-1]]
 
 
 def _round_up(n: int, multiple: int) -> int:

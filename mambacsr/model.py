@@ -173,7 +173,7 @@ class SS2D(nn.Module):
     def project_in(self, x: torch.Tensor, in_proj: nn.Linear, conv: nn.Conv2d, act: nn.Module):
         """(B,H,W,C) -> x (B, D, H, W) after depthwise conv + SiLU, and the gate z (B,H,W,D)."""
         x, z = in_proj(x).chunk(2, dim=-1)
-        return act(conv(x.permute(0, 3, 1, 2).contiguous())), act(z)
+        return act(conv_from_nhwc(conv, x)), act(z)
 
 
 class LW_SS2D(SS2D):
@@ -200,6 +200,17 @@ class LW_SS2D(SS2D):
 
     def _scan_transposed(self) -> bool:
         return self.transpose_column_scans and all(d.startswith("c_") for d in self.directions)
+
+
+def conv_from_nhwc(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`conv` (a convolution or the CAB branch) of a (B, H, W, C) tensor, as a (B, C', H, W)
+    tensor. A plain module gets a contiguous NCHW copy, as in the official code; one that
+    computes channels-last itself (`forward_nhwc`: mambacsr.compiled's tap convolutions) gets x
+    as it is and returns an NCHW view of its result."""
+    nhwc = getattr(conv, "forward_nhwc", None)
+    if nhwc is not None:
+        return nhwc(x).permute(0, 3, 1, 2)
+    return conv(x.permute(0, 3, 1, 2).contiguous())
 
 
 def _widen(x: torch.Tensor, channels: int) -> torch.Tensor:
@@ -236,7 +247,7 @@ class RLMBlock(nn.Module):
         b, _, c = x.shape
         inp = _widen(x.reshape(b, *x_size, c), self.stream_channels)
         x = self.ln_1(inp)
-        conv_x = self.conv_block(x.permute(0, 3, 1, 2).contiguous()).permute(0, 2, 3, 1)
+        conv_x = conv_from_nhwc(self.conv_block, x).permute(0, 2, 3, 1)
         x = inp * self.skip_scale + self.drop_path(self.self_attention(x)) + conv_x * 0.01
         x = x * self.skip_scale2 + self.drop_path(self.mlp(self.ln_2(x)))
         return _narrow(x, c).reshape(b, -1, c)

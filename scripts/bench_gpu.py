@@ -11,7 +11,7 @@ ones (same shapes, same ops). Example (the README's numbers):
 `--modes compiled:none,compiled:pad,compiled:pad+freeze` times `mambacsr.compiled.compile_blocks`
 with exactly those options on, side by side ('compiled' alone: its defaults); `+tf32` in a mode
 also lets that row's fp32 matrix products use TF32, `+no_layout_opt` turns Inductor's layout
-optimisation off.
+optimisation off, `+tap_convs` computes the blocks' convolutions channels-last as taps.
 
 `--baseline DIR` also times the same model from another checkout of the project (for example the
 release before the order moved into the op) in the same process, for side-by-side ratios.
@@ -99,7 +99,8 @@ def graphed(model, x):
 
 
 def profile(fn, x, top: list | None = None) -> tuple[int, dict[str, float]]:
-    """Kernel count and GPU ms per category of one call; `top` collects (ms, name) per kernel name."""
+    """Kernel count and GPU ms per category of one call; `top` collects (ms, launches, name) per
+    kernel name."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -109,16 +110,18 @@ def profile(fn, x, top: list | None = None) -> tuple[int, dict[str, float]]:
         fn(x)
         torch.cuda.synchronize()
     per_cat: dict[str, float] = {c: 0.0 for c, _ in CATEGORIES}
-    per_name: dict[str, float] = {}
+    per_name: dict[str, list] = {}
     count = 0
     for evt in prof.events():
         if evt.device_type != torch.autograd.DeviceType.CUDA:
             continue
         count += 1
         per_cat[categorize(evt.name)] += evt.device_time / 1000.0
-        per_name[evt.name] = per_name.get(evt.name, 0.0) + evt.device_time / 1000.0
+        entry = per_name.setdefault(evt.name, [0.0, 0])
+        entry[0] += evt.device_time / 1000.0
+        entry[1] += 1
     if top is not None:
-        top.extend(sorted(((ms, name) for name, ms in per_name.items()), reverse=True))
+        top.extend(sorted(((ms, n, name) for name, (ms, n) in per_name.items()), reverse=True))
     return count, per_cat
 
 
@@ -144,35 +147,36 @@ def main() -> int:
         return 2
     print(f"card: {torch.cuda.get_device_name()}, torch {torch.__version__}")
     print("command: python " + " ".join([Path(sys.argv[0]).as_posix().split(str(ROOT) + '/')[-1]] + sys.argv[1:]))
-    print("\n| code | precision | batch | mode | ms/tile-batch | output MP/s | kernels | first call s | "
+    print("\n| code | precision | batch | mode | ms/tile-batch | output MP/s | kernels | kernel ms | first call s | "
           + " | ".join(f"{c} %" for c, _ in CATEGORIES) + " |")
-    print("|" + "---|" * (8 + len(CATEGORIES)))
+    print("|" + "---|" * (9 + len(CATEGORIES)))
     top = run_rows(args)
     if args.top:
-        print("\nCostliest kernels of the last row (ms per forward, category):")
-        for ms, name in top[:args.top]:
-            print(f"  {ms:7.3f}  {categorize(name):11s}  {name[:110]}")
+        print("\nCostliest kernels of the last row (ms per forward, launches, category):")
+        for ms, n, name in top[:args.top]:
+            print(f"  {ms:7.3f}  {n:5d}  {categorize(name):11s}  {name[:110]}")
     if args.baseline:  # its own process: both register an op named mambacsr::selective_scan
         modes = ",".join(m for m in args.modes.split(",") if not m.startswith("compiled"))
         subprocess.run([sys.executable, __file__, "--code-root", str(Path(args.baseline).resolve()), "--label",
                         "baseline", "--modes", modes, "--preset", args.preset, "--tile", str(args.tile),
                         "--batch", args.batch, "--precision", args.precision, "--iters", str(args.iters),
                         "--warmup", str(args.warmup)], check=False)
-    print("\nms: median of CUDA-event times per forward of one batch; categories: GPU time of one forward "
-          "(eager kernels for eager/graph, generated kernels for compiled), from the PyTorch profiler.")
+    print("\nms: median of CUDA-event times per forward of one batch; kernel ms and categories: GPU time of "
+          "one forward (eager kernels for eager/graph, generated kernels for compiled), from the PyTorch "
+          "profiler; ms well above kernel ms means launch gaps.")
     return 0
 
 
 def compile_options(mode: str) -> tuple[dict, bool]:
     """'compiled' -> compile_blocks' defaults; 'compiled:pad+freeze' -> exactly those options on
-    (pad, freeze, wide_stream; 'compiled:none' -> all off, Inductor's layout optimisation on as
+    (pad, freeze, wide_stream, tap_convs; 'compiled:none' -> all off, Inductor's layout optimisation on as
     in Inductor's own default), for side-by-side A/B rows. Returns
     (compile_blocks options, tf32): '+tf32' lets fp32 matrix products use TF32 tensor cores for
     that row (`torch.backends.cuda.matmul.allow_tf32`; cuDNN's convolutions already do)."""
     if ":" not in mode:
         return {}, False
     chosen = set(mode.split(":", 1)[1].split("+")) - {"none"}
-    known, extra = {"pad", "freeze", "wide_stream"}, {"tf32", "no_layout_opt"}
+    known, extra = {"pad", "freeze", "wide_stream", "tap_convs"}, {"tf32", "no_layout_opt"}
     if chosen - known - extra:
         raise SystemExit(f"unknown compile option(s) {sorted(chosen - known - extra)} in mode {mode!r}; "
                          f"known: {sorted(known | extra)}")
@@ -208,7 +212,7 @@ def run_rows(args) -> list:
                     kernels, per_cat = profile(model, x, top)
                 total = sum(per_cat.values()) or 1.0
                 mps = batch * (args.tile * model.upscale) ** 2 / (ms / 1000) / 1e6
-                print(f"| {args.label} | {prec} | {batch} | {mode} | {ms:.2f} | {mps:.2f} | {kernels} | {first:.1f} | "
+                print(f"| {args.label} | {prec} | {batch} | {mode} | {ms:.2f} | {mps:.2f} | {kernels} | {total:.2f} | {first:.1f} | "
                       + " | ".join(f"{100 * per_cat[c] / total:.0f}" for c in cats) + " |", flush=True)
                 del model, fn
                 torch.cuda.empty_cache()

@@ -8,7 +8,9 @@ body's output convolution are scaled up, so that a compiled block that dropped t
 or the (padded) channel-attention branch moves the image far beyond the tolerance. The negative
 controls check exactly that: with the scans reduced to D*u, or the branch removed, the same
 comparison must fail. The two padding transforms (`pad_channels`, `widen_streams`) are also
-checked on their own in eager mode, each with a control that a wrong padding fails.
+checked on their own in eager mode, each with a control that a wrong padding fails, and so are
+the channels-last tap convolutions (`channels_last_convs`), with a control that a mirrored
+kernel fails.
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ import torch.nn.functional as F
 
 from conftest import FINAL_SMALL, WO_SMALL
 from mambacsr import MambaCSR
-from mambacsr.compiled import PrefixLayerNorm, compile_blocks, widen_streams
+from mambacsr.compiled import (ChannelsLastCAB, PrefixLayerNorm, TapConv2d, channels_last_convs, compile_blocks,
+                               widen_streams)
 from mambacsr.model import CAB
 
 TOL = 5e-5  # relative L2 in fp32 (TF32 off); measured ~1e-6 on the CPU
@@ -75,7 +78,8 @@ def test_compiled_forward_matches_eager(cfg, options, device, full_fp32):
         for broken in (dict(scan=False), dict(cab=False)):  # negative controls (eager)
             assert rel(mattering_model(cfg, device, **broken)(x), want) > CONTROL, broken
         compiled = compile_blocks(mattering_model(cfg, device), **options)
-        assert any(m.cab[0].in_channels == 32 for m in compiled.modules() if isinstance(m, CAB))  # padded
+        assert any(m.cab[0].weight.shape[1] == 32 for m in compiled.modules()
+                   if isinstance(m, (CAB, ChannelsLastCAB)))  # padded
         assert rel(compiled(x), want) < TOL
 
 
@@ -116,3 +120,48 @@ def test_widened_streams_are_exact(cfg, monkeypatch):
             return F.layer_norm(x, (w,), F.pad(self.norm.weight, (0, w - c)), F.pad(self.norm.bias, (0, w - c)))
         monkeypatch.setattr(PrefixLayerNorm, "forward", whole_width)
         assert rel(model(x), want) > 100 * EXACT  # measured 6-8e-4
+
+
+@pytest.mark.parametrize("shape", [(30, 30, 30), (32, 8, 1), (8, 32, 1), (6, 5, 1)],
+                         ids=["depthwise", "few-outputs", "few-inputs", "square"])
+def test_tap_convolution_matches_conv2d(shape):
+    """TapConv2d on (B, H, W, C) against F.conv2d on NCHW, for each of its three ways (depthwise,
+    multiply-then-shift, shift-then-multiply), with odd sizes so the zero border matters.
+    Negative control: the kernel mirrored (a tap offset read the wrong way) must fail."""
+    cin, cout, groups = shape
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(cin, cout, 3, padding=1, groups=groups)
+    x = torch.randn(2, cin, 7, 5)
+    want = conv(x)
+    tap = TapConv2d(conv)
+    with torch.no_grad():
+        assert rel(tap.forward_nhwc(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2), want) < EXACT
+        assert rel(tap(x), want) < EXACT
+        tap.weight.copy_(conv.weight.flip(-1))
+        assert rel(tap(x), want) > 0.1
+
+
+@pytest.mark.parametrize("pad", [False, True], ids=["plain", "widened"])
+def test_channels_last_convs_are_exact(pad):
+    """channels_last_convs swaps every block's depthwise convolutions and channel-attention
+    branch for channels-last tap versions (on top of the widened stream or not); the image must
+    not change, and the parameters keep their names. Negative control: the swapped depthwise
+    convolutions with their kernels mirrored must change it."""
+    cfg = dict(FINAL_SMALL, embed_dim=30)
+    x = torch.rand(1, 3, 32, 48)
+    with torch.no_grad():
+        reference = mattering_model(cfg, "cpu")
+        want = reference(x)
+        model = mattering_model(cfg, "cpu")
+        if pad:
+            widen_streams(model)
+        keys = set(model.state_dict())
+        channels_last_convs(model)
+        assert set(model.state_dict()) == keys
+        taps = [m for m in model.modules() if isinstance(m, TapConv2d)]
+        assert taps and not any(isinstance(m, torch.nn.Conv2d) and m.groups > 1 for m in model.layers.modules())
+        assert rel(model(x), want) < EXACT
+        for tap in taps:
+            if tap.depthwise:
+                tap.weight.copy_(tap.weight.flip(-1, -2))
+        assert rel(model(x), want) > 100 * EXACT
