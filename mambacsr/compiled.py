@@ -39,7 +39,7 @@ CHANNEL_MULTIPLE = 8
 
 def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
                    wide_stream: bool = True, layout_opt: bool = False, tap_convs: bool = True,
-                   channel_major: bool = True) -> nn.Module:
+                   tune_kernels: bool = False) -> nn.Module:
     """Compile every residual block and cross-scale fusion of `model` in place; returns it.
 
     pad: zero-pad the channel-attention convolutions first (`pad_channels`; exact). H100, Final
@@ -54,8 +54,8 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
     tap_convs: the blocks' convolutions computed channels-last as shifted taps
     (`channels_last_convs`; same arithmetic): no cuDNN layout conversions, and Inductor fuses
     the taps with their neighbours.
-    channel_major: each local-window block keeps its scan branch channel-major from in_proj to
-    out_proj (`LW_SS2D._forward_channel_major`; same arithmetic).
+    tune_kernels: Inductor's coordinate-descent tuning of its generated kernels' block sizes
+    (benchmarks candidates while compiling; matrix products are not autotuned).
 
     Inference only (the compiled code is traced under no_grad). Safe to capture in a CUDA graph
     after a warm-up call per input shape."""
@@ -73,12 +73,11 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
         pad_channels(model)
     if tap_convs:
         channels_last_convs(model)
-    options = {"freezing": freeze, "layout_optimization": layout_opt}
+    options = {"freezing": freeze, "layout_optimization": layout_opt, "coordinate_descent_tuning": tune_kernels}
     for module in model.modules():
         if isinstance(module, LW_SS2D):
             # Column-first blocks read rows of the transposed grid; compiled, the transposes fuse.
             module.transpose_column_scans = True
-            module.channel_major = channel_major
         if isinstance(module, (RLMBlock, Cross_SS2D)):
             module.compile(dynamic=False, options=options)
     return model

@@ -185,13 +185,8 @@ class LW_SS2D(SS2D):
     # Scan column-first blocks on the transposed grid: set by mambacsr.compiled (where the two
     # transposes fuse into neighbouring kernels); eager and export keep the plain layout.
     transpose_column_scans: bool = False
-    # Keep the inner activations channel-major (B, D, L), the scan's own layout, from in_proj to
-    # out_proj (`_forward_channel_major`): set by mambacsr.compiled.
-    channel_major: bool = False
 
     def forward(self, x):  # (B, H, W, C)
-        if self.channel_major:
-            return self._forward_channel_major(x)
         h, w = x.shape[1:3]
         x, z = self.project_in(x, self.in_proj, self.conv2d, self.act)
         if self._scan_transposed():
@@ -208,68 +203,6 @@ class LW_SS2D(SS2D):
 
     def _scan_transposed(self) -> bool:
         return self.transpose_column_scans and all(d.startswith("c_") for d in self.directions)
-
-    def _forward_channel_major(self, x):  # (B, H, W, C) -> (B, H, W, C), same arithmetic as forward
-        """forward with the activations between the two projections held as (B, D, L), the
-        layout the scan reads and writes: the projections are matrix products with a transposed
-        operand (free), the depthwise convolution is a sum of shifted taps along contiguous rows,
-        and the gate, LayerNorms and SiLU read every tensor in one layout (token-major z against
-        channel-major scan outputs made those kernels 3x their memory time: H100, Final x4 fp16
-        batch 8, scripts/bench_gpu.py). Column-first blocks run wholly on the transposed grid."""
-        transposed = self._scan_transposed()
-        if transposed:
-            x = x.transpose(1, 2)
-        b, h, w, c = x.shape
-        d = self.in_proj.out_features // 2
-        xz = _batched_matmul(self.in_proj, x.reshape(b, h * w, c).transpose(1, 2), channels_first=True)
-        u = self.act(_depthwise_taps(xz[:, :d].view(b, d, h, w), self.conv2d, transposed)).flatten(2)
-        directions = tuple(dd[2:] for dd in self.directions) if transposed else tuple(self.directions)
-        ys = self.scan_core(u, _scan_order(directions, h, w, False))                # (B, K, D, L)
-        attn = self.multi_scan.attn
-        pooled = _layer_norm_over(ys, attn.norm, 2).mean(-1)                          # (B, K, D)
-        gate = attn.gate_fn(attn.channel_select(attn.act_fn(attn.global_reduce(pooled))))
-        y = (ys * gate[..., None]).sum(1)                                             # (B, D, L)
-        y = _layer_norm_over(y, self.out_norm, 1).to(x.dtype) * self.act(xz[:, d:])
-        out = _batched_matmul(self.out_proj, y, channels_first=False).view(b, h, w, -1)
-        return out.transpose(1, 2) if transposed else out
-
-
-def _batched_matmul(linear: nn.Linear, x: torch.Tensor, channels_first: bool) -> torch.Tensor:
-    """linear applied to channel-major x (B, C_in, L), as one batched matrix product (the
-    transposes are the GEMM's operand layouts, not copies): (B, C_out, L) if channels_first,
-    else token-major (B, L, C_out)."""
-    b = x.shape[0]
-    weight = linear.weight.expand(b, -1, -1)
-    if channels_first:
-        out = torch.bmm(weight, x)
-        return out if linear.bias is None else out + linear.bias[:, None]
-    out = torch.bmm(x.transpose(1, 2), weight.transpose(1, 2))
-    return out if linear.bias is None else out + linear.bias
-
-
-def _layer_norm_over(x: torch.Tensor, norm: nn.LayerNorm, dim: int) -> torch.Tensor:
-    """`norm` over dimension `dim` of x, x keeping its layout (statistics in float32, as
-    F.layer_norm keeps them); F.layer_norm normalises the last dimension only."""
-    xf = x.float()
-    mean = xf.mean(dim, keepdim=True)
-    centred = xf - mean
-    shape = [1] * x.dim()
-    shape[dim] = -1
-    scale = torch.rsqrt(centred.square().mean(dim, keepdim=True) + norm.eps)
-    return (centred * scale * norm.weight.view(shape) + norm.bias.view(shape)).to(x.dtype)
-
-
-def _depthwise_taps(x: torch.Tensor, conv: nn.Module, transposed: bool) -> torch.Tensor:
-    """`conv` (depthwise k x k, stride 1, zero 'same' padding) of NCHW x as k*k shifted products
-    along contiguous rows; transposed: x holds the image transposed, so the kernel is too."""
-    weight = conv.weight[:, 0]
-    if transposed:
-        weight = weight.transpose(1, 2)
-    k = weight.shape[-1]
-    p, (h, w) = k // 2, x.shape[-2:]
-    xp = F.pad(x, (p, p, p, p))
-    out = sum(xp[:, :, i:i + h, j:j + w] * weight[:, i, j, None, None] for i in range(k) for j in range(k))
-    return out if conv.bias is None else out + conv.bias[:, None, None]
 
 
 def conv_from_nhwc(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -68,8 +68,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("options", [{}, {"wide_stream": False, "layout_opt": True, "tap_convs": False,
-                                           "channel_major": False}],
+@pytest.mark.parametrize("options", [{}, {"wide_stream": False, "layout_opt": True, "tap_convs": False}],
                          ids=["defaults", "padded-only-layout-opt"])
 @pytest.mark.parametrize("cfg", [dict(WO_SMALL, embed_dim=30), dict(FINAL_SMALL, embed_dim=30)], ids=["wo", "final"])
 def test_compiled_forward_matches_eager(cfg, options, device, full_fp32):
@@ -166,25 +165,3 @@ def test_channels_last_convs_are_exact(pad):
             if tap.depthwise:
                 tap.weight.copy_(tap.weight.flip(-1, -2))
         assert rel(model(x), want) > 100 * EXACT
-
-
-@pytest.mark.parametrize("cfg", [dict(WO_SMALL, embed_dim=30), dict(FINAL_SMALL, embed_dim=30)], ids=["wo", "final"])
-def test_channel_major_blocks_are_exact(cfg, monkeypatch):
-    """The channel-major block path (LW_SS2D.channel_major, column-first blocks on the
-    transposed grid) in eager mode, on the widened stream with tap convolutions as compiled; the
-    image must not change. Negative control: the depthwise kernel left untransposed on the
-    transposed grid must change it."""
-    import mambacsr.model as model_module
-    from mambacsr.model import LW_SS2D
-    x = torch.rand(1, 3, 32, 48)
-    with torch.no_grad():
-        want = mattering_model(cfg, "cpu")(x)
-        model = channels_last_convs(widen_streams(mattering_model(cfg, "cpu")))
-        blocks = [m for m in model.modules() if isinstance(m, LW_SS2D)]
-        for block in blocks:
-            block.transpose_column_scans = block.channel_major = True
-        assert any(b._scan_transposed() for b in blocks) and not all(b._scan_transposed() for b in blocks)
-        assert rel(model(x), want) < TOL
-        taps = model_module._depthwise_taps
-        monkeypatch.setattr(model_module, "_depthwise_taps", lambda x, conv, transposed: taps(x, conv, False))
-        assert rel(model(x), want) > CONTROL
