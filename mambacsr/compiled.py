@@ -20,9 +20,13 @@ Inductor's layout optimisation is turned off: in a graph with convolutions it gi
 intermediate channels-last strides, which for the blocks' (B, H, W, C) LayerNorm outputs means
 H-fastest storage, and then a strided copy before every projection and convolution.
 
-H100, Final x4, fp16, batch 8 of 64x64 tiles, one run of scripts/bench_gpu.py: padded only 45.23
-ms; padded, layout optimisation off 41.73 ms; widened, layout optimisation off (the defaults)
-39.28 ms.
+The blocks' convolutions (each scan's depthwise 3x3, the channel-attention branch) run
+channels-last as shifted taps (`channels_last_convs`): cuDNN needed an NCHW copy of the
+(B, H, W, C) tokens and converted it to NHWC and back around every convolution.
+
+H100, Final x4, fp16, batch 8 of 64x64 tiles, scripts/bench_gpu.py: padded only 45.23 ms;
+padded, layout optimisation off 41.73 ms; widened, layout optimisation off 39.28 ms (one run);
+39.63 -> 36.97 ms with the tap convolutions (the defaults; another run).
 """
 from __future__ import annotations
 
@@ -38,8 +42,7 @@ CHANNEL_MULTIPLE = 8
 
 
 def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
-                   wide_stream: bool = True, layout_opt: bool = False, tap_convs: bool = True,
-                   tune_kernels: bool = False) -> nn.Module:
+                   wide_stream: bool = True, layout_opt: bool = False, tap_convs: bool = True) -> nn.Module:
     """Compile every residual block and cross-scale fusion of `model` in place; returns it.
 
     pad: zero-pad the channel-attention convolutions first (`pad_channels`; exact). H100, Final
@@ -50,12 +53,10 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
     channel attention too; exact). fp16 batch 8: 45.3 -> 42.3-42.7 ms (three runs); batch 1:
     11.6 -> 12.7 ms (two runs; batch-1 times of one build varied 11.6-13.4 ms in one run).
     layout_opt: Inductor's layout optimisation (module docstring). Off: fp16 batch 8 45.23 ->
-    41.73 ms padded, 39.28 ms widened (one run; batch 1 and fp32 not yet timed with it off).
+    41.73 ms padded, 39.28 ms widened (one run).
     tap_convs: the blocks' convolutions computed channels-last as shifted taps
     (`channels_last_convs`; same arithmetic): no cuDNN layout conversions, and Inductor fuses
-    the taps with their neighbours.
-    tune_kernels: Inductor's coordinate-descent tuning of its generated kernels' block sizes
-    (benchmarks candidates while compiling; matrix products are not autotuned).
+    the taps with their neighbours. fp16 batch 8: 39.63 -> 36.97 ms, 2251 -> 2099 kernels.
 
     Inference only (the compiled code is traced under no_grad). Safe to capture in a CUDA graph
     after a warm-up call per input shape."""
@@ -73,7 +74,7 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
         pad_channels(model)
     if tap_convs:
         channels_last_convs(model)
-    options = {"freezing": freeze, "layout_optimization": layout_opt, "coordinate_descent_tuning": tune_kernels}
+    options = {"freezing": freeze, "layout_optimization": layout_opt}
     for module in model.modules():
         if isinstance(module, LW_SS2D):
             # Column-first blocks read rows of the transposed grid; compiled, the transposes fuse.

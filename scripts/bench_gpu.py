@@ -11,8 +11,7 @@ ones (same shapes, same ops). Example (the README's numbers):
 `--modes compiled:none,compiled:pad,compiled:pad+freeze` times `mambacsr.compiled.compile_blocks`
 with exactly those options on, side by side ('compiled' alone: its defaults); `+tf32` in a mode
 also lets that row's fp32 matrix products use TF32, `+no_layout_opt` turns Inductor's layout
-optimisation off, `+tap_convs` computes the blocks' convolutions channels-last as taps,
-`+tune_kernels` lets Inductor tune its generated kernels' block sizes.
+optimisation off, `+tap_convs` computes the blocks' convolutions channels-last as taps.
 
 `--baseline DIR` also times the same model from another checkout of the project (for example the
 release before the order moved into the op) in the same process, for side-by-side ratios.
@@ -170,14 +169,14 @@ def main() -> int:
 
 def compile_options(mode: str) -> tuple[dict, bool]:
     """'compiled' -> compile_blocks' defaults; 'compiled:pad+freeze' -> exactly those options on
-    (pad, freeze, wide_stream, tap_convs, tune_kernels; 'compiled:none' -> all off, Inductor's layout optimisation on as
+    (pad, freeze, wide_stream, tap_convs; 'compiled:none' -> all off, Inductor's layout optimisation on as
     in Inductor's own default), for side-by-side A/B rows. Returns
     (compile_blocks options, tf32): '+tf32' lets fp32 matrix products use TF32 tensor cores for
     that row (`torch.backends.cuda.matmul.allow_tf32`; cuDNN's convolutions already do)."""
     if ":" not in mode:
         return {}, False
     chosen = set(mode.split(":", 1)[1].split("+")) - {"none"}
-    known, extra = {"pad", "freeze", "wide_stream", "tap_convs", "tune_kernels"}, {"tf32", "no_layout_opt"}
+    known, extra = {"pad", "freeze", "wide_stream", "tap_convs"}, {"tf32", "no_layout_opt"}
     if chosen - known - extra:
         raise SystemExit(f"unknown compile option(s) {sorted(chosen - known - extra)} in mode {mode!r}; "
                          f"known: {sorted(known | extra)}")
