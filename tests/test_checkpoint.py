@@ -1,6 +1,5 @@
 """Checkpoint loading: official formats, safetensors, config inference, and clear errors."""
 import os
-import pickle
 
 import pytest
 import torch
