@@ -21,6 +21,7 @@ fixed tile or ``--tile N`` is given. Prints a markdown table and the command.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import shlex
 import sys
@@ -64,14 +65,23 @@ class Model:
     """A model row: the runtime's Upscaler (backend + RunPlan) on uint8 RGB arrays. ``label``'s
     ``{precision}`` is the precision the backend runs."""
 
-    def __init__(self, label: str, tile: int = 0, tta: bool = False, **model):
+    def __init__(self, label: str, tile: int = 0, **model):
         from runtime import Upscaler
 
-        self.up = Upscaler.open(tile=tile, tta=tta, **model)
+        self.up = Upscaler.open(tile=tile, **model)
         plan = self.up.plan
         self.scale = plan.scale
         tiled = "" if plan.whole_image else f" (tiled {plan.tile[0]})"
-        self.name = label.replace("{precision}", plan.precision) + tiled + (", x8 self-ensemble" if tta else "")
+        self.name = label.replace("{precision}", plan.precision) + tiled
+
+    def self_ensemble(self) -> "Model":
+        """This row with the runtime's x8 self-ensemble, on the same opened backend and plan."""
+        from runtime import Upscaler
+
+        twin = copy.copy(self)
+        twin.up = Upscaler(self.up.backend, self.up.plan, tta=True)
+        twin.name = self.name + ", x8 self-ensemble"
+        return twin
 
     def __call__(self, lr: np.ndarray) -> np.ndarray:
         return self.up.upscale(ImageData(lr)).pixels
@@ -145,21 +155,21 @@ def main(argv=None) -> int:
     run = dict(device=args.device, threads=args.threads or None, tile=args.tile)
     methods = [Bicubic(args.scale)]
     try:
-        for tta in (False, True) if args.tta else (False,):
-            if not args.no_default:
-                from mambacsr.pretrained import DEFAULT_MODEL_NAME
+        if not args.no_default:
+            from mambacsr.pretrained import DEFAULT_MODEL_NAME
 
-                try:
-                    methods.append(Model(f"MambaCSR default ({DEFAULT_MODEL_NAME}), PyTorch eager", backend="torch",
-                                         compile=False, tta=tta, **run))
-                except UserError as e:
-                    print(f"note: {as_flags(str(e))}", file=sys.stderr)
-            for c in args.ckpt:
-                methods.append(Model(f"{Path(c).name}, PyTorch eager", ckpt=c, config=args.config, backend="torch",
-                                     compile=False, tta=tta, **run))
-            for o in args.onnx:
-                methods.append(Model(f"ONNX Runtime {{precision}}: {Path(o).name}", onnx=o, backend="ort", tta=tta,
-                                     **run))
+            try:
+                methods.append(Model(f"MambaCSR default ({DEFAULT_MODEL_NAME}), PyTorch eager", backend="torch",
+                                     compile=False, **run))
+            except UserError as e:
+                print(f"note: {as_flags(str(e))}", file=sys.stderr)
+        for c in args.ckpt:
+            methods.append(Model(f"{Path(c).name}, PyTorch eager", ckpt=c, config=args.config, backend="torch",
+                                 compile=False, **run))
+        for o in args.onnx:
+            methods.append(Model(f"ONNX Runtime {{precision}}: {Path(o).name}", onnx=o, backend="ort", **run))
+        if args.tta:
+            methods += [m.self_ensemble() for m in methods[1:]]
     except UserError as e:
         print(f"error: {as_flags(str(e))}", file=sys.stderr)
         return 2
