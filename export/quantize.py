@@ -54,10 +54,9 @@ def calibration_tiles(calib_dir: Path, tile: int, max_tiles: int, seed: int = 0)
     """Up to `max_tiles` tiles (N, 3, tile, tile) float32 [0, 1], spread over every image; an
     unreadable image is reported and skipped."""
     from runtime.errors import ImageError
-    from runtime.imageio import IMAGE_SUFFIXES, read_image
+    from runtime.imageio import images_under, read_image
 
-    files = sorted(p for p in Path(calib_dir).rglob("*")
-                   if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    files = images_under(calib_dir)
     if not files:
         raise QuantizeError(f"no images in {calib_dir}: give a folder of JPEG-compressed low-resolution images "
                             f"(e.g. made with scripts/prepare_data.py)")

@@ -159,11 +159,6 @@ def _glob_root(pattern: str) -> Path:
     return Path(*root) if root else Path(".")
 
 
-def _is_image_name(p: Path) -> bool:
-    from runtime.imageio import IMAGE_SUFFIXES
-    return p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-
-
 def _real(p: Path) -> Path:
     """``p`` with links resolved; unlike Path.resolve, a link loop does not raise."""
     return Path(os.path.realpath(p))
@@ -180,6 +175,7 @@ def _same_file(a: Path, b: Path) -> bool:
 def _walk_images(d: Path, prune: Path | None, failed: list[tuple[str, str]]) -> list[Path]:
     """Image files under ``d`` (hidden names skipped), following folder links once each, so a
     link loop ends; unreadable folders go to ``failed`` instead of vanishing."""
+    from runtime.imageio import is_image_name
     found: list[Path] = []
     visited: set[tuple[int, int]] = set()
 
@@ -198,7 +194,7 @@ def _walk_images(d: Path, prune: Path | None, failed: list[tuple[str, str]]) -> 
         visited.add((st.st_dev, st.st_ino))
         dirs[:] = sorted(x for x in dirs if not x.startswith(".")
                          and not (prune is not None and _real(Path(cur, x)) == prune))
-        found += [Path(cur, f) for f in files if _is_image_name(Path(f))]
+        found += [Path(cur, f) for f in files if is_image_name(Path(f))]
     return sorted(found)
 
 

@@ -38,6 +38,21 @@ EXTENSIONS = {"png": ".png", "jpg": ".jpg", "jpeg": ".jpg", "webp": ".webp", "ti
 # data preparation); the content, not the name, decides how a file is read
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".ppm",
                             ".pgm", ".pnm", ".tga"})
+
+
+def is_image_name(path: Path) -> bool:
+    """Whether a file is taken for an image when a folder is scanned (hidden names, such as
+    `._photo.jpg` sidecar files, are not)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def images_under(folder: str | Path) -> list[Path]:
+    """The image files under `folder`, recursively, sorted: what evaluation, training,
+    calibration and data preparation read (the CLI walks folders itself, to report unreadable
+    ones and follow links)."""
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and is_image_name(p))
+
+
 ORIENTATION = 0x0112
 PNG_SIG = b"\x89PNG\r\n\x1a\n"
 

@@ -34,7 +34,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mambacsr.degrade import center_crop, degrade, to_rgb_uint8  # noqa: E402
 from mambacsr.metrics import psnr_y, ssim_y  # noqa: E402
-from runtime.imageio import IMAGE_SUFFIXES, ImageData  # noqa: E402
+from runtime.imageio import ImageData, images_under  # noqa: E402
 
 
 def list_images(items) -> list[Path]:
@@ -42,7 +42,7 @@ def list_images(items) -> list[Path]:
     for it in items:
         p = Path(it)
         if p.is_dir():
-            out += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+            out += images_under(p)
         elif p.is_file():
             out.append(p)
         else:

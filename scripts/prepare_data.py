@@ -44,11 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mambacsr.atomic import atomic_write  # noqa: E402
 from mambacsr.degrade import QUALITY_FACTORS, center_crop, degrade, shrink_to_max_side, to_rgb_uint8  # noqa: E402
 
-from runtime.imageio import IMAGE_SUFFIXES as IMAGE_EXTS  # noqa: E402  (one suffix set for the project)
-
-
-def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+from runtime.imageio import images_under  # noqa: E402  (one rule for what is an image)
 
 
 def save_png_atomic(arr: np.ndarray, path: Path) -> None:
@@ -133,7 +129,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 0))
     args = ap.parse_args(argv)
 
-    paths = list_images(args.input)
+    paths = images_under(args.input)
     if not paths:
         print(f"error: no images found in {args.input}", file=sys.stderr)
         return 2

@@ -54,7 +54,7 @@ from mambacsr.atomic import atomic_write  # noqa: E402
 from mambacsr.degrade import (bicubic_resize, center_crop, degrade, lanczos_resize, lanczos_scale,  # noqa: E402
                               mod_crop, shrink_to_max_side, to_rgb_uint8)
 from mambacsr.metrics import psnr_y, ssim_y  # noqa: E402
-from runtime.imageio import IMAGE_SUFFIXES  # noqa: E402
+from runtime.imageio import images_under  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -68,7 +68,7 @@ def list_images(folders) -> list[Path]:
         if f.is_file():
             out.append(f)
         else:
-            out += sorted(p for p in f.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            out += images_under(f)
     return out
 
 

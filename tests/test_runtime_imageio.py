@@ -10,7 +10,8 @@ from PIL import Image, ImageCms, ImageOps
 
 from runtime.backends import Backend
 from runtime.errors import ImageError
-from runtime.imageio import ImageData, apply_orientation, encode_png16, encode_tiff16, read_image, write_image
+from runtime.imageio import (ImageData, apply_orientation, encode_png16, encode_tiff16, images_under, read_image,
+                             write_image)
 from runtime.tiling import Tiler
 from runtime.upscale import Upscaler
 
@@ -249,3 +250,12 @@ def test_atomic_write_leaves_no_temp_files(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         write_image(tmp_path / "b.png", img)
     assert sorted(os.listdir(tmp_path)) == ["a.png"]  # no temp, no partial b.png
+
+
+def test_images_under_takes_image_names_and_skips_hidden_files(tmp_path):
+    """The folder scan shared by evaluation, training, calibration and data preparation."""
+    (tmp_path / "b").mkdir()
+    for name in ["a.PNG", "b/c.jpg", "b/d.tiff", "._a.jpg", "b/notes.txt", "b/.hidden.png"]:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "folder.png").mkdir()  # a folder with an image's name is not an image
+    assert images_under(tmp_path) == [tmp_path / "a.PNG", tmp_path / "b/c.jpg", tmp_path / "b/d.tiff"]
