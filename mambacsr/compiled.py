@@ -42,7 +42,8 @@ CHANNEL_MULTIPLE = 8
 
 
 def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
-                   wide_stream: bool = True, layout_opt: bool = False, tap_convs: bool = True) -> nn.Module:
+                   wide_stream: bool = True, layout_opt: bool = False, tap_convs: bool = True,
+                   scan_weights: bool = False) -> nn.Module:
     """Compile every residual block and cross-scale fusion of `model` in place; returns it.
 
     pad: zero-pad the channel-attention convolutions first (`pad_channels`; exact). H100, Final
@@ -57,10 +58,12 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
     tap_convs: the blocks' convolutions computed channels-last as shifted taps
     (`channels_last_convs`; same arithmetic): no cuDNN layout conversions, and Inductor fuses
     the taps with their neighbours. fp16 batch 8: 39.63 -> 36.97 ms, 2251 -> 2099 kernels.
+    scan_weights: compute each scan's weight-only inputs once (`SS2D.freeze_scan_weights`, for
+    the model's dtype) instead of per forward. Experiment, being measured.
 
     Inference only (the compiled code is traced under no_grad). Safe to capture in a CUDA graph
     after a warm-up call per input shape."""
-    from .model import LW_SS2D, Cross_SS2D, RLMBlock
+    from .model import LW_SS2D, SS2D, Cross_SS2D, RLMBlock
 
     import torch._dynamo.config as dynamo_config
 
@@ -75,7 +78,10 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
     if tap_convs:
         channels_last_convs(model)
     options = {"freezing": freeze, "layout_optimization": layout_opt}
+    dtype = next(model.parameters()).dtype
     for module in model.modules():
+        if scan_weights and isinstance(module, SS2D):
+            module.freeze_scan_weights(dtype)
         if isinstance(module, LW_SS2D):
             # Column-first blocks read rows of the transposed grid; compiled, the transposes fuse.
             module.transpose_column_scans = True

@@ -146,26 +146,54 @@ class SS2D(nn.Module):
         u = u.contiguous()
         b, d, length = u.shape
         k, n, r = self.K, self.d_state, self.dt_rank
-        # One plain GEMM per projection with the K directions' weights stacked: (K*rows, D) @ (B, D, L)
-        # gives contiguous (B, K, rows, L) outputs and never copies u per direction.
-        w = self.x_proj_weight
-        Bs = torch.matmul(w[:, r:r + n].reshape(k * n, d), u).view(b, k, n, length)
-        Cs = torch.matmul(w[:, r + n:].reshape(k * n, d), u).view(b, k, n, length)
-        if u.dtype in (torch.float16, torch.bfloat16) or (u.is_cuda and torch.backends.cuda.matmul.allow_tf32):
-            # delta = dt_proj(x_proj_dt(u)) with the two low-rank factors folded into one (K*D, D)
-            # weight (in float32): one tensor-core GEMM beats two skinny ones (H100 fp16: 16.6 ->
-            # 13.0 ms per 64x64 tile). Not in plain float32, where the 15x larger GEMM runs without
-            # tensor cores (78.6 -> 90.3 ms per batch of 8); scripts/bench_gpu.py. With TF32 allowed
-            # it runs on tensor cores again.
-            w_dt = torch.matmul(self.dt_projs_weight.float(), w[:, :r].float()).to(u.dtype)
-            dts = torch.matmul(w_dt.reshape(k * d, d), u)                                  # (B, K*D, L)
+        w_B, w_C, w_dt, A = self.scan_weights(u.dtype, fold_dt=u.dtype in (torch.float16, torch.bfloat16)
+                                              or (u.is_cuda and torch.backends.cuda.matmul.allow_tf32))
+        Bs = torch.matmul(w_B, u).view(b, k, n, length)
+        Cs = torch.matmul(w_C, u).view(b, k, n, length)
+        if w_dt is not None:
+            dts = torch.matmul(w_dt, u)                                                     # (B, K*D, L)
         else:
-            dt_low = torch.matmul(w[:, :r].reshape(k * r, d), u).view(b, k, r, length)
+            dt_low = torch.matmul(self.x_proj_weight[:, :r].reshape(k * r, d), u).view(b, k, r, length)
             dts = torch.matmul(self.dt_projs_weight, dt_low).view(b, k * d, length)
         ys = selective_scan(
-            u, dts, -torch.exp(self.A_logs.float()), Bs, Cs,
+            u, dts, A, Bs, Cs,
             self.Ds.float(), self.dt_projs_bias.reshape(-1).float(), True, order)
         return ys.reshape(b, self.K, d, length)
+
+    # Set by freeze_scan_weights (inference): scan_weights' results, computed once.
+    frozen_scan_weights: dict | None = None
+
+    def scan_weights(self, dtype: torch.dtype, fold_dt: bool):
+        """The weight-only inputs of scan_core: the B and C rows of x_proj as (K*N, D) matrices,
+        the folded dt weight (K*D, D) or None, and A = -exp(A_logs) in float32.
+
+        One plain GEMM per projection with the K directions' weights stacked: (K*rows, D) @ (B, D, L)
+        gives contiguous (B, K, rows, L) outputs and never copies u per direction. fold_dt: delta =
+        dt_proj(x_proj_dt(u)) with the two low-rank factors folded into one (K*D, D) weight (in
+        float32): one tensor-core GEMM beats two skinny ones (H100 fp16: 16.6 -> 13.0 ms per 64x64
+        tile). Not in plain float32, where the 15x larger GEMM runs without tensor cores (78.6 ->
+        90.3 ms per batch of 8); scripts/bench_gpu.py. With TF32 allowed it runs on tensor cores."""
+        frozen = self.frozen_scan_weights
+        if frozen is not None and frozen["dtype"] == dtype:
+            return frozen["B"], frozen["C"], frozen["dt"] if fold_dt else None, frozen["A"]
+        k, n, r = self.K, self.d_state, self.dt_rank
+        w = self.x_proj_weight
+        d = w.shape[-1]
+        w_dt = None
+        if fold_dt:
+            w_dt = torch.matmul(self.dt_projs_weight.float(), w[:, :r].float()).to(dtype).reshape(k * d, d)
+        return (w[:, r:r + n].reshape(k * n, d).to(dtype), w[:, r + n:].reshape(k * n, d).to(dtype), w_dt,
+                -torch.exp(self.A_logs.float()))
+
+    @torch.no_grad()
+    def freeze_scan_weights(self, dtype: torch.dtype) -> None:
+        """Compute scan_weights once for inputs of `dtype` (inference): per forward they were
+        about 4 small kernels per scan (the dt fold is a float32 GEMM). Re-run after changing
+        the weights; other dtypes still compute them per call."""
+        self.frozen_scan_weights = None
+        w_B, w_C, w_dt, A = self.scan_weights(dtype, fold_dt=True)
+        self.frozen_scan_weights = {"dtype": dtype, "B": w_B.contiguous(), "C": w_C.contiguous(),
+                                    "dt": w_dt.contiguous(), "A": A.contiguous()}
 
     def merge(self, ys: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """(B, K, D, HW) per-direction outputs -> gated sum -> out_norm -> (B, H, W, D).

@@ -176,7 +176,7 @@ def compile_options(mode: str) -> tuple[dict, bool]:
     if ":" not in mode:
         return {}, False
     chosen = set(mode.split(":", 1)[1].split("+")) - {"none"}
-    known, extra = {"pad", "freeze", "wide_stream", "tap_convs"}, {"tf32", "no_layout_opt"}
+    known, extra = {"pad", "freeze", "wide_stream", "tap_convs", "scan_weights"}, {"tf32", "no_layout_opt"}
     if chosen - known - extra:
         raise SystemExit(f"unknown compile option(s) {sorted(chosen - known - extra)} in mode {mode!r}; "
                          f"known: {sorted(known | extra)}")

@@ -122,6 +122,24 @@ def test_widened_streams_are_exact(cfg, monkeypatch):
         assert rel(model(x), want) > 100 * EXACT  # measured 6-8e-4
 
 
+def test_frozen_scan_weights_are_exact_and_used():
+    """SS2D.freeze_scan_weights (compile_blocks(scan_weights=True)) computes each scan's
+    weight-only inputs once; the image must not change. Negative control: zeroing the frozen B
+    weights must change it (so the frozen copies are what the forward reads)."""
+    from mambacsr.model import SS2D
+    x = torch.rand(1, 3, 32, 48)
+    with torch.no_grad():
+        want = mattering_model(dict(FINAL_SMALL, embed_dim=30), "cpu")(x)
+        model = mattering_model(dict(FINAL_SMALL, embed_dim=30), "cpu")
+        scans = [m for m in model.modules() if isinstance(m, SS2D)]
+        for m in scans:
+            m.freeze_scan_weights(torch.float32)
+        assert rel(model(x), want) < EXACT
+        for m in scans:
+            m.frozen_scan_weights["B"].zero_()
+        assert rel(model(x), want) > CONTROL
+
+
 @pytest.mark.parametrize("shape", [(30, 30, 30), (32, 8, 1), (8, 32, 1), (6, 5, 1)],
                          ids=["depthwise", "few-outputs", "few-inputs", "square"])
 def test_tap_convolution_matches_conv2d(shape):
