@@ -11,7 +11,12 @@ ones (same shapes, same ops). Example (the README's numbers):
 `--modes compiled:none,compiled:pad,compiled:pad+freeze` times `mambacsr.compiled.compile_blocks`
 with exactly those options on, side by side ('compiled' alone: its defaults); `+tf32` in a mode
 also lets that row's fp32 matrix products use TF32, `+no_layout_opt` turns Inductor's layout
-optimisation off, `+tap_convs` computes the blocks' convolutions channels-last as taps.
+optimisation off, `+tap_convs` computes the blocks' convolutions channels-last as taps,
+`+scan_weights` computes the scans' weight-only inputs once.
+
+For each precision and batch, every mode is built first and then timed in turn, `--rounds`
+times (A B A B ...): a drift over the run lands on every row alike. Naming a mode twice
+(`--modes compiled,compiled:...,compiled`) shows the spread between identical rows.
 
 `--baseline DIR` also times the same model from another checkout of the project (for example the
 release before the order moved into the op) in the same process, for side-by-side ratios.
@@ -62,8 +67,8 @@ def load_model_class(root: Path):
         sys.path.pop(0)
 
 
-def time_forward(fn, x, iters: int, warmup: int) -> float:
-    """Median ms of `fn(x)` over `iters` runs (CUDA events, after `warmup` runs)."""
+def time_forward(fn, x, iters: int, warmup: int) -> list[float]:
+    """ms of each of `iters` runs of `fn(x)` (CUDA events, after `warmup` runs)."""
     for _ in range(warmup):
         fn(x)
     torch.cuda.synchronize()
@@ -75,7 +80,18 @@ def time_forward(fn, x, iters: int, warmup: int) -> float:
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return times
+
+
+def interleaved_medians(timers: dict, rounds: int) -> dict:
+    """Median ms per mode, the modes timed in turn `rounds` times (A B C A B C ...), so a drift
+    over the run (clocks, the order rows are built in) lands on every mode alike. `timers`: mode
+    -> a function returning a list of ms."""
+    samples: dict = {mode: [] for mode in timers}
+    for _ in range(rounds):
+        for mode, timer in timers.items():
+            samples[mode] += timer()
+    return {mode: statistics.median(times) for mode, times in samples.items()}
 
 
 def graphed(model, x):
@@ -134,6 +150,8 @@ def main() -> int:
     ap.add_argument("--modes", default="eager,graph,compiled")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=4,
+                    help="time the modes in turn this many times, --iters runs in all per mode")
     ap.add_argument("--top", type=int, default=0, help="also list the N costliest kernels of the last row")
     ap.add_argument("--baseline", help="another checkout of this project to time side by side (eager, graph)")
     ap.add_argument("--code-root", default=str(ROOT), help=argparse.SUPPRESS)  # the baseline's own process
@@ -160,8 +178,8 @@ def main() -> int:
         subprocess.run([sys.executable, __file__, "--code-root", str(Path(args.baseline).resolve()), "--label",
                         "baseline", "--modes", modes, "--preset", args.preset, "--tile", str(args.tile),
                         "--batch", args.batch, "--precision", args.precision, "--iters", str(args.iters),
-                        "--warmup", str(args.warmup)], check=False)
-    print("\nms: median of CUDA-event times per forward of one batch; kernel ms and categories: GPU time of "
+                        "--warmup", str(args.warmup), "--rounds", str(args.rounds)], check=False)
+    print("\nms: median of CUDA-event times per forward of one batch, the modes timed in turn (--rounds); kernel ms and categories: GPU time of "
           "one forward (eager kernels for eager/graph, generated kernels for compiled), from the PyTorch "
           "profiler; ms well above kernel ms means launch gaps.")
     return 0
@@ -185,17 +203,21 @@ def compile_options(mode: str) -> tuple[dict, bool]:
 
 def run_rows(args) -> list:
     """One table row per (precision, batch, mode) for the code at args.code_root; returns the
-    last row's kernels, costliest first."""
+    last row's kernels, costliest first. For each (precision, batch) every mode is built first,
+    then timed in interleaved rounds (`interleaved_medians`)."""
     cats = [c for c, _ in CATEGORIES]
     torch.backends.cudnn.benchmark = True
     MambaCSR, PRESETS = load_model_class(Path(args.code_root))
+    modes = args.modes.split(",")
+    top: list = []
     for prec in args.precision.split(","):
         dtype = {"fp32": torch.float32, "fp16": torch.float16}[prec]
         for batch in (int(b) for b in args.batch.split(",")):
-            for mode in args.modes.split(","):
+            x = torch.rand(batch, 3, args.tile, args.tile, device="cuda", dtype=dtype)
+            built = {}  # row -> (model, replay function, tf32, first call s)
+            for i, mode in enumerate(modes):
                 torch.manual_seed(0)
                 model = MambaCSR(**PRESETS[args.preset]).eval().to("cuda", dtype)
-                x = torch.rand(batch, 3, args.tile, args.tile, device="cuda", dtype=dtype)
                 options, tf32 = compile_options(mode)
                 torch.backends.cuda.matmul.allow_tf32 = tf32
                 with torch.inference_mode():
@@ -206,16 +228,27 @@ def run_rows(args) -> list:
                     model(x)
                     torch.cuda.synchronize()
                     first = time.perf_counter() - t0
-                    fn = model if mode == "eager" else graphed(model, x)
-                    ms = time_forward(fn, x, args.iters, args.warmup)
-                    top: list = []
+                    built[(i, mode)] = (model, model if mode == "eager" else graphed(model, x), tf32, first)
+
+            def timer(fn, tf32, x=x):
+                torch.backends.cuda.matmul.allow_tf32 = tf32
+                with torch.inference_mode():
+                    return time_forward(fn, x, max(1, args.iters // args.rounds), args.warmup)
+            medians = interleaved_medians({row: (lambda fn=fn, tf32=tf32: timer(fn, tf32))
+                                           for row, (_, fn, tf32, _) in built.items()}, args.rounds)
+            for row, (model, fn, tf32, first) in built.items():
+                torch.backends.cuda.matmul.allow_tf32 = tf32
+                top = []
+                with torch.inference_mode():
                     kernels, per_cat = profile(model, x, top)
                 total = sum(per_cat.values()) or 1.0
+                ms = medians[row]
                 mps = batch * (args.tile * model.upscale) ** 2 / (ms / 1000) / 1e6
-                print(f"| {args.label} | {prec} | {batch} | {mode} | {ms:.2f} | {mps:.2f} | {kernels} | {total:.2f} | {first:.1f} | "
+                print(f"| {args.label} | {prec} | {batch} | {row[1]} | {ms:.2f} | {mps:.2f} | {kernels} | {total:.2f} | {first:.1f} | "
                       + " | ".join(f"{100 * per_cat[c] / total:.0f}" for c in cats) + " |", flush=True)
-                del model, fn
-                torch.cuda.empty_cache()
+            built.clear()
+            del model, fn
+            torch.cuda.empty_cache()
     return top
 
 
