@@ -61,7 +61,8 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
     scan_weights: compute each scan's weight-only inputs once (`SS2D.freeze_scan_weights`, for
     the model's dtype) instead of per forward. Off until measured in interleaved rounds: H100
     fp16 batch 8 36.53 -> 36.09 ms (2101 -> 1800 kernels); batch 1 GPU time 9.32 -> 8.80 ms but
-    timed 9.81 -> 10.86 ms as the second row of its job (README).
+    timed 9.81 -> 10.86 ms as the second row of its job (README). At batch 1 it also computes
+    dt, B and C with one GEMM (not yet measured).
 
     Inference only (the compiled code is traced under no_grad). Safe to capture in a CUDA graph
     after a warm-up call per input shape."""

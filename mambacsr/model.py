@@ -145,20 +145,30 @@ class SS2D(nn.Module):
         # in this layout instead of the op copying it (eager: u is contiguous already, a no-op).
         u = u.contiguous()
         b, d, length = u.shape
-        k, n, r = self.K, self.d_state, self.dt_rank
-        w_B, w_C, w_dt, A = self.scan_weights(u.dtype, fold_dt=u.dtype in (torch.float16, torch.bfloat16)
-                                              or (u.is_cuda and torch.backends.cuda.matmul.allow_tf32))
-        Bs = torch.matmul(w_B, u).view(b, k, n, length)
-        Cs = torch.matmul(w_C, u).view(b, k, n, length)
-        if w_dt is not None:
-            dts = torch.matmul(w_dt, u)                                                     # (B, K*D, L)
-        else:
-            dt_low = torch.matmul(self.x_proj_weight[:, :r].reshape(k * r, d), u).view(b, k, r, length)
-            dts = torch.matmul(self.dt_projs_weight, dt_low).view(b, k * d, length)
+        dts, Bs, Cs, A = self.scan_inputs(u)
         ys = selective_scan(
             u, dts, A, Bs, Cs,
             self.Ds.float(), self.dt_projs_bias.reshape(-1).float(), True, order)
         return ys.reshape(b, self.K, d, length)
+
+    def scan_inputs(self, u: torch.Tensor):
+        """delta (B, K*D, L), B and C (B, K, N, L) and A (K*D, N) float32 for u (B, D, L)."""
+        b, d, length = u.shape
+        k, n, r = self.K, self.d_state, self.dt_rank
+        fold_dt = u.dtype in (torch.float16, torch.bfloat16) or (u.is_cuda and torch.backends.cuda.matmul.allow_tf32)
+        w_B, w_C, w_dt, A = self.scan_weights(u.dtype, fold_dt)
+        frozen = self.frozen_scan_weights
+        if b == 1 and w_dt is not None and frozen is not None and frozen["dtype"] == u.dtype:
+            # Batch 1: one GEMM for all three (its row blocks are contiguous at batch 1).
+            dts, Bs, Cs = torch.matmul(frozen["stacked"], u).split((k * d, k * n, k * n), dim=1)
+        else:
+            Bs, Cs = torch.matmul(w_B, u), torch.matmul(w_C, u)
+            if w_dt is not None:
+                dts = torch.matmul(w_dt, u)
+            else:
+                dt_low = torch.matmul(self.x_proj_weight[:, :r].reshape(k * r, d), u).view(b, k, r, length)
+                dts = torch.matmul(self.dt_projs_weight, dt_low).view(b, k * d, length)
+        return dts, Bs.view(b, k, n, length), Cs.view(b, k, n, length), A
 
     # Set by freeze_scan_weights (inference): scan_weights' results, computed once.
     frozen_scan_weights: dict | None = None
@@ -188,12 +198,14 @@ class SS2D(nn.Module):
     @torch.no_grad()
     def freeze_scan_weights(self, dtype: torch.dtype) -> None:
         """Compute scan_weights once for inputs of `dtype` (inference): per forward they were
-        about 4 small kernels per scan (the dt fold is a float32 GEMM). Re-run after changing
-        the weights; other dtypes still compute them per call."""
+        about 7 small kernels per scan (the dt fold is a float32 GEMM). Also stacks the three
+        projections for scan_inputs' single GEMM at batch 1. Re-run after changing the weights;
+        other dtypes still compute them per call."""
         self.frozen_scan_weights = None
         w_B, w_C, w_dt, A = self.scan_weights(dtype, fold_dt=True)
         self.frozen_scan_weights = {"dtype": dtype, "B": w_B.contiguous(), "C": w_C.contiguous(),
-                                    "dt": w_dt.contiguous(), "A": A.contiguous()}
+                                    "dt": w_dt.contiguous(), "A": A.contiguous(),
+                                    "stacked": torch.cat((w_dt, w_B, w_C)).contiguous()}
 
     def merge(self, ys: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """(B, K, D, HW) per-direction outputs -> gated sum -> out_norm -> (B, H, W, D).

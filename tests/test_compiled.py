@@ -140,6 +140,29 @@ def test_frozen_scan_weights_are_exact_and_used():
         assert rel(model(x), want) > CONTROL
 
 
+def test_frozen_scan_weights_one_gemm_at_batch_1():
+    """With the dt fold on (16-bit inputs), batch 1 computes dt, B and C in one GEMM of the
+    stacked frozen weights; the image must not change. Negative control: zeroing the B rows of
+    the stacked weight must change batch 1 (the stacked GEMM is what runs) and not batch 2."""
+    from mambacsr.model import SS2D
+    cfg = dict(FINAL_SMALL, embed_dim=30)
+    x1 = torch.rand(1, 3, 32, 48).to(torch.bfloat16)
+    x2 = torch.cat([x1, x1.flip(-1)])
+    with torch.no_grad():
+        eager = mattering_model(cfg, "cpu").to(torch.bfloat16)
+        want1, want2 = eager(x1).float(), eager(x2).float()
+        model = mattering_model(cfg, "cpu").to(torch.bfloat16)
+        scans = [m for m in model.modules() if isinstance(m, SS2D)]
+        for m in scans:
+            m.freeze_scan_weights(torch.bfloat16)
+        assert rel(model(x1).float(), want1) < EXACT and rel(model(x2).float(), want2) < EXACT
+        for m in scans:
+            rows_dt = m.K * m.x_proj_weight.shape[-1]
+            m.frozen_scan_weights["stacked"][rows_dt:rows_dt + m.K * m.d_state].zero_()
+        assert rel(model(x1).float(), want1) > CONTROL
+        assert rel(model(x2).float(), want2) < EXACT
+
+
 @pytest.mark.parametrize("shape", [(30, 30, 30), (32, 8, 1), (8, 32, 1), (6, 5, 1)],
                          ids=["depthwise", "few-outputs", "few-inputs", "square"])
 def test_tap_convolution_matches_conv2d(shape):
