@@ -67,31 +67,34 @@ def load_model_class(root: Path):
         sys.path.pop(0)
 
 
-def time_forward(fn, x, iters: int, warmup: int) -> list[float]:
-    """ms of each of `iters` runs of `fn(x)` (CUDA events, after `warmup` runs)."""
+def time_forward(fn, x, iters: int, warmup: int) -> list[tuple[float, float]]:
+    """(ms, host ms) of each of `iters` runs of `fn(x)` after `warmup` runs: ms between CUDA
+    events around the call, host ms the CPU time the call took to return (to submit the work)."""
     for _ in range(warmup):
         fn(x)
     torch.cuda.synchronize()
     times = []
     for _ in range(iters):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        t0 = time.perf_counter()
         start.record()
         fn(x)
         end.record()
+        host = (time.perf_counter() - t0) * 1000
         end.synchronize()
-        times.append(start.elapsed_time(end))
+        times.append((start.elapsed_time(end), host))
     return times
 
 
 def interleaved_medians(timers: dict, rounds: int) -> dict:
-    """Median ms per mode, the modes timed in turn `rounds` times (A B C A B C ...), so a drift
-    over the run (clocks, the order rows are built in) lands on every mode alike. `timers`: mode
-    -> a function returning a list of ms."""
+    """Median of each measured quantity per mode, the modes timed in turn `rounds` times
+    (A B C A B C ...), so a drift over the run (clocks, the order rows are built in) lands on
+    every mode alike. `timers`: mode -> a function returning a list of samples (tuples)."""
     samples: dict = {mode: [] for mode in timers}
     for _ in range(rounds):
         for mode, timer in timers.items():
             samples[mode] += timer()
-    return {mode: statistics.median(times) for mode, times in samples.items()}
+    return {mode: tuple(statistics.median(q) for q in zip(*times)) for mode, times in samples.items()}
 
 
 def graphed(model, x):
@@ -165,9 +168,9 @@ def main() -> int:
         return 2
     print(f"card: {torch.cuda.get_device_name()}, torch {torch.__version__}")
     print("command: python " + " ".join([Path(sys.argv[0]).as_posix().split(str(ROOT) + '/')[-1]] + sys.argv[1:]))
-    print("\n| code | precision | batch | mode | ms/tile-batch | output MP/s | kernels | kernel ms | first call s | "
+    print("\n| code | precision | batch | mode | ms/tile-batch | output MP/s | kernels | kernel ms | host ms | first call s | "
           + " | ".join(f"{c} %" for c, _ in CATEGORIES) + " |")
-    print("|" + "---|" * (9 + len(CATEGORIES)))
+    print("|" + "---|" * (10 + len(CATEGORIES)))
     top = run_rows(args)
     if args.top:
         print("\nCostliest kernels of the last row (ms per forward, launches, category):")
@@ -181,7 +184,8 @@ def main() -> int:
                         "--warmup", str(args.warmup), "--rounds", str(args.rounds)], check=False)
     print("\nms: median of CUDA-event times per forward of one batch, the modes timed in turn (--rounds); kernel ms and categories: GPU time of "
           "one forward (eager kernels for eager/graph, generated kernels for compiled), from the PyTorch "
-          "profiler; ms well above kernel ms means launch gaps.")
+          "profiler; ms well above kernel ms means launch gaps; host ms: CPU time to submit one forward "
+          "(one launch for a CUDA graph), when it nears ms the CPU sets the pace.")
     return 0
 
 
@@ -242,9 +246,9 @@ def run_rows(args) -> list:
                 with torch.inference_mode():
                     kernels, per_cat = profile(model, x, top)
                 total = sum(per_cat.values()) or 1.0
-                ms = medians[row]
+                ms, host_ms = medians[row]
                 mps = batch * (args.tile * model.upscale) ** 2 / (ms / 1000) / 1e6
-                print(f"| {args.label} | {prec} | {batch} | {row[1]} | {ms:.2f} | {mps:.2f} | {kernels} | {total:.2f} | {first:.1f} | "
+                print(f"| {args.label} | {prec} | {batch} | {row[1]} | {ms:.2f} | {mps:.2f} | {kernels} | {total:.2f} | {host_ms:.2f} | {first:.1f} | "
                       + " | ".join(f"{100 * per_cat[c] / total:.0f}" for c in cats) + " |", flush=True)
             built.clear()
             del model, fn

@@ -18,11 +18,11 @@ def test_modes_are_timed_in_turn_and_reported_as_medians():
     def timer(mode):
         def run():
             calls.append(mode)
-            return [float(len(calls))]  # ms grows with every call
+            return [(float(len(calls)), 0.5)]  # (ms, host ms); ms grows with every call
         return run
     medians = interleaved_medians({"A": timer("A"), "B": timer("B")}, rounds=3)
     assert calls == ["A", "B"] * 3
-    assert medians == {"A": 3.0, "B": 4.0}  # A: 1, 3, 5; B: 2, 4, 6 (1 ms apart, not 3)
+    assert medians == {"A": (3.0, 0.5), "B": (4.0, 0.5)}  # A: 1, 3, 5; B: 2, 4, 6 (1 ms apart, not 3)
 
 
 def test_compile_options_turn_on_exactly_the_named_options():
