@@ -53,6 +53,22 @@ def images_under(folder: str | Path) -> list[Path]:
     return sorted(p for p in Path(folder).rglob("*") if p.is_file() and is_image_name(p))
 
 
+def images_in(paths) -> list[Path]:
+    """Files given directly, plus the images under each folder given (`images_under`), in the
+    order given. A path that is neither raises FileNotFoundError naming it (a mistyped folder must
+    not read as an empty one)."""
+    out: list[Path] = []
+    for item in paths:
+        p = Path(item)
+        if p.is_dir():
+            out += images_under(p)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FileNotFoundError(2, "no such file or folder", str(p))
+    return out
+
+
 ORIENTATION = 0x0112
 PNG_SIG = b"\x89PNG\r\n\x1a\n"
 

@@ -34,20 +34,14 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mambacsr.degrade import center_crop, degrade, to_rgb_uint8  # noqa: E402
 from mambacsr.metrics import psnr_y, ssim_y  # noqa: E402
-from runtime.imageio import ImageData, images_under  # noqa: E402
+from runtime.imageio import ImageData, images_in  # noqa: E402
 
 
 def list_images(items) -> list[Path]:
-    out = []
-    for it in items:
-        p = Path(it)
-        if p.is_dir():
-            out += images_under(p)
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise SystemExit(f"error: --gt {p}: no such file or folder")
-    return out
+    try:
+        return images_in(items)
+    except FileNotFoundError as e:
+        raise SystemExit(f"error: --gt {e.filename}: no such file or folder") from None
 
 
 class Bicubic:

@@ -54,22 +54,18 @@ from mambacsr.atomic import atomic_write  # noqa: E402
 from mambacsr.degrade import (bicubic_resize, center_crop, degrade, lanczos_resize, lanczos_scale,  # noqa: E402
                               mod_crop, shrink_to_max_side, to_rgb_uint8)
 from mambacsr.metrics import psnr_y, ssim_y  # noqa: E402
-from runtime.imageio import images_under  # noqa: E402
+from runtime.imageio import images_in  # noqa: E402
 
 
 def log(msg: str) -> None:
     print(f"[train {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def list_images(folders) -> list[Path]:
-    out = []
-    for f in folders:
-        f = Path(f)
-        if f.is_file():
-            out.append(f)
-        else:
-            out += images_under(f)
-    return out
+def list_images(paths, flag: str) -> list[Path]:
+    try:
+        return images_in(paths)
+    except FileNotFoundError as e:
+        raise SystemExit(f"error: {flag} {e.filename}: no such file or folder") from None
 
 
 def load_rgb(path: Path, max_side: int = 0) -> np.ndarray:
@@ -199,7 +195,7 @@ def degraded_variants(img: np.ndarray, args, rng: np.random.Generator) -> list[t
 def load_training_pairs(args) -> list[tuple[np.ndarray, np.ndarray]]:
     pairs = []
     if args.hr_dir:
-        paths = list_images(args.hr_dir)
+        paths = list_images(args.hr_dir, "--hr-dir")
         rng = np.random.default_rng(args.seed)
         for p in paths:
             pairs += degraded_variants(load_rgb(p, args.max_side), args, rng)
@@ -431,7 +427,7 @@ def main(argv=None) -> int:
     # data
     t0 = time.time()
     if args.degrade == "fresh":
-        paths = list_images(args.hr_dir)
+        paths = list_images(args.hr_dir, "--hr-dir")
         sampler = FreshSampler([load_rgb(p, args.max_side) for p in paths], args.scale, args.patch, args.qf,
                                args.hr_scales, seed=args.seed + step,
                                workers=args.workers)
@@ -440,7 +436,8 @@ def main(argv=None) -> int:
     else:
         pairs = load_training_pairs(args)
         sampler = PairSampler(pairs, args.scale, args.patch, seed=args.seed + step)
-    val_images = [center_crop(load_rgb(p), args.val_crop) for p in list_images(args.val_dir)] if args.val_dir else []
+    val_paths = list_images(args.val_dir, "--val-dir") if args.val_dir else []
+    val_images = [center_crop(load_rgb(p), args.val_crop) for p in val_paths]
     log(f"data ready in {time.time() - t0:.1f}s; {len(val_images)} held-out images")
 
     multiple = model.size_multiple

@@ -243,6 +243,9 @@ def test_train_smoke_and_resume(tmp_path, monkeypatch):
     assert (out / "val.jsonl").read_text().count("\n") == 2
     fresh = common[:-4] + ["--out", str(tmp_path / "fresh"), "--degrade", "fresh", "--hr-scales", "0.8", "1"]
     assert train.main(fresh + ["--max-steps", "2"]) == 0
+    # a mistyped held-out folder is an error naming it, not an empty held-out set
+    with pytest.raises(SystemExit, match=r"error: --val-dir \S*nowhere: no such file or folder"):
+        train.main(common + ["--max-steps", "4", "--resume", "--val-dir", str(tmp_path / "nowhere")])
 
 
 def test_train_degraded_variants_move_the_jpeg_grid():

@@ -10,8 +10,8 @@ from PIL import Image, ImageCms, ImageOps
 
 from runtime.backends import Backend
 from runtime.errors import ImageError
-from runtime.imageio import (ImageData, apply_orientation, encode_png16, encode_tiff16, images_under, read_image,
-                             write_image)
+from runtime.imageio import (ImageData, apply_orientation, encode_png16, encode_tiff16, images_in, images_under,
+                             read_image, write_image)
 from runtime.tiling import Tiler
 from runtime.upscale import Upscaler
 
@@ -253,9 +253,16 @@ def test_atomic_write_leaves_no_temp_files(tmp_path, monkeypatch):
 
 
 def test_images_under_takes_image_names_and_skips_hidden_files(tmp_path):
-    """The folder scan shared by evaluation, training, calibration and data preparation."""
+    """The folder scans shared by evaluation, training, calibration and data preparation."""
     (tmp_path / "b").mkdir()
     for name in ["a.PNG", "b/c.jpg", "b/d.tiff", "._a.jpg", "b/notes.txt", "b/.hidden.png"]:
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "folder.png").mkdir()  # a folder with an image's name is not an image
     assert images_under(tmp_path) == [tmp_path / "a.PNG", tmp_path / "b/c.jpg", tmp_path / "b/d.tiff"]
+    # files as given (any name), then folders scanned, in the order given; a missing path is an error
+    (tmp_path / "notes.txt").write_bytes(b"x")
+    assert images_in([tmp_path / "notes.txt", tmp_path / "b"]) == [tmp_path / "notes.txt", tmp_path / "b/c.jpg",
+                                                                   tmp_path / "b/d.tiff"]
+    with pytest.raises(FileNotFoundError, match="no such file or folder") as e:
+        images_in([tmp_path / "b", tmp_path / "nowhere"])
+    assert e.value.filename == str(tmp_path / "nowhere")
