@@ -157,8 +157,8 @@ class SS2D(nn.Module):
         k, n, r = self.K, self.d_state, self.dt_rank
         fold_dt = u.dtype in (torch.float16, torch.bfloat16) or (u.is_cuda and torch.backends.cuda.matmul.allow_tf32)
         w_B, w_C, w_dt, A = self.scan_weights(u.dtype, fold_dt)
-        frozen = self.frozen_scan_weights
-        if b == 1 and w_dt is not None and frozen is not None and frozen["dtype"] == u.dtype:
+        frozen = self._frozen_for(u.dtype)
+        if b == 1 and w_dt is not None and frozen is not None:
             # Batch 1: one GEMM for all three (its row blocks are contiguous at batch 1).
             dts, Bs, Cs = torch.matmul(frozen["stacked"], u).split((k * d, k * n, k * n), dim=1)
         else:
@@ -173,6 +173,11 @@ class SS2D(nn.Module):
     # Set by freeze_scan_weights (inference): scan_weights' results, computed once.
     frozen_scan_weights: dict | None = None
 
+    def _frozen_for(self, dtype: torch.dtype) -> dict | None:
+        """The frozen weights if they were made for inputs of `dtype`."""
+        frozen = self.frozen_scan_weights
+        return frozen if frozen is not None and frozen["dtype"] == dtype else None
+
     def scan_weights(self, dtype: torch.dtype, fold_dt: bool):
         """The weight-only inputs of scan_core: the B and C rows of x_proj as (K*N, D) matrices,
         the folded dt weight (K*D, D) or None, and A = -exp(A_logs) in float32.
@@ -183,8 +188,8 @@ class SS2D(nn.Module):
         float32): one tensor-core GEMM beats two skinny ones (H100 fp16: 16.6 -> 13.0 ms per 64x64
         tile). Not in plain float32, where the 15x larger GEMM runs without tensor cores (78.6 ->
         90.3 ms per batch of 8); scripts/bench_gpu.py. With TF32 allowed it runs on tensor cores."""
-        frozen = self.frozen_scan_weights
-        if frozen is not None and frozen["dtype"] == dtype:
+        frozen = self._frozen_for(dtype)
+        if frozen is not None:
             return frozen["B"], frozen["C"], frozen["dt"] if fold_dt else None, frozen["A"]
         k, n, r = self.K, self.d_state, self.dt_rank
         w = self.x_proj_weight
