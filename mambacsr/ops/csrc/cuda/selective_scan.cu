@@ -121,36 +121,6 @@ __device__ __forceinline__ float exp2_approx(float x) {
     return y;
 }
 
-// 2^x for x <= 0 on the FMA and integer pipes instead of the special-function unit, whose
-// queue the scan's shared-memory reads and shuffles also wait in: x = j + f (j an integer,
-// |f| <= 1/2; adding 1.5 * 2^23 rounds x into the low bits of r), 2^f by a degree-5 polynomial
-// fitted for relative error with p(0) = 1 exactly (max 1.7e-7 relative, as ex2.approx), 2^j
-// added to the exponent field (r's bits shifted by 23 leave exactly j << 23). x is clamped at
-// -125 so the result stays a normal float (2^-125 ~ 2e-38 for anything smaller).
-__device__ __forceinline__ float exp2_poly(float x) {
-    x = fmaxf(x, -125.f);
-    const float r = x + 12582912.f;
-    const float f = x - (r - 12582912.f);
-    float q = 1.326472731307149e-3f;
-    q = fmaf(q, f, 9.671512991189957e-3f);
-    q = fmaf(q, f, 5.550733581185341e-2f);
-    q = fmaf(q, f, 2.4022242426872253e-1f);
-    q = fmaf(q, f, 6.931470036506653e-1f);
-    q = fmaf(q, f, 1.f);
-    return __int_as_float(__float_as_int(q) + (__float_as_int(r) << 23));
-}
-
-// Every MAMBACSR_POLY_EXP_PERIOD-th token of the scan's inner loop takes its decays from
-// exp2_poly (0: none; a build flag while its split is being measured).
-#ifndef MAMBACSR_POLY_EXP_PERIOD
-#define MAMBACSR_POLY_EXP_PERIOD 0
-#endif
-// (j: the token's place in the fully unrolled inner loop, so the choice folds away.)
-__device__ __forceinline__ float decay(float x, int j) {
-    constexpr int P = MAMBACSR_POLY_EXP_PERIOD;
-    return (P > 0 && j % (P > 0 ? P : 1) == P - 1) ? exp2_poly(x) : exp2_approx(x);
-}
-
 __device__ __forceinline__ float log2_approx(float x) {
     float y;
     asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
@@ -630,7 +600,7 @@ scan_kernel(const Params p) {
                 for (int j = 0; j < W; ++j) {
 #pragma unroll
                     for (int r = 0; r < R; ++r) {
-                        const float a = decay(dt[r][j] * A2[r][s], j);
+                        const float a = exp2_approx(dt[r][j] * A2[r][s]);
                         h[r][s] = fmaf(a, h[r][s], dtu[r][j] * bb[j]);
                         if (OUT) part[r][j] = fmaf(cc[j], h[r][s], part[r][j]);
                     }
