@@ -43,7 +43,7 @@ CHANNEL_MULTIPLE = 8
 
 def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
                    wide_stream: bool = True, layout_opt: bool = False, tap_convs: bool = True,
-                   scan_weights: bool = False) -> nn.Module:
+                   scan_weights: bool = True, token_rows: bool = True) -> nn.Module:
     """Compile every residual block and cross-scale fusion of `model` in place; returns it.
 
     pad: zero-pad the channel-attention convolutions first (`pad_channels`; exact). H100, Final
@@ -59,10 +59,15 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
     (`channels_last_convs`; same arithmetic): no cuDNN layout conversions, and Inductor fuses
     the taps with their neighbours. fp16 batch 8: 39.63 -> 36.97 ms, 2251 -> 2099 kernels.
     scan_weights: compute each scan's weight-only inputs once (`SS2D.freeze_scan_weights`, for
-    the model's dtype) instead of per forward. Off until measured in interleaved rounds: H100
-    fp16 batch 8 36.53 -> 36.09 ms (2101 -> 1800 kernels); batch 1 GPU time 9.32 -> 8.80 ms but
-    timed 9.81 -> 10.86 ms as the second row of its job (README). At batch 1 it also computes
-    dt, B and C with one GEMM (not yet measured).
+    the model's dtype) instead of per forward, and at batch 1 dt, B and C with one GEMM of the
+    stacked weights. H100, fp16, modes timed in interleaved rounds in one job
+    (`scripts/bench_gpu.py --rounds 8`): batch 1 9.70-9.77 -> 8.86 ms (2131 -> 1744 kernels);
+    batch 8 36.53 -> 36.09 ms (2101 -> 1800 kernels, an earlier job). Weights changed after
+    compiling need `freeze_scan_weights` again.
+
+    token_rows: the scan writes its output as token rows (B, K, L, D) (`SS2D.scan_token_rows`,
+    the kernel's MAMBACSR_LAYOUT_Y_TOKENS), so the gate's per-token LayerNorms and the sum over
+    directions read contiguous rows instead of transposing the (B, K, D, L) channel rows.
 
     Inference only (the compiled code is traced under no_grad). Safe to capture in a CUDA graph
     after a warm-up call per input shape."""
@@ -83,8 +88,10 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
     options = {"freezing": freeze, "layout_optimization": layout_opt}
     dtype = next(model.parameters()).dtype
     for module in model.modules():
-        if scan_weights and isinstance(module, SS2D):
-            module.freeze_scan_weights(dtype)
+        if isinstance(module, SS2D):
+            if scan_weights:
+                module.freeze_scan_weights(dtype)
+            module.scan_token_rows = token_rows
         if isinstance(module, LW_SS2D):
             # Column-first blocks read rows of the transposed grid; compiled, the transposes fuse.
             module.transpose_column_scans = True

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import scan_order
-from .ops import selective_scan
+from .ops import selective_scan, selective_scan_token_rows
 
 
 class DropPath(nn.Module):
@@ -136,8 +136,13 @@ class SS2D(nn.Module):
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
         self.multi_scan = MultiScan(d_inner)
 
+    #: Set by mambacsr.compiled: the scan writes its output as token rows, so the gate's
+    #: per-token LayerNorms read contiguous rows (eager and export: a transposed view).
+    scan_token_rows: bool = False
+
     def scan_core(self, u: torch.Tensor, order: tuple[int, ...]) -> torch.Tensor:
-        """u (B, D, L) in storage (image) order -> ys (B, K, D, L) in storage order.
+        """u (B, D, L) in storage (image) order -> ys (B, K, L, D): each direction's output as
+        token rows in storage order.
 
         The projections are per token, so they are computed once in storage order for all K
         directions; the scan applies each direction's order itself (no re-ordered copies)."""
@@ -146,10 +151,10 @@ class SS2D(nn.Module):
         u = u.contiguous()
         b, d, length = u.shape
         dts, Bs, Cs, A = self.scan_inputs(u)
-        ys = selective_scan(
-            u, dts, A, Bs, Cs,
-            self.Ds.float(), self.dt_projs_bias.reshape(-1).float(), True, order)
-        return ys.reshape(b, self.K, d, length)
+        args = (u, dts, A, Bs, Cs, self.Ds.float(), self.dt_projs_bias.reshape(-1).float(), True, order)
+        if self.scan_token_rows:
+            return selective_scan_token_rows(*args)
+        return selective_scan(*args).reshape(b, self.K, d, length).transpose(-1, -2)
 
     def scan_inputs(self, u: torch.Tensor):
         """delta (B, K*D, L), B and C (B, K, N, L) and A (K*D, N) float32 for u (B, D, L)."""
@@ -213,9 +218,9 @@ class SS2D(nn.Module):
                                     "stacked": torch.cat((w_dt, w_B, w_C)).contiguous()}
 
     def merge(self, ys: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """(B, K, D, HW) per-direction outputs -> gated sum -> out_norm -> (B, H, W, D).
-        All K directions in one tensor: one transpose, no per-direction slices."""
-        y = self.multi_scan.attn(ys.transpose(-1, -2)).sum(1)
+        """(B, K, HW, D) per-direction token rows -> gated sum -> out_norm -> (B, H, W, D).
+        All K directions in one tensor: no per-direction slices."""
+        y = self.multi_scan.attn(ys).sum(1)
         return self.out_norm(y).reshape(y.shape[0], h, w, -1)
 
     def project_in(self, x: torch.Tensor, in_proj: nn.Linear, conv: nn.Conv2d, act: nn.Module):
@@ -329,7 +334,7 @@ class Cross_SS2D(SS2D):
         # Storage for the cross-scale order: [half-resolution tokens ; full-resolution tokens].
         ys = self.scan_core(torch.cat((x_down.flatten(2), x.flatten(2)), dim=-1),
                             _scan_order(tuple(self.directions), h, w, True))
-        ys = ys[..., (h // 2) * (w // 2):]
+        ys = ys[:, :, (h // 2) * (w // 2):]
         y = self.merge(ys, h, w).to(x.dtype)
         out = inp * self.skip_scale + self.out_proj(y * z)
         out = out * self.skip_scale2 + self.mlp(self.ln_2(out))

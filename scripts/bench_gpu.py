@@ -12,7 +12,8 @@ ones (same shapes, same ops). Example (the README's numbers):
 with exactly those options on, side by side ('compiled' alone: its defaults); `+tf32` in a mode
 also lets that row's fp32 matrix products use TF32, `+no_layout_opt` turns Inductor's layout
 optimisation off, `+tap_convs` computes the blocks' convolutions channels-last as taps,
-`+scan_weights` computes the scans' weight-only inputs once.
+`+scan_weights` computes the scans' weight-only inputs once, `+token_rows` has the scans write
+token rows.
 
 For each precision and batch, every mode is built first and then timed in turn, `--rounds`
 times (A B A B ...): a drift over the run lands on every row alike. Naming a mode twice
@@ -198,7 +199,8 @@ def compile_options(mode: str) -> tuple[dict, bool]:
     if ":" not in mode:
         return {}, False
     chosen = set(mode.split(":", 1)[1].split("+")) - {"none"}
-    known, extra = {"pad", "freeze", "wide_stream", "tap_convs", "scan_weights"}, {"tf32", "no_layout_opt"}
+    known = {"pad", "freeze", "wide_stream", "tap_convs", "scan_weights", "token_rows"}
+    extra = {"tf32", "no_layout_opt"}
     if chosen - known - extra:
         raise SystemExit(f"unknown compile option(s) {sorted(chosen - known - extra)} in mode {mode!r}; "
                          f"known: {sorted(known | extra)}")

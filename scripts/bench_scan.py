@@ -9,6 +9,7 @@ with --baseline-lib, of an older library (ABI 1: token-order contract, u not sha
 
     python scripts/bench_scan.py                                   # the table
     python scripts/bench_scan.py --variants 1,3 --chunks 8,16,32   # tuning sweep
+    python scripts/bench_scan.py --y-tokens                        # y as token rows (compiled model)
 """
 from __future__ import annotations
 
@@ -117,6 +118,8 @@ def main(argv=None):
     ap.add_argument("--kc", type=int, default=720)
     ap.add_argument("--k", type=int, default=2)
     ap.add_argument("--n", type=int, default=16)
+    ap.add_argument("--y-tokens", action="store_true",
+                    help="y as token rows (batch, K, L, C), the compiled model's layout, instead of channel rows")
     ap.add_argument("--variants", default="0", help="comma-separated kernel ids (0 = automatic)")
     ap.add_argument("--chunks", default="0", help="comma-separated chunk counts (0 = automatic, 1 = single pass)")
     ap.add_argument("--reps", type=int, default=20, help="timed graph replays")
@@ -137,6 +140,10 @@ def main(argv=None):
     print(f"# {props.name}, {props.multi_processor_count} SMs, L2 {l2 >> 20} MiB; torch {torch.__version__}",
           flush=True)
     kc, k, n = args.kc, args.k, args.n
+
+    def out_shape(delta):
+        bt, _, length = delta.shape
+        return (bt, k, length, kc // k) if args.y_tokens else tuple(delta.shape)
     rows = []
     for dname in args.dtypes:
         dtype = DTYPES[dname]
@@ -150,7 +157,7 @@ def main(argv=None):
                     one = nbytes_of(make_set(bt, kc, k, n, length, dtype, shared))
                     nsets = max(2, min(8, math.ceil(args.l2_multiple * l2 / one)))
                     sets = [make_set(bt, kc, k, n, length, dtype, shared) for _ in range(nsets)]
-                    outs = [torch.empty_like(s[1]) for s in sets]
+                    outs = [torch.empty(out_shape(s[1]), dtype=dtype, device=s[1].device) for s in sets]
                     pools[key] = (sets, outs)
                 return pools[key]
 
@@ -181,9 +188,10 @@ def main(argv=None):
                         def run(i, v=v, c=c, order=order):
                             s = sets[i % len(sets)]
                             scan_cuda.selective_scan_cuda(*s, True, order, variant=v, chunks=c,
-                                                          out=outs[i % len(sets)])
+                                                          y_tokens=args.y_tokens, out=outs[i % len(sets)])
                         ms = time_ms(run, args.reps, args.calls)
-                        row = dict(dtype=dname, batch=bt, order=oname, kernel=names[v], chunks=used, ms=ms)
+                        row = dict(dtype=dname, batch=bt, order=oname + (" (token rows)" if args.y_tokens else ""),
+                                   kernel=names[v], chunks=used, ms=ms)
                         if oname == "identity" and used == 1 and base_single is None:
                             base_single = ms
                         row["x_single_identity"] = (base_single / ms) if base_single else None

@@ -65,3 +65,28 @@ def test_op_gradients_match_float64_reference(name, shared_u):
     if order is not None:
         wrong = grads(lambda *a: selective_scan_op(*a, True, None), args, dy)
         assert max(rel(g, r) for g, r in zip(wrong, ref)) > 1e-2
+
+
+@pytest.mark.parametrize("name", ORDERS)
+def test_token_rows_are_the_transposed_output(name):
+    """selective_scan_token_rows (the compiled graph's layout, mambacsr::selective_scan_token_rows
+    for inference): y as (batch, K, L, C) token rows, selective_scan's y transposed, through the
+    op and through autograd (same gradients). Negative control: the channel rows reinterpreted
+    as token rows without the transpose."""
+    from mambacsr.ops import selective_scan, selective_scan_token_rows
+    order = ORDERS[name]
+    args, dy = grad_inputs(order, 37 if order is None else None, shared_u=True)
+    bt, kc, length = args[1].shape
+    k = args[3].shape[1]
+    y = selective_scan(*args, True, order)
+    want = y.view(bt, k, kc // k, length).transpose(-1, -2)
+    with torch.no_grad():
+        got = selective_scan_token_rows(*args, True, order)
+    assert got.shape == (bt, k, length, kc // k) and got.is_contiguous()
+    assert torch.equal(got, want)
+    assert not torch.equal(y.reshape(got.shape), want)  # control
+    dy_rows = dy.view(bt, k, kc // k, length).transpose(-1, -2)
+    got_g = grads(lambda *a: selective_scan_token_rows(*a, True, order), args, dy_rows)
+    want_g = grads(lambda *a: selective_scan(*a, True, order), args, dy)
+    for nm, g, r in zip(NAMES, got_g, want_g):
+        assert torch.allclose(g, r, rtol=1e-5, atol=1e-6), nm

@@ -178,6 +178,44 @@ def test_paths_and_dtypes(name, bt, shared, chunks, dtype):
         assert (y.double() - ref).abs().max().item() < 8 * TOL[dtype] * ref.abs().max().item()
 
 
+# Token-row output (MAMBACSR_LAYOUT_Y_TOKENS): single pass, chunked, the 8-chunk column kernel
+# (c_w64), padding tokens (13 x 21), two maps (cross-scale), K = 4.
+TOKEN_ROW_PATHS = [
+    ("identity", 1, True, 7), ("identity", 8, True, 1), ("w8", 1, True, 0), ("w8", 8, False, 1),
+    ("c_w64", 1, True, 0), ("c_w64", 8, True, 0), ("w8_13x21", 8, True, 1),
+    ("cross_w16", 1, True, 0), ("cross_w16", 8, True, 1), ("cross_k4_32x48", 1, True, 7),
+]
+
+
+@pytest.mark.parametrize("c", [24, 12], ids=["c24", "c12"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("name,bt,shared,chunks", TOKEN_ROW_PATHS, ids=lambda v: str(v))
+def test_token_rows(name, bt, shared, chunks, dtype, c):
+    """y as token rows (batch, K, L, C): the contract's y[b, g*C + c', o] at [b, g, o, c'], equal
+    to the channel-row output bit for bit. C = 24 stores 16-byte vectors; C = 12 in 16-bit
+    does not fill one (element stores), and both leave part of a 16-channel block empty.
+    Negative controls: the channel rows reinterpreted without the transpose; the identity
+    order's positions."""
+    order = ORDERS[name]
+    k = order_k(order)
+    length = storage_length(order, 1000)
+    args = make_inputs(bt, k, c, 16, length, dtype, seed=bt * 7 + c, shared_u=shared)
+    out = torch.full((bt, k, length, c), float("nan"), dtype=dtype, device=DEV)
+    y = scan_cuda.selective_scan_cuda(*args, True, order, y_tokens=True, chunks=chunks, out=out)
+    torch.cuda.synchronize()
+    assert y is not None and y.data_ptr() == out.data_ptr()
+    assert not torch.isnan(y).any(), "kernel left token rows unwritten"
+
+    def as_rows(y_channels):
+        return y_channels.view(bt, k, c, length).transpose(-1, -2)
+    channel_rows = run_kernel(args, order=order, chunks=chunks)
+    bad = {"channel rows, not transposed": channel_rows.view(bt, k, length, c)}
+    if order is not None:
+        bad["identity order"] = as_rows(scan_f64(*args, order=None))
+    check(y, as_rows(scan_f64(*args, order=order)), TOL[dtype], bad)
+    assert torch.equal(y, as_rows(channel_rows))
+
+
 @pytest.mark.parametrize("chunks", [1, 4, 0])
 @pytest.mark.parametrize("name", ["identity", "c_w8", "cross_w16"])
 def test_softplus_full_range(name, chunks):

@@ -34,12 +34,13 @@ LIB_ENV = "MAMBACSR_SCAN_LIB"
 CACHE_FOLDER = "scan_cuda"
 #: The C ABI this binding's argtypes are written for: MAMBACSR_SCAN_ABI_VERSION of mambacsr_scan.h,
 #: checked against the library's mambacsr_scan_abi_version() on load.
-ABI_VERSION = 2
+ABI_VERSION = 3
 _FLAGS = ["-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC,-fvisibility=hidden"]
 
 # Fixed by ABI_VERSION (mambacsr_scan.h): mambacsr_dtype_t, and the one mambacsr_status_t the
 # binding acts on (the library names the others: mambacsr_scan_status_string).
 _DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+_LAYOUT_Y_TOKENS = 2  # MAMBACSR_LAYOUT_Y_TOKENS (MAMBACSR_LAYOUT_U_SHARED = 1 is kernel_inputs' flag)
 _ERR_UNSUPPORTED = 2  # MAMBACSR_ERR_UNSUPPORTED: N above the library's max states, or the dtype
 _WHAT = "CUDA SelectiveScan"  # the warning: "the CUDA SelectiveScan kernel is unavailable (...)"
 _FALLBACK = "mamba-ssm or the chunked PyTorch path"
@@ -163,15 +164,16 @@ def kernel_inputs(u, delta, A, Bs, Cs, D, delta_bias, *like_u):
 
 
 def selective_scan_cuda(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus,
-                        order: ScanOrder | None = None, *, variant: int = 0, chunks: int = 0,
-                        out: torch.Tensor | None = None):
+                        order: ScanOrder | None = None, *, y_tokens: bool = False, variant: int = 0,
+                        chunks: int = 0, out: torch.Tensor | None = None):
     """SelectiveScan on CUDA tensors through the project's kernel; None when unavailable.
 
     Storage-order contract (mambacsr_scan.h): u (batch, K*C, L), or (batch, C, L) shared by
     the K groups; delta (batch, K*C, L); Bs, Cs (batch, K, N, L): float32, float16 or bfloat16
     (delta, Bs and Cs are cast to u's dtype if they differ); A (K*C, N), D, delta_bias (K*C,)
     float32; `order` the scan order (None: identity). Returns y (batch, K*C, L) of u's dtype,
-    computed on PyTorch's current stream. `variant` (kernel id, 0 = automatic) and `chunks`
+    or with `y_tokens` the same values as token rows (batch, K, L, C), computed on PyTorch's
+    current stream. `variant` (kernel id, 0 = automatic) and `chunks`
     (0 = automatic, 1 = single pass, >= 2 = that many chunks) are for benchmarks and tests.
     """
     if not u.is_cuda or u.dtype not in _DTYPES or u.dim() != 3 or delta.dim() != 3 or Bs.dim() != 4:
@@ -186,7 +188,9 @@ def selective_scan_cuda(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus,
     (bt, kc, k, n, length, u_shared), (u, delta, A, Bs, Cs, D, delta_bias) = kernel_inputs(
         u, delta, A, Bs, Cs, D, delta_bias)
     dtype = u.dtype
-    y = torch.empty(bt, kc, length, device=u.device, dtype=dtype) if out is None else out
+    shape = (bt, k, length, kc // k) if y_tokens else (bt, kc, length)
+    y = torch.empty(shape, device=u.device, dtype=dtype) if out is None else out
+    layout = u_shared | (_LAYOUT_Y_TOKENS if y_tokens else 0)
     code = int(variant) + 256 * int(chunks)
     c_order = order_struct(order)
     order_ptr = ctypes.byref(c_order) if c_order is not None else None
@@ -201,7 +205,7 @@ def selective_scan_cuda(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus,
     ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
     stream = torch.cuda.current_stream(u.device).cuda_stream
     args = (ptr(u), ptr(delta), ptr(A), ptr(Bs), ptr(Cs), ptr(D), ptr(delta_bias), ptr(y),
-            bt, kc, k, n, length, u_shared, order_ptr, _DTYPES[dtype], int(bool(delta_softplus)),
+            bt, kc, k, n, length, layout, order_ptr, _DTYPES[dtype], int(bool(delta_softplus)),
             code, ptr(ws), ws_bytes, stream)
     if u.device.index == torch.cuda.current_device():
         status = lib.mambacsr_selective_scan_ordered(*args)

@@ -136,6 +136,49 @@ def _backward(ctx, dy):
 selective_scan_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+@torch.library.custom_op("mambacsr::selective_scan_token_rows", mutates_args=())
+def selective_scan_token_rows_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bs: torch.Tensor,
+                                 Cs: torch.Tensor, D: torch.Tensor, delta_bias: torch.Tensor,
+                                 delta_softplus: bool = True, order: Optional[list[int]] = None) -> torch.Tensor:
+    """selective_scan_op with y as token rows (batch, K, L, C) instead of (batch, K*C, L): for the
+    compiled inference graph, whose next ops (the gate's LayerNorms, out_proj) work per token.
+    The CUDA kernel writes the rows itself; elsewhere they are a transposed copy. Inference only
+    (no autograd), and never exported: the ONNX graph keeps selective_scan_op's layout."""
+    k = Bs.shape[1]
+    if u.is_cuda and os.environ.get(_FORCE_ENV, "") in ("", "native"):
+        from . import scan_cuda
+        scan_order = ScanOrder.from_list(order, k) if order else None
+        check_scan_shapes(u, delta, A, Bs, Cs, D, delta_bias, scan_order)
+        y = scan_cuda.selective_scan_cuda(u.contiguous(), delta, A, Bs, Cs, D, delta_bias, delta_softplus,
+                                          order=scan_order, y_tokens=True)
+        if y is not None:
+            return y
+    y = selective_scan_op(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, order)
+    b, kc, length = y.shape
+    return y.view(b, k, kc // k, length).transpose(-1, -2).contiguous()
+
+
+@selective_scan_token_rows_op.register_fake
+def _(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus=True, order=None):
+    b, kc, length = delta.shape
+    k = Bs.shape[1]
+    return delta.new_empty((b, k, length, kc // k), dtype=u.dtype)
+
+
+def selective_scan_token_rows(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus: bool = True,
+                              order: ScanOrder | tuple[int, ...] | None = None):
+    """selective_scan's y as token rows (batch, K, L, C): the token-rows op for inference, a
+    transposed view of selective_scan's differentiable y when gradients are needed."""
+    needs_grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (u, delta, A, Bs, Cs, D, delta_bias))
+    if needs_grad:
+        y = selective_scan(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, order)
+        b, kc, length = y.shape
+        return y.view(b, Bs.shape[1], kc // Bs.shape[1], length).transpose(-1, -2)
+    as_list = order.as_list() if isinstance(order, ScanOrder) else (list(order) if order else None)
+    return selective_scan_token_rows_op(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, as_list)
+
+
 def selective_scan(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus: bool = True,
                    order: ScanOrder | tuple[int, ...] | None = None):
     """SelectiveScan as the model uses it (storage order in and out; `order` a ScanOrder or its

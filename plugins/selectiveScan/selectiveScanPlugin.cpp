@@ -593,10 +593,10 @@ int32_t SelectiveScanPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTe
         // getWorkspaceSize covered every batch of the profile, so this problem's need fits.
         size_t const wsBytes
             = workspace != nullptr ? mambacsr_selective_scan_workspace_size(bt, kc, k, n, len, orderPtr, dtype) : 0;
-        int const uShared = (u.d[1] != kc) ? 1 : 0;
+        int const layout = (u.d[1] != kc) ? MAMBACSR_LAYOUT_U_SHARED : 0;  // y: channel rows, as the ONNX node
         int const status = mambacsr_selective_scan_ordered(inputs[kU], inputs[kDELTA],
             static_cast<float const*>(inputs[kA]), inputs[kB], inputs[kC], static_cast<float const*>(inputs[kD]),
-            static_cast<float const*>(inputs[kDELTA_BIAS]), outputs[0], bt, kc, k, n, len, uShared, orderPtr, dtype,
+            static_cast<float const*>(inputs[kDELTA_BIAS]), outputs[0], bt, kc, k, n, len, layout, orderPtr, dtype,
             mParams.deltaSoftplus, /*variant=*/0, workspace, wsBytes, stream);
         if (status != MAMBACSR_OK)
         {

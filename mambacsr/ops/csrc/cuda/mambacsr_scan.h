@@ -12,7 +12,9 @@
  *   y[b,c,o]  = sum_n CC[n] * h[n] + D[c] * uu                   (not stored if o < 0)
  *
  * Layouts (contiguous, row-major, storage order, length L): u (batch, KC, L), or (batch, C, L)
- * shared by the K groups when u_shared; delta, y (batch, KC, L); Bs, Cs (batch, K, N, L), all
+ * shared by the K groups (MAMBACSR_LAYOUT_U_SHARED); delta (batch, KC, L); y (batch, KC, L), or
+ * token rows (batch, K, L, C) with y[b, g, o, c'] (MAMBACSR_LAYOUT_Y_TOKENS: what a following
+ * per-token LayerNorm or projection reads without a transpose); Bs, Cs (batch, K, N, L), all
  * of `dtype`; A (KC, N) float32; D, delta_bias (KC,) float32 (either may be NULL: zero).
  * State and sums are float32. The call only launches on `stream`: it never allocates (scratch
  * comes from the caller's workspace), never synchronizes, and is safe to capture in a CUDA graph.
@@ -36,8 +38,13 @@ extern "C" {
 #define MAMBACSR_API __attribute__((visibility("default")))
 #endif
 
-#define MAMBACSR_SCAN_ABI_VERSION 2
+#define MAMBACSR_SCAN_ABI_VERSION 3
 #define MAMBACSR_SCAN_MAX_STATES 64
+
+/* `layout` flags of mambacsr_selective_scan_ordered (ABI 2 called the argument u_shared: 0/1
+ * mean the same). */
+#define MAMBACSR_LAYOUT_U_SHARED 1
+#define MAMBACSR_LAYOUT_Y_TOKENS 2
 
 typedef enum {
     MAMBACSR_FLOAT32 = 0,
@@ -68,8 +75,9 @@ MAMBACSR_API int mambacsr_selective_scan_ex(
     int64_t batch, int64_t kc, int64_t k, int64_t n, int64_t length,
     int dtype, int delta_softplus, int variant, cudaStream_t stream);
 
-/* The full contract: storage-order I/O, a scan order (NULL: identity), u shared by the groups
- * (u_shared != 0: u is (batch, KC / K, L)), a kernel variant (0 = automatic) and a workspace
+/* The full contract: storage-order I/O, a scan order (NULL: identity), `layout` flags
+ * (MAMBACSR_LAYOUT_U_SHARED: u is (batch, KC / K, L); MAMBACSR_LAYOUT_Y_TOKENS: y is
+ * (batch, K, L, KC / K); other bits: invalid argument), a kernel variant (0 = automatic) and a workspace
  * (16-byte aligned, contents undefined on entry and exit). With at least
  * mambacsr_selective_scan_workspace_size() bytes of workspace, small batches split each sequence
  * into chunks scanned in parallel and the order's token positions are computed once per call;
@@ -78,7 +86,7 @@ MAMBACSR_API int mambacsr_selective_scan_ex(
 MAMBACSR_API int mambacsr_selective_scan_ordered(
     const void* u, const void* delta, const float* A, const void* Bs, const void* Cs,
     const float* D, const float* delta_bias, void* y,
-    int64_t batch, int64_t kc, int64_t k, int64_t n, int64_t length, int u_shared,
+    int64_t batch, int64_t kc, int64_t k, int64_t n, int64_t length, int layout,
     const mambacsr_scan_order_t* order, int dtype, int delta_softplus, int variant,
     void* workspace, size_t workspace_bytes, cudaStream_t stream);
 

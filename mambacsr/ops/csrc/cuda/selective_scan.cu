@@ -244,6 +244,8 @@ struct Params {
     int softplus;
     int vec_ok;         // every row starts 16-byte aligned
     int u_shared;
+    int y_tokens;       // y as token rows (batch, K, L, C) instead of channel rows (batch, KC, L)
+    int y_vec;          // token rows start 16-byte aligned (C a multiple of VEC, y aligned)
     int tables;         // token positions through shared-memory tables (WINDOW, CROSS_SCALE)
     int two_maps;       // target differs from source (CROSS_SCALE)
     mambacsr_scan_order_t order;
@@ -268,11 +270,15 @@ scan_kernel(const Params p) {
     static_assert(SEG == 1 || SEG % VEC == 0, "a staged token group lies in one tile row of the segments");
     static_assert(THREADS % 32 == 0 && CB % R == 0, "whole warps, whole channel groups");
     static_assert(THREADS % VPR == 0, "a thread stages the same token group of every row");
+    static_assert(CB % VEC == 0, "token-row output: whole 16-byte vectors of the block's channels");
     using E = Elem<T>;
 
     __shared__ __align__(16) float sDt[CB * PA];
     __shared__ __align__(16) float sDtu[CB * PA];
-    __shared__ __align__(16) float sY[OUT ? CB * PA : 4];
+    // y staged per tile, two buffers (tile parity): token-row output reads other threads' staged
+    // values, which the next tile's prep would otherwise overwrite before they are read.
+    constexpr int SY = CB * PA;
+    __shared__ __align__(16) float sY[OUT ? 2 * SY : 4];
     __shared__ __align__(16) float sB[NMAX * PB];
     __shared__ __align__(16) float sC[OUT ? NMAX * PB : 4];
     __shared__ __align__(16) int sIdx[3][2][NT];  // [tile % 3][source, target][token]
@@ -517,7 +523,7 @@ scan_kernel(const Params p) {
                 }
                 put(sDt + row * PA, dt);
                 put(sDtu + row * PA, dtu);
-                if (OUT) put(sY + row * PA, du);
+                if (OUT) put(sY + (tile & 1) * SY + row * PA, du);
             }
         }
 #pragma unroll
@@ -548,14 +554,51 @@ scan_kernel(const Params p) {
                 if constexpr (SEG == 1) {
 #pragma unroll
                     for (int e = 0; e < VEC; e += 4) {
-                        const float4 f = *reinterpret_cast<const float4*>(sY + row * PA + col + e);
+                        const float4 f = *reinterpret_cast<const float4*>(sY + (tile & 1) * SY + row * PA + col + e);
                         v[e] = f.x; v[e + 1] = f.y; v[e + 2] = f.z; v[e + 3] = f.w;
                     }
                 } else {
 #pragma unroll
-                    for (int e = 0; e < VEC; ++e) v[e] = sY[row * PA + spos(col + e)];
+                    for (int e = 0; e < VEC; ++e) v[e] = sY[(tile & 1) * SY + row * PA + spos(col + e)];
                 }
                 scatter<T, VEC>(y + row * L, s, kind, E::pack(v));
+            }
+        }
+    };
+    // Token rows: y[b, g, o, c] for the block's CB channels of each token, VEC channels (16 bytes)
+    // per store; o = the token's target position (-1: not stored).
+    auto target_of = [&](int tile, int i) -> int {
+        if (p.tables) return sIdx[tile % 3][p.two_maps ? 1 : 0][i];
+        const int64_t t = token_of(tile, i);
+        return t < 0 ? -1 : (int)mambacsr_order_source(&oid, 0, t, L);
+    };
+    auto output_tokens = [&](int tile) {
+        constexpr int VPT = CB / VEC;  // vectors per token
+        constexpr int IT_Y = (NT * VPT + THREADS - 1) / THREADS;
+        const float* ys = sY + (tile & 1) * SY;
+        T* yg = static_cast<T*>(p.y) + (int64_t)(b * p.k + g) * L * p.ch_per_group + ch_first;
+#pragma unroll
+        for (int q = 0; q < IT_Y; ++q) {
+            const int vi = tid + q * THREADS;
+            const int i = vi / VPT;
+            const int c0 = (vi % VPT) * VEC;
+            if (vi >= NT * VPT || c0 >= nch) continue;
+            const int o = target_of(tile, i);
+            if (o < 0) continue;
+            float v[VEC];
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) v[e] = ys[(c0 + e) * PA + spos(i)];
+            T* dst = yg + (int64_t)o * p.ch_per_group + c0;
+            const uint4 packed = E::pack(v);
+            if (p.y_vec && c0 + VEC <= nch) {
+                st_stream(dst, packed);
+            } else {
+                const uint32_t wv[4] = {packed.x, packed.y, packed.z, packed.w};
+#pragma unroll
+                for (int e = 0; e < VEC; ++e) {
+                    if (c0 + e >= nch) continue;
+                    E::store_bits(dst + e, sizeof(T) == 4 ? wv[e] : (wv[e / 2] >> (16 * (e % 2))) & 0xffffu);
+                }
             }
         }
     };
@@ -563,7 +606,8 @@ scan_kernel(const Params p) {
 #pragma unroll
     for (int r = 0; r < R; ++r) dsum[r] = 0.f;
     const int sbase = seg * QT;  // the segment's columns in the scan layout
-    auto scan_tile = [&]() {
+    auto scan_tile = [&](int tile) {
+        float* const sYt = sY + (OUT ? (tile & 1) * SY : 0);
 #pragma unroll 2
         for (int j0 = 0; j0 < QT; j0 += W) {
             float dt[R][W], dtu[R][W], part[R][W];
@@ -623,14 +667,15 @@ scan_kernel(const Params p) {
                     }
                 }
 #pragma unroll
-                for (int r = 0; r < R; ++r) sY[(cg * R + r) * PA + sbase + j0 + w] += part[r][0];
+                for (int r = 0; r < R; ++r) sYt[(cg * R + r) * PA + sbase + j0 + w] += part[r][0];
             }
         }
     };
 
     // Pipeline: indices two tiles ahead (three buffers), global loads one tile ahead (registers).
-    // Two barriers per tile; each thread overwrites only the staged y elements it has just
-    // stored, and the index buffer it overwrites was last read before the previous barrier.
+    // Two barriers per tile; the staged y of tile + 1 goes to the other buffer, whose last
+    // readers (tile - 1's output) passed this tile's first barrier, and the index buffer a
+    // thread overwrites was last read before the previous barrier.
     fetch_idx(0);
     commit_idx(0);
     fetch_idx(1);
@@ -642,10 +687,13 @@ scan_kernel(const Params p) {
     for (int tile = 0; tile < ntiles; ++tile) {
         __syncthreads();  // tile's inputs are in shared memory
         fetch_idx(tile + 2);
-        scan_tile();
+        scan_tile(tile);
         commit_idx(tile + 2);
         __syncthreads();  // tile's outputs are complete (and tile + 2's indices)
-        if (OUT) output(tile);
+        if (OUT) {
+            if (p.y_tokens) output_tokens(tile);
+            else output(tile);
+        }
         if (tile + 1 < ntiles) {
             prep_regs(tile + 1);
             if (tile + 2 < ntiles) load_regs(tile + 2);
@@ -916,7 +964,7 @@ size_t full_workspace(const Plan& plan) {
 
 int run_plan(const void* u, const void* delta, const float* A, const void* Bs, const void* Cs,
              const float* D, const float* delta_bias, void* y, int64_t batch, int64_t kc,
-             int64_t k, int64_t n, int64_t length, int u_shared,
+             int64_t k, int64_t n, int64_t length, int layout,
              const mambacsr_scan_order_t* order, int dtype, int delta_softplus,
              const Plan& plan, void* workspace, bool use_tables, cudaStream_t stream) {
     const Variant& v = kVariants[plan.variant];
@@ -936,7 +984,9 @@ int run_plan(const void* u, const void* delta, const float* A, const void* Bs, c
     p.softplus = delta_softplus ? 1 : 0;
     p.vec_ok = (length % vec == 0) && aligned16(u) && aligned16(delta) && aligned16(Bs) &&
                aligned16(Cs) && aligned16(y);
-    p.u_shared = u_shared ? 1 : 0;
+    p.u_shared = (layout & MAMBACSR_LAYOUT_U_SHARED) ? 1 : 0;
+    p.y_tokens = (layout & MAMBACSR_LAYOUT_Y_TOKENS) ? 1 : 0;
+    p.y_vec = aligned16(y) && p.ch_per_group % vec == 0;
     if (order) p.order = *order;  // else zeros: the identity order without flips
     p.tables = p.order.kind != MAMBACSR_ORDER_IDENTITY;
     p.two_maps = p.order.kind == MAMBACSR_ORDER_CROSS_SCALE;
@@ -982,7 +1032,7 @@ extern "C" {
 int mambacsr_selective_scan_ordered(const void* u, const void* delta, const float* A, const void* Bs,
                                     const void* Cs, const float* D, const float* delta_bias, void* y,
                                     int64_t batch, int64_t kc, int64_t k, int64_t n, int64_t length,
-                                    int u_shared, const mambacsr_scan_order_t* order, int dtype,
+                                    int layout, const mambacsr_scan_order_t* order, int dtype,
                                     int delta_softplus, int variant, void* workspace,
                                     size_t workspace_bytes, cudaStream_t stream) {
     Plan plan;
@@ -990,6 +1040,7 @@ int mambacsr_selective_scan_ordered(const void* u, const void* delta, const floa
     if (status != MAMBACSR_OK) return status;
     if (batch == 0 || kc == 0 || length == 0) return MAMBACSR_OK;
     if (!u || !delta || !A || !Bs || !Cs || !y) return MAMBACSR_ERR_INVALID_ARGUMENT;
+    if (layout & ~(MAMBACSR_LAYOUT_U_SHARED | MAMBACSR_LAYOUT_Y_TOKENS)) return MAMBACSR_ERR_INVALID_ARGUMENT;
     const size_t have = workspace && aligned16(workspace) ? workspace_bytes : 0;
     if (plan.chunks > 1 && have < plan.ws_bytes) {
         // Too little workspace: the automatic choice falls back to the single pass; an
@@ -1000,7 +1051,7 @@ int mambacsr_selective_scan_ordered(const void* u, const void* delta, const floa
         if (status1 != MAMBACSR_OK) return status1;
     }
     const bool use_tables = plan.table_bytes && have >= full_workspace(plan);
-    return run_plan(u, delta, A, Bs, Cs, D, delta_bias, y, batch, kc, k, n, length, u_shared,
+    return run_plan(u, delta, A, Bs, Cs, D, delta_bias, y, batch, kc, k, n, length, layout,
                     order, dtype, delta_softplus, plan, workspace, use_tables, stream);
 }
 
