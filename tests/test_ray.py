@@ -91,9 +91,11 @@ def test_ray_worker_killed_mid_run_loses_no_image(tmp_path, capsys, ray_local, o
         while time.time() < deadline and not killed:
             if any(out.glob("*.png")):  # workers are up and busy: kill one
                 names = [x for x in ray.util.list_named_actors() if x.startswith("mambacsr-rt-worker")]
-                if names:
-                    actor = ray.get_actor(sorted(names)[0])
-                    pid = ray.get(actor.pid.remote())
+                for name in sorted(names):
+                    try:  # an earlier test's worker may still be listed, already gone
+                        pid = ray.get(ray.get_actor(name).pid.remote(), timeout=10)
+                    except (ray.exceptions.RayError, ValueError):
+                        continue
                     killed["before"] = len(list(out.glob("*.png")))
                     os.kill(pid, signal.SIGKILL)
                     killed["pid"] = pid
