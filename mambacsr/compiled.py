@@ -35,6 +35,8 @@ import math
 import torch
 import torch.nn as nn
 
+from .model import small_linear
+
 # Blocks that differ only in constants each cost a (cheap, cache-hit) recompile: allow them all.
 _RECOMPILE_LIMIT = 256
 #: Tensor cores take 16-byte rows: 8 fp16 channels.
@@ -43,7 +45,8 @@ CHANNEL_MULTIPLE = 8
 
 def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
                    wide_stream: bool = True, layout_opt: bool = False, tap_convs: bool = True,
-                   scan_weights: bool = True, token_rows: bool = True) -> nn.Module:
+                   scan_weights: bool = True, token_rows: bool = True,
+                   small_products: bool = True) -> nn.Module:
     """Compile every residual block and cross-scale fusion of `model` in place; returns it.
 
     pad: zero-pad the channel-attention convolutions first (`pad_channels`; exact). H100, Final
@@ -69,9 +72,13 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
     the kernel's MAMBACSR_LAYOUT_Y_TOKENS), so the gate's per-token LayerNorms and the sum over
     directions read contiguous rows instead of transposing the (B, K, D, L) channel rows.
 
+    small_products: the few-row projections of pooled channels (each gate's two, the channel
+    attention's squeeze and excite) as broadcast products summed in generated kernels
+    (`model.small_linear`) instead of tiny GEMM/GEMV launches: about 150 per forward.
+
     Inference only (the compiled code is traced under no_grad). Safe to capture in a CUDA graph
     after a warm-up call per input shape."""
-    from .model import LW_SS2D, SS2D, Cross_SS2D, RLMBlock
+    from .model import LW_SS2D, SS2D, BiAttn, Cross_SS2D, RLMBlock
 
     import torch._dynamo.config as dynamo_config
 
@@ -92,6 +99,8 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
             if scan_weights:
                 module.freeze_scan_weights(dtype)
             module.scan_token_rows = token_rows
+        if isinstance(module, (BiAttn, ChannelsLastCAB)):
+            module.small_products = small_products
         if isinstance(module, LW_SS2D):
             # Column-first blocks read rows of the transposed grid; compiled, the transposes fuse.
             module.transpose_column_scans = True
@@ -238,6 +247,9 @@ class ChannelsLastCAB(nn.Module):
     modules (`cab`), so parameters and state-dict keys are unchanged. Output channels = input
     channels (zero-padded weights beyond them are cut)."""
 
+    #: Set by compile_blocks: the squeeze/excite products through model.small_linear.
+    small_products: bool = False
+
     def __init__(self, cab: nn.Module):
         super().__init__()
         self.cab = cab.cab
@@ -251,8 +263,11 @@ class ChannelsLastCAB(nn.Module):
         conv1, act, conv2, attention = self.cab
         _, squeeze, relu, excite, gate = attention.attention
         y = conv2.forward_nhwc(act(conv1.forward_nhwc(x)))
-        s = relu(nn.functional.linear(y.mean((1, 2)), squeeze.weight.flatten(1), squeeze.bias))
-        s = gate(nn.functional.linear(s, excite.weight.flatten(1), excite.bias))
+        if self.small_products:
+            s = gate(small_linear(relu(small_linear(y.mean((1, 2)), squeeze)), excite))
+        else:
+            s = relu(nn.functional.linear(y.mean((1, 2)), squeeze.weight.flatten(1), squeeze.bias))
+            s = gate(nn.functional.linear(s, excite.weight.flatten(1), excite.bias))
         return (y * s[:, None, None, :])[..., :x.shape[-1]]
 
 

@@ -74,8 +74,19 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+def small_linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+    """`layer` (a Linear, or a 1x1 Conv2d as a Linear) of a few rows x, as products summed over
+    the inputs: compiled, this fuses with its neighbours into a generated reduction instead of a
+    tiny matrix-product launch of its own (mambacsr.compiled's `small_products`)."""
+    out = (x.unsqueeze(-2) * layer.weight.flatten(1)).sum(-1)
+    return out if layer.bias is None else out + layer.bias
+
+
 class BiAttn(nn.Module):
     """Channel gate applied to each direction's scan output before the directions are summed."""
+
+    #: Set by mambacsr.compiled: the pooled row's two projections through small_linear.
+    small_products: bool = False
 
     def __init__(self, in_channels: int, act_ratio: float = 0.125):
         super().__init__()
@@ -88,6 +99,9 @@ class BiAttn(nn.Module):
 
     def forward(self, x):  # (..., L, C): each leading index (batch, direction) gated on its own
         pooled = self.norm(x).mean(-2, keepdim=True)
+        if self.small_products:
+            hidden = self.act_fn(small_linear(pooled, self.global_reduce))
+            return x * self.gate_fn(small_linear(hidden, self.channel_select))
         return x * self.gate_fn(self.channel_select(self.act_fn(self.global_reduce(pooled))))
 
 

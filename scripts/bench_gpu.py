@@ -13,7 +13,7 @@ with exactly those options on, side by side ('compiled' alone: its defaults); `+
 also lets that row's fp32 matrix products use TF32, `+no_layout_opt` turns Inductor's layout
 optimisation off, `+tap_convs` computes the blocks' convolutions channels-last as taps,
 `+scan_weights` computes the scans' weight-only inputs once, `+token_rows` has the scans write
-token rows.
+token rows, `+small_products` sums the gates' few-row projections in generated kernels.
 
 For each precision and batch, every mode is built first and then timed in turn, `--rounds`
 times (A B A B ...): a drift over the run lands on every row alike. Naming a mode twice
@@ -199,7 +199,7 @@ def compile_options(mode: str) -> tuple[dict, bool]:
     if ":" not in mode:
         return {}, False
     chosen = set(mode.split(":", 1)[1].split("+")) - {"none"}
-    known = {"pad", "freeze", "wide_stream", "tap_convs", "scan_weights", "token_rows"}
+    known = {"pad", "freeze", "wide_stream", "tap_convs", "scan_weights", "token_rows", "small_products"}
     extra = {"tf32", "no_layout_opt"}
     if chosen - known - extra:
         raise SystemExit(f"unknown compile option(s) {sorted(chosen - known - extra)} in mode {mode!r}; "

@@ -206,3 +206,18 @@ def test_channels_last_convs_are_exact(pad):
             if tap.depthwise:
                 tap.weight.copy_(tap.weight.flip(-1, -2))
         assert rel(model(x), want) > 100 * EXACT
+
+
+@pytest.mark.parametrize("rows", [(1,), (2, 3, 1)], ids=["1row", "batched"])
+def test_small_linear_is_the_layer(rows):
+    """model.small_linear (compile_blocks' small_products) computes a Linear and a 1x1 Conv2d of
+    a few rows as the layer itself does. Negative control: a weight off by 1e-3 in one entry."""
+    from mambacsr.model import small_linear
+    torch.manual_seed(0)
+    linear, conv = torch.nn.Linear(40, 5), torch.nn.Conv2d(40, 5, 1)
+    x = torch.randn(*rows, 40)
+    with torch.no_grad():
+        for layer, want in ((linear, linear(x)), (conv, F.linear(x, conv.weight.flatten(1), conv.bias))):
+            assert rel(small_linear(x, layer), want) < 1e-6
+            layer.weight[2, 7] += 1e-3
+            assert rel(small_linear(x, layer), want) > 1e-5
