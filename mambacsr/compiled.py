@@ -70,11 +70,14 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
 
     token_rows: the scan writes its output as token rows (B, K, L, D) (`SS2D.scan_token_rows`,
     the kernel's MAMBACSR_LAYOUT_Y_TOKENS), so the gate's per-token LayerNorms and the sum over
-    directions read contiguous rows instead of transposing the (B, K, D, L) channel rows.
+    directions read contiguous rows instead of transposing the (B, K, D, L) channel rows. H100
+    fp16, interleaved rounds: batch 1 8.83 -> 8.49 ms, batch 8 36.39 -> 34.56 ms.
 
     small_products: the few-row projections of pooled channels (each gate's two, the channel
     attention's squeeze and excite) as broadcast products summed in generated kernels
-    (`model.small_linear`) instead of tiny GEMM/GEMV launches: about 150 per forward.
+    (`model.small_linear`) instead of tiny GEMM/GEMV launches: about 150 per forward. H100
+    fp16, interleaved rounds: batch 1 8.60 -> 8.24 ms (1679 -> 1594 kernels), batch 8 34.66 ->
+    33.94 ms.
 
     Inference only (the compiled code is traced under no_grad). Safe to capture in a CUDA graph
     after a warm-up call per input shape."""
