@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import scan_order
-from .ops import selective_scan, selective_scan_token_rows
+from .ops import as_token_rows, selective_scan, selective_scan_token_rows
 
 
 class DropPath(nn.Module):
@@ -163,12 +163,11 @@ class SS2D(nn.Module):
         # The op takes contiguous inputs; compiled, this makes the kernel that computes u write it
         # in this layout instead of the op copying it (eager: u is contiguous already, a no-op).
         u = u.contiguous()
-        b, d, length = u.shape
         dts, Bs, Cs, A = self.scan_inputs(u)
         args = (u, dts, A, Bs, Cs, self.Ds.float(), self.dt_projs_bias.reshape(-1).float(), True, order)
         if self.scan_token_rows:
             return selective_scan_token_rows(*args)
-        return selective_scan(*args).reshape(b, self.K, d, length).transpose(-1, -2)
+        return as_token_rows(selective_scan(*args), self.K)
 
     def scan_inputs(self, u: torch.Tensor):
         """delta (B, K*D, L), B and C (B, K, N, L) and A (K*D, N) float32 for u (B, D, L)."""

@@ -136,6 +136,12 @@ def _backward(ctx, dy):
 selective_scan_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def as_token_rows(y: torch.Tensor, k: int) -> torch.Tensor:
+    """The op's y (batch, K*C, L) as token rows (batch, K, L, C): a transposed view."""
+    b, kc, length = y.shape
+    return y.view(b, k, kc // k, length).transpose(-1, -2)
+
+
 @torch.library.custom_op("mambacsr::selective_scan_token_rows", mutates_args=())
 def selective_scan_token_rows_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bs: torch.Tensor,
                                  Cs: torch.Tensor, D: torch.Tensor, delta_bias: torch.Tensor,
@@ -149,13 +155,11 @@ def selective_scan_token_rows_op(u: torch.Tensor, delta: torch.Tensor, A: torch.
         from . import scan_cuda
         scan_order = ScanOrder.from_list(order, k) if order else None
         check_scan_shapes(u, delta, A, Bs, Cs, D, delta_bias, scan_order)
-        y = scan_cuda.selective_scan_cuda(u.contiguous(), delta, A, Bs, Cs, D, delta_bias, delta_softplus,
+        y = scan_cuda.selective_scan_cuda(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus,
                                           order=scan_order, y_tokens=True)
         if y is not None:
             return y
-    y = selective_scan_op(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, order)
-    b, kc, length = y.shape
-    return y.view(b, k, kc // k, length).transpose(-1, -2).contiguous()
+    return as_token_rows(selective_scan_op(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, order), k).contiguous()
 
 
 @selective_scan_token_rows_op.register_fake
@@ -172,9 +176,7 @@ def selective_scan_token_rows(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus
     needs_grad = torch.is_grad_enabled() and any(
         t.requires_grad for t in (u, delta, A, Bs, Cs, D, delta_bias))
     if needs_grad:
-        y = selective_scan(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, order)
-        b, kc, length = y.shape
-        return y.view(b, Bs.shape[1], kc // Bs.shape[1], length).transpose(-1, -2)
+        return as_token_rows(selective_scan(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, order), Bs.shape[1])
     as_list = order.as_list() if isinstance(order, ScanOrder) else (list(order) if order else None)
     return selective_scan_token_rows_op(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, as_list)
 
