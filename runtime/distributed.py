@@ -61,9 +61,6 @@ class UpscaleWorker:
     def ready(self) -> tuple[str | None, str | None]:
         return self.error, self.line
 
-    def pid(self) -> int:
-        return os.getpid()
-
     def upscale(self, name: str, data: bytes) -> dict:
         """Decode, upscale, encode one image. Failures come back as values, not exceptions, so
         a bad image is reported by name and is never retried as if the worker had died."""

@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -75,8 +76,21 @@ def test_ray_bad_file_reported_exit_1(tmp_path, capsys, ray_local, onnx_model, i
         f"p{i}.png" for i in range(N_IMAGES))
 
 
+def _busy_worker_pids() -> list[int]:
+    """Processes whose Ray title says they are running UpscaleWorker.upscale right now."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            title = cmdline.read_bytes()
+        except OSError:  # gone meanwhile
+            continue
+        if title.startswith(b"ray::UpscaleWorker.upscale"):
+            pids.append(int(cmdline.parent.name))
+    return sorted(pids)
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds the worker through /proc")
 def test_ray_worker_killed_mid_run_loses_no_image(tmp_path, capsys, ray_local, onnx_model):
-    ray = ray_local
     src = tmp_path / "in"
     src.mkdir()
     n = 12
@@ -84,28 +98,27 @@ def test_ray_worker_killed_mid_run_loses_no_image(tmp_path, capsys, ray_local, o
         write_rgb(src / f"k{i:02d}.png", 96, 96, seed=i)
     out = tmp_path / "out"
     flags = ["--onnx", onnx_model, "--tile", "16", "--overlap", "4", "--tta"]  # slow enough to be killed in
-    killed = {}
+    killed, finished = {}, threading.Event()
 
     def killer():
-        deadline = time.time() + 50
-        while time.time() < deadline and not killed:
-            if any(out.glob("*.png")):  # workers are up and busy: kill one
-                names = [x for x in ray.util.list_named_actors() if x.startswith("mambacsr-rt-worker")]
-                for name in sorted(names):
-                    try:  # an earlier test's worker may still be listed, already gone
-                        pid = ray.get(ray.get_actor(name).pid.remote(), timeout=10)
-                    except (ray.exceptions.RayError, ValueError):
-                        continue
-                    killed["before"] = len(list(out.glob("*.png")))
-                    os.kill(pid, signal.SIGKILL)
-                    killed["pid"] = pid
-                    return
+        # A worker busy on an image is found by the title Ray gives its process, not by asking the
+        # actor: a call to a busy actor waits behind the images queued on it.
+        while not finished.is_set():
+            pids = _busy_worker_pids()
+            if pids and any(out.glob("*.png")):  # workers are up and past their first image
+                killed["before"] = len(list(out.glob("*.png")))
+                os.kill(pids[0], signal.SIGKILL)
+                killed["pid"] = pids[0]
+                return
             time.sleep(0.02)
 
     t = threading.Thread(target=killer)
     t.start()
-    code, stdout, err = run_cli(capsys, "upscale", src, "-o", out, *flags, "--ray", "--workers", "2")
-    t.join()
+    try:
+        code, stdout, err = run_cli(capsys, "upscale", src, "-o", out, *flags, "--ray", "--workers", "2")
+    finally:
+        finished.set()
+        t.join()
     assert killed, "no worker was killed: the run ended first"
     assert killed["before"] < n, "the worker was killed after the last image: nothing was tested"
     assert code == 0, err
