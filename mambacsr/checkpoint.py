@@ -10,6 +10,7 @@ import json
 import os
 import pickle
 import re
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping
@@ -91,7 +92,9 @@ def load_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither a torch.save archive nor a "
                               f"pickle): pass an official .pth or a .safetensors file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a corrupt file's stray protocol byte is not news: the error says it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         code = re.search(r"GLOBAL ([\w.]+)", str(e))
         if code:  # the weights-only unpickler met a reference to a function or class
