@@ -85,12 +85,21 @@ def _forward(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, order):
     return _in_token_order(selective_scan_chunked, u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, order)
 
 
+def _scan_order(order: Optional[list[int]], k: int) -> ScanOrder | None:
+    """An op's `order` attribute (a flat int list, or None for the identity) as a ScanOrder."""
+    return ScanOrder.from_list(order, k) if order else None
+
+
+def _order_list(order: ScanOrder | tuple[int, ...] | None) -> Optional[list[int]]:
+    """The model's `order` (a ScanOrder or its as_list()) as the ops' attribute."""
+    return order.as_list() if isinstance(order, ScanOrder) else (list(order) if order else None)
+
+
 @torch.library.custom_op("mambacsr::selective_scan", mutates_args=())
 def selective_scan_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bs: torch.Tensor,
                       Cs: torch.Tensor, D: torch.Tensor, delta_bias: torch.Tensor,
                       delta_softplus: bool = True, order: Optional[list[int]] = None) -> torch.Tensor:
-    k = Bs.shape[1]
-    scan_order = ScanOrder.from_list(order, k) if order else None
+    scan_order = _scan_order(order, Bs.shape[1])
     check_scan_shapes(u, delta, A, Bs, Cs, D, delta_bias, scan_order)
     u, delta, Bs, Cs = (t.contiguous() for t in (u, delta, Bs, Cs))
     return _forward(u, delta, A.float().contiguous(), Bs, Cs, D.float().contiguous(),
@@ -122,7 +131,7 @@ def _backward_by_recompute(inputs, dy, delta_softplus, order):
 
 def _backward(ctx, dy):
     inputs = ctx.saved_tensors
-    order = ScanOrder.from_list(ctx.order, inputs[3].shape[1]) if ctx.order else None
+    order = _scan_order(ctx.order, inputs[3].shape[1])
     grads = None
     if dy.is_cuda and os.environ.get(_FORCE_ENV, "") not in ("reference", "chunked"):
         grads = scan_cuda_backward.selective_scan_backward_cuda(*inputs, dy, ctx.delta_softplus, order)
@@ -153,7 +162,7 @@ def selective_scan_token_rows_op(u: torch.Tensor, delta: torch.Tensor, A: torch.
     k = Bs.shape[1]
     if u.is_cuda and os.environ.get(_FORCE_ENV, "") in ("", "native"):
         from . import scan_cuda
-        scan_order = ScanOrder.from_list(order, k) if order else None
+        scan_order = _scan_order(order, k)
         check_scan_shapes(u, delta, A, Bs, Cs, D, delta_bias, scan_order)
         y = scan_cuda.selective_scan_cuda(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus,
                                           order=scan_order, y_tokens=True)
@@ -177,8 +186,7 @@ def selective_scan_token_rows(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus
         t.requires_grad for t in (u, delta, A, Bs, Cs, D, delta_bias))
     if needs_grad:
         return as_token_rows(selective_scan(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, order), Bs.shape[1])
-    as_list = order.as_list() if isinstance(order, ScanOrder) else (list(order) if order else None)
-    return selective_scan_token_rows_op(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, as_list)
+    return selective_scan_token_rows_op(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, _order_list(order))
 
 
 def selective_scan(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus: bool = True,
@@ -190,8 +198,7 @@ def selective_scan(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus: bool = Tr
         t.requires_grad for t in (u, delta, A, Bs, Cs, D, delta_bias))
     forced = os.environ.get(_FORCE_ENV, "")
     if not needs_grad or (u.is_cuda and forced == "" and scan_cuda_backward.available(u.device.index)):
-        as_list = order.as_list() if isinstance(order, ScanOrder) else (list(order) if order else None)
-        return selective_scan_op(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, as_list)
+        return selective_scan_op(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, _order_list(order))
     if order is not None and not isinstance(order, ScanOrder):
         order = ScanOrder.from_list(order, Bs.shape[1])
     check_scan_shapes(u, delta, A, Bs, Cs, D, delta_bias, order)
