@@ -46,7 +46,7 @@ CHANNEL_MULTIPLE = 8
 def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
                    wide_stream: bool = True, layout_opt: bool = False, tap_convs: bool = True,
                    scan_weights: bool = True, token_rows: bool = True,
-                   small_products: bool = True) -> nn.Module:
+                   small_products: bool = True, token_inputs: bool = True) -> nn.Module:
     """Compile every residual block and cross-scale fusion of `model` in place; returns it.
 
     pad: zero-pad the channel-attention convolutions first (`pad_channels`; exact). H100, Final
@@ -73,6 +73,9 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
     directions read contiguous rows instead of transposing the (B, K, D, L) channel rows. H100
     fp16, interleaved rounds: batch 1 8.83 -> 8.49 ms, batch 8 36.39 -> 34.56 ms.
 
+    token_inputs (with token_rows): the scan also reads token rows: u as a view of the tap
+    convolution's channels-last output (no transposing write) and delta, B and C as views of one
+    token-row GEMM at every batch (the kernel's strided inputs). Not yet measured.
     small_products: the few-row projections of pooled channels (each gate's two, the channel
     attention's squeeze and excite) as broadcast products summed in generated kernels
     (`model.small_linear`) instead of tiny GEMM/GEMV launches: about 150 per forward. H100
@@ -102,6 +105,7 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
             if scan_weights:
                 module.freeze_scan_weights(dtype)
             module.scan_token_rows = token_rows
+            module.scan_token_inputs = token_inputs
         if isinstance(module, (BiAttn, ChannelsLastCAB)):
             module.small_products = small_products
         if isinstance(module, LW_SS2D):

@@ -153,16 +153,26 @@ class SS2D(nn.Module):
     #: Set by mambacsr.compiled: the scan writes its output as token rows, so the gate's
     #: per-token LayerNorms read contiguous rows (eager and export: a transposed view).
     scan_token_rows: bool = False
+    #: Set by mambacsr.compiled (with scan_token_rows): u goes to the scan as a view of token rows
+    #: and its projections as views of one token-row GEMM (the kernel reads any strides).
+    scan_token_inputs: bool = False
+
+    def _token_inputs(self) -> bool:
+        return self.scan_token_rows and self.scan_token_inputs
 
     def scan_core(self, u: torch.Tensor, order: tuple[int, ...]) -> torch.Tensor:
         """u (B, D, L) in storage (image) order -> ys (B, K, L, D): each direction's output as
         token rows in storage order.
 
         The projections are per token, so they are computed once in storage order for all K
-        directions; the scan applies each direction's order itself (no re-ordered copies)."""
-        # The op takes contiguous inputs; compiled, this makes the kernel that computes u write it
-        # in this layout instead of the op copying it (eager: u is contiguous already, a no-op).
-        u = u.contiguous()
+        directions; the scan applies each direction's order itself (no re-ordered copies). With
+        scan_token_inputs, u may be a view of token rows (B, L, D) (`token_rows`): the scan then
+        reads it, and its projections, in place."""
+        if not self._token_inputs():
+            # The op takes contiguous inputs; compiled, this makes the kernel that computes u write
+            # it in this layout instead of the op copying it (eager: u is contiguous, a no-op).
+            u = u.contiguous()
+        b, d, length = u.shape
         dts, Bs, Cs, A = self.scan_inputs(u)
         args = (u, dts, A, Bs, Cs, self.Ds.float(), self.dt_projs_bias.reshape(-1).float(), True, order)
         if self.scan_token_rows:
@@ -176,6 +186,14 @@ class SS2D(nn.Module):
         fold_dt = u.dtype in (torch.float16, torch.bfloat16) or (u.is_cuda and torch.backends.cuda.matmul.allow_tf32)
         w_B, w_C, w_dt, A = self.scan_weights(u.dtype, fold_dt)
         frozen = self._frozen_for(u.dtype)
+        if w_dt is not None and frozen is not None and u.stride(1) == 1 and u.stride(2) == d:
+            # u is token rows (B, L, D): one GEMM for all three, whose (B, L, K*D + 2*K*N) token
+            # rows the scan reads as views (no copies: the op takes any strides).
+            out = torch.matmul(u.transpose(1, 2), frozen["stacked"].t())
+            dts = out[..., :k * d].transpose(1, 2)
+            Bs, Cs = (out[..., k * d + i * k * n:k * d + (i + 1) * k * n].unflatten(-1, (k, n)).permute(0, 2, 3, 1)
+                      for i in (0, 1))
+            return dts, Bs, Cs, A
         if b == 1 and w_dt is not None and frozen is not None:
             # Batch 1: one GEMM for all three (its row blocks are contiguous at batch 1).
             dts, Bs, Cs = torch.matmul(frozen["stacked"], u).split((k * d, k * n, k * n), dim=1)
@@ -242,6 +260,15 @@ class SS2D(nn.Module):
         return act(conv_from_nhwc(conv, x)), act(z)
 
 
+def token_rows(x: torch.Tensor, transposed: bool = False) -> torch.Tensor:
+    """(B, D, H, W) -> the same tokens as a (B, D, L) view of token rows (B, L, D), L = H*W
+    row-first (W*H column-first if `transposed`). No copy when x is a view of channels-last
+    (B, H, W, D) data, as the compiled blocks' tap convolutions produce."""
+    b, d = x.shape[:2]
+    return x.permute(0, 3, 2, 1).reshape(b, -1, d).transpose(1, 2) if transposed else \
+        x.permute(0, 2, 3, 1).reshape(b, -1, d).transpose(1, 2)
+
+
 class LW_SS2D(SS2D):
     """Local-window selective scan (the attention part of each RLMB block)."""
 
@@ -257,10 +284,12 @@ class LW_SS2D(SS2D):
             # grid, whose tokens the kernel reads in contiguous runs. Compiled, the two transposes
             # fuse into the kernels that write u and read y, so they cost no memory pass.
             rows = tuple(d[2:] for d in self.directions)  # 'c_w64_flip' -> 'w64_flip'
-            ys = self.scan_core(x.transpose(-1, -2).flatten(2), _scan_order(rows, w, h, False))
+            u = token_rows(x, transposed=True) if self._token_inputs() else x.transpose(-1, -2).flatten(2)
+            ys = self.scan_core(u, _scan_order(rows, w, h, False))
             y = self.merge(ys, w, h).transpose(1, 2).to(x.dtype)
         else:
-            ys = self.scan_core(x.flatten(2), _scan_order(tuple(self.directions), h, w, False))
+            u = token_rows(x) if self._token_inputs() else x.flatten(2)
+            ys = self.scan_core(u, _scan_order(tuple(self.directions), h, w, False))
             y = self.merge(ys, h, w).to(x.dtype)
         return self.out_proj(y * z)
 
@@ -345,8 +374,11 @@ class Cross_SS2D(SS2D):
         x_down = _widen(x_down.reshape(b, h // 2, w // 2, c), self.stream_channels)
         x_down, _ = self.project_in(x_down, self.in_proj_down, self.conv2d2, self.act_down)
         # Storage for the cross-scale order: [half-resolution tokens ; full-resolution tokens].
-        ys = self.scan_core(torch.cat((x_down.flatten(2), x.flatten(2)), dim=-1),
-                            _scan_order(tuple(self.directions), h, w, True))
+        if self._token_inputs():
+            u = torch.cat((token_rows(x_down).transpose(1, 2), token_rows(x).transpose(1, 2)), dim=1).transpose(1, 2)
+        else:
+            u = torch.cat((x_down.flatten(2), x.flatten(2)), dim=-1)
+        ys = self.scan_core(u, _scan_order(tuple(self.directions), h, w, True))
         ys = ys[:, :, (h // 2) * (w // 2):]
         y = self.merge(ys, h, w).to(x.dtype)
         out = inp * self.skip_scale + self.out_proj(y * z)

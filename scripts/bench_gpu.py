@@ -199,7 +199,8 @@ def compile_options(mode: str) -> tuple[dict, bool]:
     if ":" not in mode:
         return {}, False
     chosen = set(mode.split(":", 1)[1].split("+")) - {"none"}
-    known = {"pad", "freeze", "wide_stream", "tap_convs", "scan_weights", "token_rows", "small_products"}
+    known = {"pad", "freeze", "wide_stream", "tap_convs", "scan_weights", "token_rows", "small_products",
+             "token_inputs"}
     extra = {"tf32", "no_layout_opt"}
     if chosen - known - extra:
         raise SystemExit(f"unknown compile option(s) {sorted(chosen - known - extra)} in mode {mode!r}; "

@@ -75,6 +75,18 @@ def time_ms(fn, reps: int, calls: int) -> float:
     return statistics.median(times)
 
 
+def as_token_rows(s):
+    """The set as the compiled model passes it: u a view of token rows, delta/B/C views of one
+    (B, L, K*C + 2*K*N) projection output (strided inputs: no vector loads)."""
+    u, delta, A, Bs, Cs, D, bias = s
+    k, n, kc = Bs.shape[1], Bs.shape[2], delta.shape[1]
+    rows = torch.cat((delta.transpose(1, 2), Bs.flatten(1, 2).transpose(1, 2), Cs.flatten(1, 2).transpose(1, 2)),
+                     dim=-1).contiguous()
+    sB, sC = (rows[..., kc + i * k * n:kc + (i + 1) * k * n].unflatten(-1, (k, n)).permute(0, 2, 3, 1)
+              for i in (0, 1))
+    return u.transpose(1, 2).contiguous().transpose(1, 2), rows[..., :kc].transpose(1, 2), A, sB, sC, D, bias
+
+
 def make_set(bt, kc, k, n, length, dtype, shared):
     u = torch.randn(bt, kc // k if shared else kc, length, device="cuda").to(dtype)
     delta = (torch.randn(bt, kc, length, device="cuda") * 0.5 - 1.0).to(dtype)
@@ -120,6 +132,8 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--y-tokens", action="store_true",
                     help="y as token rows (batch, K, L, C), the compiled model's layout, instead of channel rows")
+    ap.add_argument("--token-inputs", action="store_true",
+                    help="inputs as views of token rows (u) and of one projection's output (delta, B, C)")
     ap.add_argument("--variants", default="0", help="comma-separated kernel ids (0 = automatic)")
     ap.add_argument("--chunks", default="0", help="comma-separated chunk counts (0 = automatic, 1 = single pass)")
     ap.add_argument("--reps", type=int, default=20, help="timed graph replays")
@@ -157,6 +171,8 @@ def main(argv=None):
                     one = nbytes_of(make_set(bt, kc, k, n, length, dtype, shared))
                     nsets = max(2, min(8, math.ceil(args.l2_multiple * l2 / one)))
                     sets = [make_set(bt, kc, k, n, length, dtype, shared) for _ in range(nsets)]
+                    if args.token_inputs:
+                        sets = [as_token_rows(s) for s in sets]
                     outs = [torch.empty(out_shape(s[1]), dtype=dtype, device=s[1].device) for s in sets]
                     pools[key] = (sets, outs)
                 return pools[key]
@@ -190,7 +206,8 @@ def main(argv=None):
                             scan_cuda.selective_scan_cuda(*s, True, order, variant=v, chunks=c,
                                                           y_tokens=args.y_tokens, out=outs[i % len(sets)])
                         ms = time_ms(run, args.reps, args.calls)
-                        row = dict(dtype=dname, batch=bt, order=oname + (" (token rows)" if args.y_tokens else ""),
+                        tag = (" (token-row inputs)" if args.token_inputs else "") + (" (token rows)" if args.y_tokens else "")
+                        row = dict(dtype=dname, batch=bt, order=oname + tag,
                                    kernel=names[v], chunks=used, ms=ms)
                         if oname == "identity" and used == 1 and base_single is None:
                             base_single = ms

@@ -68,7 +68,8 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("options", [{}, {"wide_stream": False, "layout_opt": True, "tap_convs": False, "scan_weights": False}],
+@pytest.mark.parametrize("options", [{}, {"wide_stream": False, "layout_opt": True, "tap_convs": False, "scan_weights": False,
+                                     "token_inputs": False}],
                          ids=["defaults", "padded-only-layout-opt"])
 @pytest.mark.parametrize("cfg", [dict(WO_SMALL, embed_dim=30), dict(FINAL_SMALL, embed_dim=30)], ids=["wo", "final"])
 def test_compiled_forward_matches_eager(cfg, options, device, full_fp32):

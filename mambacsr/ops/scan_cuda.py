@@ -34,7 +34,7 @@ LIB_ENV = "MAMBACSR_SCAN_LIB"
 CACHE_FOLDER = "scan_cuda"
 #: The C ABI this binding's argtypes are written for: MAMBACSR_SCAN_ABI_VERSION of mambacsr_scan.h,
 #: checked against the library's mambacsr_scan_abi_version() on load.
-ABI_VERSION = 3
+ABI_VERSION = 4
 _FLAGS = ["-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC,-fvisibility=hidden"]
 
 # Fixed by ABI_VERSION (mambacsr_scan.h): mambacsr_dtype_t, and the one mambacsr_status_t the
@@ -94,11 +94,23 @@ def build_library(arch: str, nvcc: str | None = None, out_dir: Path | None = Non
         key=(native_build.compiler_version(nvcc), " ".join(_FLAGS), gencode), verbose=verbose)
 
 
+class ScanStrides(ctypes.Structure):
+    """mambacsr_scan_strides_t: element strides of u, delta (batch, channel, token) and Bs, Cs
+    (batch, group, state, token)."""
+    _fields_ = [("u", ctypes.c_int64 * 3), ("delta", ctypes.c_int64 * 3),
+                ("B", ctypes.c_int64 * 4), ("C", ctypes.c_int64 * 4)]
+
+    @classmethod
+    def of(cls, u: torch.Tensor, delta: torch.Tensor, Bs: torch.Tensor, Cs: torch.Tensor) -> "ScanStrides":
+        return cls((ctypes.c_int64 * 3)(*u.stride()), (ctypes.c_int64 * 3)(*delta.stride()),
+                   (ctypes.c_int64 * 4)(*Bs.stride()), (ctypes.c_int64 * 4)(*Cs.stride()))
+
+
 def _bind(lib: ctypes.CDLL) -> None:
     native_build.check_version(lib, "mambacsr_scan_abi_version", ABI_VERSION)
-    fn = lib.mambacsr_selective_scan_ordered
+    fn = lib.mambacsr_selective_scan_strided
     fn.argtypes = ([ctypes.c_void_p] * 8 + [ctypes.c_int64] * 5 +
-                   [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                   [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                     ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p])
     fn.restype = ctypes.c_int
     ws = lib.mambacsr_selective_scan_workspace_size_ex
@@ -170,7 +182,8 @@ def selective_scan_cuda(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus,
 
     Storage-order contract (mambacsr_scan.h): u (batch, K*C, L), or (batch, C, L) shared by
     the K groups; delta (batch, K*C, L); Bs, Cs (batch, K, N, L): float32, float16 or bfloat16
-    (delta, Bs and Cs are cast to u's dtype if they differ); A (K*C, N), D, delta_bias (K*C,)
+    (delta, Bs and Cs are cast to u's dtype if they differ), any strides (views such as token
+    rows or slices of one projection's output are read in place); A (K*C, N), D, delta_bias (K*C,)
     float32; `order` the scan order (None: identity). Returns y (batch, K*C, L) of u's dtype,
     or with `y_tokens` the same values as token rows (batch, K, L, C), computed on PyTorch's
     current stream. `variant` (kernel id, 0 = automatic) and `chunks`
@@ -185,9 +198,14 @@ def selective_scan_cuda(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus,
         return None
     if Bs.shape[2] > lib.mambacsr_scan_max_states():
         return None
-    (bt, kc, k, n, length, u_shared), (u, delta, A, Bs, Cs, D, delta_bias) = kernel_inputs(
-        u, delta, A, Bs, Cs, D, delta_bias)
+    bt, kc, length = delta.shape
+    k, n = Bs.shape[1], Bs.shape[2]
+    u_shared = int(u.shape[1] != kc)
     dtype = u.dtype
+    delta, Bs, Cs = (t if t.dtype == dtype else t.to(dtype) for t in (delta, Bs, Cs))
+    A, D, delta_bias = (None if t is None else t.to(device=u.device, dtype=torch.float32).contiguous()
+                        for t in (A, D, delta_bias))
+    strides = ScanStrides.of(u, delta, Bs, Cs)
     shape = (bt, k, length, kc // k) if y_tokens else (bt, kc, length)
     y = torch.empty(shape, device=u.device, dtype=dtype) if out is None else out
     layout = u_shared | (_LAYOUT_Y_TOKENS if y_tokens else 0)
@@ -205,18 +223,18 @@ def selective_scan_cuda(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus,
     ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
     stream = torch.cuda.current_stream(u.device).cuda_stream
     args = (ptr(u), ptr(delta), ptr(A), ptr(Bs), ptr(Cs), ptr(D), ptr(delta_bias), ptr(y),
-            bt, kc, k, n, length, layout, order_ptr, _DTYPES[dtype], int(bool(delta_softplus)),
-            code, ptr(ws), ws_bytes, stream)
+            bt, kc, k, n, length, layout, ctypes.byref(strides), order_ptr, _DTYPES[dtype],
+            int(bool(delta_softplus)), code, ptr(ws), ws_bytes, stream)
     if u.device.index == torch.cuda.current_device():
-        status = lib.mambacsr_selective_scan_ordered(*args)
+        status = lib.mambacsr_selective_scan_strided(*args)
     else:
         with torch.cuda.device(u.device):
-            status = lib.mambacsr_selective_scan_ordered(*args)
+            status = lib.mambacsr_selective_scan_strided(*args)
     if status == _ERR_UNSUPPORTED and code == 0:
         return None
     if status != 0:
         reason = lib.mambacsr_scan_status_string(status).decode()
-        raise RuntimeError(f"mambacsr_selective_scan_ordered failed: {reason} "
+        raise RuntimeError(f"mambacsr_selective_scan_strided failed: {reason} "
                            f"(u {tuple(u.shape)} {dtype}, N={n}, order={order}, variant={variant}, "
                            f"chunks={chunks})")
     return y

@@ -165,7 +165,7 @@ def selective_scan_token_rows_op(u: torch.Tensor, delta: torch.Tensor, A: torch.
         scan_order = _scan_order(order, k)
         check_scan_shapes(u, delta, A, Bs, Cs, D, delta_bias, scan_order)
         y = scan_cuda.selective_scan_cuda(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus,
-                                          order=scan_order, y_tokens=True)
+                                          order=scan_order, y_tokens=True)  # any input strides
         if y is not None:
             return y
     return as_token_rows(selective_scan_op(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, order), k).contiguous()

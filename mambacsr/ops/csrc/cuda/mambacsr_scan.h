@@ -38,7 +38,7 @@ extern "C" {
 #define MAMBACSR_API __attribute__((visibility("default")))
 #endif
 
-#define MAMBACSR_SCAN_ABI_VERSION 3
+#define MAMBACSR_SCAN_ABI_VERSION 4
 #define MAMBACSR_SCAN_MAX_STATES 64
 
 /* `layout` flags of mambacsr_selective_scan_ordered (ABI 2 called the argument u_shared: 0/1
@@ -89,6 +89,26 @@ MAMBACSR_API int mambacsr_selective_scan_ordered(
     int64_t batch, int64_t kc, int64_t k, int64_t n, int64_t length, int layout,
     const mambacsr_scan_order_t* order, int dtype, int delta_softplus, int variant,
     void* workspace, size_t workspace_bytes, cudaStream_t stream);
+
+/* Element strides of the inputs: u (batch, channel, token), where channel counts KC, or C when
+ * u is shared; delta (batch, channel, token); Bs, Cs (batch, group, state, token). Any
+ * non-negative strides, so views read in place: token rows (token stride = the row's pitch,
+ * channel stride 1), or slices of one projection's output. Vector loads need token stride 1. */
+typedef struct {
+    int64_t u[3];
+    int64_t delta[3];
+    int64_t B[4];
+    int64_t C[4];
+} mambacsr_scan_strides_t;
+
+/* mambacsr_selective_scan_ordered with strided inputs (`strides` NULL: contiguous, the layouts
+ * above). y is contiguous in the layout `layout` names. */
+MAMBACSR_API int mambacsr_selective_scan_strided(
+    const void* u, const void* delta, const float* A, const void* Bs, const void* Cs,
+    const float* D, const float* delta_bias, void* y,
+    int64_t batch, int64_t kc, int64_t k, int64_t n, int64_t length, int layout,
+    const mambacsr_scan_strides_t* strides, const mambacsr_scan_order_t* order, int dtype,
+    int delta_softplus, int variant, void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
 /* Workspace bytes the automatic choice can use for this problem (0 when it needs none). */
 MAMBACSR_API size_t mambacsr_selective_scan_workspace_size(

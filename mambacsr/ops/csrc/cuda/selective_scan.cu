@@ -166,12 +166,12 @@ __device__ __forceinline__ uint4 reverse16(const uint4& v) {
                       __byte_perm(v.y, 0, 0x1032), __byte_perm(v.x, 0, 0x1032));
 }
 
-// The raw 16 bytes of a group, element order as stored (a descending group comes out reversed:
+// The raw 16 bytes of a group (token stride ts; vector runs only where ts == 1), element order as stored (a descending group comes out reversed:
 // prep_regs flips it when it unpacks). Nothing but the load touches the destination registers,
 // so the load stays in flight until the values are used one tile later (a permute or a select
 // here would wait for it).
 template <typename T, int VEC, bool STREAM>
-__device__ __forceinline__ uint4 gather(const T* row, const int (&s)[VEC], int kind) {
+__device__ __forceinline__ uint4 gather(const T* row, const int (&s)[VEC], int kind, int64_t ts) {
     if (kind != RUN_SCALAR) {
         const T* q = row + (kind == RUN_DESC ? s[VEC - 1] : s[0]);
         return STREAM ? ld_stream(q) : ld_shared_input(q);
@@ -180,7 +180,7 @@ __device__ __forceinline__ uint4 gather(const T* row, const int (&s)[VEC], int k
 #pragma unroll
     for (int e = 0; e < VEC; ++e) {
         uint32_t v = 0u;
-        if (s[e] >= 0) v = Elem<T>::bits(row + s[e]);
+        if (s[e] >= 0) v = Elem<T>::bits(row + s[e] * ts);
         if (sizeof(T) == 4) w[e] = v;
         else w[e / 2] |= v << (16 * (e % 2));
     }
@@ -242,7 +242,12 @@ struct Params {
     int ch_per_group;
     int n_cblocks;
     int softplus;
-    int vec_ok;         // every row starts 16-byte aligned
+    int vec_in;         // inputs: token stride 1, every row 16-byte aligned (vector gathers)
+    int vec_out;        // channel-row y: every row 16-byte aligned (vector scatters)
+    int64_t su[3];      // element strides of u (batch, channel, token), delta, Bs, Cs
+    int64_t sd[3];      // (batch, group, state, token): contiguous, or views such as token rows
+    int64_t sb[4];
+    int64_t sc[4];
     int u_shared;
     int y_tokens;       // y as token rows (batch, K, L, C) instead of channel rows (batch, KC, L)
     int y_vec;          // token rows start 16-byte aligned (C a multiple of VEC, y aligned)
@@ -330,13 +335,11 @@ scan_kernel(const Params p) {
     auto spos = [&](int i) { return SEG == 1 ? i : (i % SEG) * QT + i / SEG; };  // scan layout
 
     const int64_t row0 = ((int64_t)b * p.kc + c_first) * L;
-    const int64_t urow0 = p.u_shared ? ((int64_t)b * p.ch_per_group + ch_first) * L : row0;
-    const T* __restrict__ u = static_cast<const T*>(p.u) + urow0;
-    const T* __restrict__ dl = static_cast<const T*>(p.delta) + row0;
+    const T* __restrict__ u = static_cast<const T*>(p.u) + b * p.su[0] + (p.u_shared ? ch_first : c_first) * p.su[1];
+    const T* __restrict__ dl = static_cast<const T*>(p.delta) + b * p.sd[0] + c_first * p.sd[1];
     T* __restrict__ y = static_cast<T*>(p.y) + row0;
-    const int64_t brow0 = ((int64_t)b * p.k + g) * N * L;
-    const T* __restrict__ Bp = static_cast<const T*>(p.B) + brow0;
-    const T* __restrict__ Cp = static_cast<const T*>(p.C) + brow0;
+    const T* __restrict__ Bp = static_cast<const T*>(p.B) + b * p.sb[0] + g * p.sb[1];
+    const T* __restrict__ Cp = static_cast<const T*>(p.C) + b * p.sc[0] + g * p.sc[1];
     const int64_t bkc = (int64_t)p.batch * p.kc;
     const int64_t ws0 = (int64_t)b * p.kc + c_first;  // workspace row of the block's channel 0
 
@@ -454,15 +457,15 @@ scan_kernel(const Params p) {
     auto load_regs = [&](int tile) {
         int s[VEC];
         group_idx(tile, false, s);
-        const int kind = run_kind<VEC>(s, p.vec_ok != 0);
+        const int kind = run_kind<VEC>(s, p.vec_in != 0);
         ld_rev = kind == RUN_DESC;
 #pragma unroll
         for (int i = 0; i < IT_U; ++i) {
             const int vi = tid + i * THREADS;
             const int row = vi / VPR;
             if (vi < NV_U && row < nch) {
-                ru[i] = gather<T, VEC, true>(u + row * L, s, kind);
-                rd[i] = gather<T, VEC, true>(dl + row * L, s, kind);
+                ru[i] = gather<T, VEC, true>(u + row * p.su[1], s, kind, p.su[2]);
+                rd[i] = gather<T, VEC, true>(dl + row * p.sd[1], s, kind, p.sd[2]);
             }
         }
 #pragma unroll
@@ -470,8 +473,8 @@ scan_kernel(const Params p) {
             const int vi = tid + i * THREADS;
             const int row = vi / VPR;
             if (vi < N * VPR) {
-                rb[i] = gather<T, VEC, false>(Bp + row * L, s, kind);
-                if (OUT) rc[OUT ? i : 0] = gather<T, VEC, false>(Cp + row * L, s, kind);
+                rb[i] = gather<T, VEC, false>(Bp + row * p.sb[2], s, kind, p.sb[3]);
+                if (OUT) rc[OUT ? i : 0] = gather<T, VEC, false>(Cp + row * p.sc[2], s, kind, p.sc[3]);
             }
         }
     };
@@ -544,7 +547,7 @@ scan_kernel(const Params p) {
     auto output = [&](int tile) {
         int s[VEC];
         group_idx(tile, true, s);
-        const int kind = run_kind<VEC>(s, p.vec_ok != 0);
+        const int kind = run_kind<VEC>(s, p.vec_out != 0);
 #pragma unroll
         for (int i = 0; i < IT_U; ++i) {
             const int vi = tid + i * THREADS;
@@ -964,7 +967,7 @@ size_t full_workspace(const Plan& plan) {
 
 int run_plan(const void* u, const void* delta, const float* A, const void* Bs, const void* Cs,
              const float* D, const float* delta_bias, void* y, int64_t batch, int64_t kc,
-             int64_t k, int64_t n, int64_t length, int layout,
+             int64_t k, int64_t n, int64_t length, int layout, const mambacsr_scan_strides_t& st,
              const mambacsr_scan_order_t* order, int dtype, int delta_softplus,
              const Plan& plan, void* workspace, bool use_tables, cudaStream_t stream) {
     const Variant& v = kVariants[plan.variant];
@@ -982,8 +985,16 @@ int run_plan(const void* u, const void* delta, const float* A, const void* Bs, c
     p.ch_per_group = (int)(kc / k);
     p.n_cblocks = (int)((p.ch_per_group + v.cb - 1) / v.cb);
     p.softplus = delta_softplus ? 1 : 0;
-    p.vec_ok = (length % vec == 0) && aligned16(u) && aligned16(delta) && aligned16(Bs) &&
-               aligned16(Cs) && aligned16(y);
+    for (int i = 0; i < 3; ++i) { p.su[i] = st.u[i]; p.sd[i] = st.delta[i]; }
+    for (int i = 0; i < 4; ++i) { p.sb[i] = st.B[i]; p.sc[i] = st.C[i]; }
+    // Vector gathers need token stride 1 and every row start (batch, channel, group, state
+    // offsets) on a 16-byte boundary.
+    bool rows16 = aligned16(u) && aligned16(delta) && aligned16(Bs) && aligned16(Cs) &&
+                  st.u[2] == 1 && st.delta[2] == 1 && st.B[3] == 1 && st.C[3] == 1;
+    for (int i = 0; i < 2; ++i) rows16 = rows16 && st.u[i] % vec == 0 && st.delta[i] % vec == 0;
+    for (int i = 0; i < 3; ++i) rows16 = rows16 && st.B[i] % vec == 0 && st.C[i] % vec == 0;
+    p.vec_in = rows16;
+    p.vec_out = (length % vec == 0) && aligned16(y);
     p.u_shared = (layout & MAMBACSR_LAYOUT_U_SHARED) ? 1 : 0;
     p.y_tokens = (layout & MAMBACSR_LAYOUT_Y_TOKENS) ? 1 : 0;
     p.y_vec = aligned16(y) && p.ch_per_group % vec == 0;
@@ -1029,10 +1040,11 @@ int run_plan(const void* u, const void* delta, const float* A, const void* Bs, c
 
 extern "C" {
 
-int mambacsr_selective_scan_ordered(const void* u, const void* delta, const float* A, const void* Bs,
+int mambacsr_selective_scan_strided(const void* u, const void* delta, const float* A, const void* Bs,
                                     const void* Cs, const float* D, const float* delta_bias, void* y,
                                     int64_t batch, int64_t kc, int64_t k, int64_t n, int64_t length,
-                                    int layout, const mambacsr_scan_order_t* order, int dtype,
+                                    int layout, const mambacsr_scan_strides_t* strides,
+                                    const mambacsr_scan_order_t* order, int dtype,
                                     int delta_softplus, int variant, void* workspace,
                                     size_t workspace_bytes, cudaStream_t stream) {
     Plan plan;
@@ -1041,6 +1053,19 @@ int mambacsr_selective_scan_ordered(const void* u, const void* delta, const floa
     if (batch == 0 || kc == 0 || length == 0) return MAMBACSR_OK;
     if (!u || !delta || !A || !Bs || !Cs || !y) return MAMBACSR_ERR_INVALID_ARGUMENT;
     if (layout & ~(MAMBACSR_LAYOUT_U_SHARED | MAMBACSR_LAYOUT_Y_TOKENS)) return MAMBACSR_ERR_INVALID_ARGUMENT;
+    mambacsr_scan_strides_t st;
+    if (strides) {
+        st = *strides;
+        const int64_t* all[4] = {st.u, st.delta, st.B, st.C};
+        const int count[4] = {3, 3, 4, 4};
+        for (int t = 0; t < 4; ++t)
+            for (int i = 0; i < count[t]; ++i)
+                if (all[t][i] < 0) return MAMBACSR_ERR_INVALID_ARGUMENT;
+    } else {  // contiguous
+        const int64_t cu = (layout & MAMBACSR_LAYOUT_U_SHARED) ? kc / k : kc;
+        st = mambacsr_scan_strides_t{{cu * length, length, 1}, {kc * length, length, 1},
+                                     {k * n * length, n * length, length, 1}, {k * n * length, n * length, length, 1}};
+    }
     const size_t have = workspace && aligned16(workspace) ? workspace_bytes : 0;
     if (plan.chunks > 1 && have < plan.ws_bytes) {
         // Too little workspace: the automatic choice falls back to the single pass; an
@@ -1051,8 +1076,19 @@ int mambacsr_selective_scan_ordered(const void* u, const void* delta, const floa
         if (status1 != MAMBACSR_OK) return status1;
     }
     const bool use_tables = plan.table_bytes && have >= full_workspace(plan);
-    return run_plan(u, delta, A, Bs, Cs, D, delta_bias, y, batch, kc, k, n, length, layout,
+    return run_plan(u, delta, A, Bs, Cs, D, delta_bias, y, batch, kc, k, n, length, layout, st,
                     order, dtype, delta_softplus, plan, workspace, use_tables, stream);
+}
+
+int mambacsr_selective_scan_ordered(const void* u, const void* delta, const float* A, const void* Bs,
+                                    const void* Cs, const float* D, const float* delta_bias, void* y,
+                                    int64_t batch, int64_t kc, int64_t k, int64_t n, int64_t length,
+                                    int layout, const mambacsr_scan_order_t* order, int dtype,
+                                    int delta_softplus, int variant, void* workspace,
+                                    size_t workspace_bytes, cudaStream_t stream) {
+    return mambacsr_selective_scan_strided(u, delta, A, Bs, Cs, D, delta_bias, y, batch, kc, k, n, length,
+                                           layout, nullptr, order, dtype, delta_softplus, variant,
+                                           workspace, workspace_bytes, stream);
 }
 
 size_t mambacsr_selective_scan_workspace_size_ex(int64_t batch, int64_t kc, int64_t k, int64_t n,
