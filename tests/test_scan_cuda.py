@@ -228,18 +228,21 @@ def as_projection_views(args):
     return [u.transpose(1, 2).contiguous().transpose(1, 2), rows[..., :kc].transpose(1, 2), A, sB, sC, D, bias]
 
 
+@pytest.mark.parametrize("c", [24, 12], ids=["c24", "c12"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 @pytest.mark.parametrize("name,bt,chunks", [("identity", 1, 7), ("w8", 8, 1), ("w8", 1, 0), ("c_w64", 1, 0),
                                             ("w8_13x21", 2, 3), ("cross_w16", 8, 1), ("cross_w16", 1, 0)],
                          ids=lambda v: str(v))
-def test_strided_inputs(name, bt, chunks, dtype):
+def test_strided_inputs(name, bt, chunks, dtype, c):
     """Strided inputs (mambacsr_selective_scan_strided): views of token rows and of one
     projection's column blocks give the contiguous inputs' output bit for bit, and the float64
-    scan's. Negative control: the token rows read as if they were channel rows."""
+    scan's. C = 24: whole 16-byte vectors of a token's channels (the token-row loads); C = 12 in
+    16-bit: element loads at any stride. Negative control: the token rows read as if they were
+    channel rows."""
     order = ORDERS[name]
     k = order_k(order)
     length = storage_length(order, 1000)
-    args = make_inputs(bt, k, 24, 16, length, dtype, seed=bt + 3, shared_u=True)
+    args = make_inputs(bt, k, c, 16, length, dtype, seed=bt + 3, shared_u=True)
     views = as_projection_views(args)
     assert not any(t.is_contiguous() for t in (views[0], views[1], views[3], views[4]))
     y = run_kernel(views, order=order, chunks=chunks)

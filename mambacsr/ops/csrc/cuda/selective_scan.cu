@@ -243,6 +243,8 @@ struct Params {
     int n_cblocks;
     int softplus;
     int vec_in;         // inputs: token stride 1, every row 16-byte aligned (vector gathers)
+    int tok_in;         // inputs are token rows (channel and state stride 1, 16-byte aligned):
+                        // one vector = VEC channels or states of one token
     int vec_out;        // channel-row y: every row 16-byte aligned (vector scatters)
     int64_t su[3];      // element strides of u (batch, channel, token), delta, Bs, Cs
     int64_t sd[3];      // (batch, group, state, token): contiguous, or views such as token rows
@@ -454,7 +456,41 @@ scan_kernel(const Params p) {
 
     uint4 ru[IT_U], rd[IT_U], rb[IT_B], rc[OUT ? IT_B : 1];
     bool ld_rev = false;  // the registers hold a descending group (load_regs -> prep_regs)
+
+    // Token-row inputs (p.tok_in): vector vi of a tile is token position vi / VPT (VPS), its
+    // channels (states) from (vi % VPT) * VEC on; the same number of vectors as channel rows.
+    constexpr int VPT = CB / VEC;
+    constexpr int VPS = NMAX / VEC;
+    static_assert(NMAX % VEC == 0, "token-row inputs: whole vectors of states");
+    auto source_of = [&](int tile, int i) -> int {
+        if (p.tables) return sIdx[tile % 3][0][i];
+        const int64_t t = token_of(tile, i);
+        return t < 0 ? -1 : (int)mambacsr_order_source(&oid, 0, t, L);
+    };
+    auto load_tokens = [&](int tile) {
+        const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+#pragma unroll
+        for (int q = 0; q < IT_U; ++q) {
+            const int vi = tid + q * THREADS;
+            const int c0 = (vi % VPT) * VEC;
+            const int sp = (vi < NV_U && c0 < nch) ? source_of(tile, vi / VPT) : -1;
+            ru[q] = sp >= 0 ? ld_stream(u + sp * p.su[2] + c0) : zero;
+            rd[q] = sp >= 0 ? ld_stream(dl + sp * p.sd[2] + c0) : zero;
+        }
+#pragma unroll
+        for (int q = 0; q < IT_B; ++q) {
+            const int vi = tid + q * THREADS;
+            const int n0 = (vi % VPS) * VEC;
+            const int sp = (vi < NT * VPS && n0 < N) ? source_of(tile, vi / VPS) : -1;
+            rb[q] = sp >= 0 ? ld_shared_input(Bp + sp * p.sb[3] + n0) : zero;
+            if (OUT) rc[OUT ? q : 0] = sp >= 0 ? ld_shared_input(Cp + sp * p.sc[3] + n0) : zero;
+        }
+    };
     auto load_regs = [&](int tile) {
+        if (p.tok_in) {
+            load_tokens(tile);
+            return;
+        }
         int s[VEC];
         group_idx(tile, false, s);
         const int kind = run_kind<VEC>(s, p.vec_in != 0);
@@ -493,7 +529,58 @@ scan_kernel(const Params p) {
     // from the block's first token below `rem` (32-bit: both are below the sequence length).
     const int clen32 = (int)clen;
     const int rem = (int)min(seq - t_begin, (int64_t)SEG * clen);
+    // Token-row inputs: each vector's VEC channels (states) go to VEC rows of shared memory at
+    // its token's column.
+    auto prep_tokens = [&](int tile) {
+#pragma unroll
+        for (int q = 0; q < IT_U; ++q) {
+            const int vi = tid + q * THREADS;
+            if (vi >= NV_U) continue;
+            const int i = vi / VPT;
+            const int c0 = (vi % VPT) * VEC;
+            const int off = tile * QT + (SEG == 1 ? i : i / SEG);
+            const bool ok = off < clen32 && (SEG == 1 ? off : (i % SEG) * clen32 + off) < rem;
+            float uf[VEC], df[VEC];
+            E::unpack(ru[q], uf);
+            E::unpack(rd[q], df);
+            const int pos = spos(i);
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) {
+                const int c = c0 + e;
+                float dt = 0.f, dtu = 0.f, du = 0.f;
+                if (c < nch) {
+                    const float x = df[e] + (p.bias ? __ldg(p.bias + c_first + c) : 0.f);
+                    dt = ok ? (p.softplus ? softplus(x) : x) : 0.f;
+                    dtu = dt * uf[e];
+                    du = (p.D ? __ldg(p.D + c_first + c) : 0.f) * uf[e];
+                }
+                sDt[c * PA + pos] = dt;
+                sDtu[c * PA + pos] = dtu;
+                if (OUT) sY[(tile & 1) * SY + c * PA + pos] = du;
+            }
+        }
+#pragma unroll
+        for (int q = 0; q < IT_B; ++q) {
+            const int vi = tid + q * THREADS;
+            const int n0 = (vi % VPS) * VEC;
+            if (vi >= NT * VPS || n0 >= N) continue;
+            const int pos = spos(vi / VPS);
+            float bf[VEC], cf[VEC];
+            E::unpack(rb[q], bf);
+            if (OUT) E::unpack(rc[OUT ? q : 0], cf);
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) {
+                if (n0 + e >= N) continue;
+                sB[(n0 + e) * PB + pos] = bf[e];
+                if (OUT) sC[(n0 + e) * PB + pos] = cf[e];
+            }
+        }
+    };
     auto prep_regs = [&](int tile) {
+        if (p.tok_in) {
+            prep_tokens(tile);
+            return;
+        }
         bool ok[VEC];  // position holds a token of its chunk
 #pragma unroll
         for (int e = 0; e < VEC; ++e) {
@@ -994,6 +1081,14 @@ int run_plan(const void* u, const void* delta, const float* A, const void* Bs, c
     for (int i = 0; i < 2; ++i) rows16 = rows16 && st.u[i] % vec == 0 && st.delta[i] % vec == 0;
     for (int i = 0; i < 3; ++i) rows16 = rows16 && st.B[i] % vec == 0 && st.C[i] % vec == 0;
     p.vec_in = rows16;
+    // Token rows: channel and state stride 1, and every vector (a token's VEC channels or
+    // states, from a multiple of VEC on) 16-byte aligned.
+    bool tok = aligned16(u) && aligned16(delta) && aligned16(Bs) && aligned16(Cs) &&
+               st.u[1] == 1 && st.delta[1] == 1 && st.B[2] == 1 && st.C[2] == 1 &&
+               (kc / k) % vec == 0 && n % vec == 0;
+    for (int i = 0; i < 3; i += 2) tok = tok && st.u[i] % vec == 0 && st.delta[i] % vec == 0;
+    for (int i = 0; i < 4; ++i) tok = tok && (i == 2 || (st.B[i] % vec == 0 && st.C[i] % vec == 0));
+    p.tok_in = tok && !rows16;
     p.vec_out = (length % vec == 0) && aligned16(y);
     p.u_shared = (layout & MAMBACSR_LAYOUT_U_SHARED) ? 1 : 0;
     p.y_tokens = (layout & MAMBACSR_LAYOUT_Y_TOKENS) ? 1 : 0;
