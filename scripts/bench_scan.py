@@ -132,6 +132,8 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--y-tokens", action="store_true",
                     help="y as token rows (batch, K, L, C), the compiled model's layout, instead of channel rows")
+    ap.add_argument("--no-table-cache", action="store_true",
+                    help="compute the order's token positions in every call (the previous behaviour)")
     ap.add_argument("--token-inputs", action="store_true",
                     help="inputs as views of token rows (u) and of one projection's output (delta, B, C)")
     ap.add_argument("--variants", default="0", help="comma-separated kernel ids (0 = automatic)")
@@ -204,7 +206,8 @@ def main(argv=None):
                         def run(i, v=v, c=c, order=order):
                             s = sets[i % len(sets)]
                             scan_cuda.selective_scan_cuda(*s, True, order, variant=v, chunks=c,
-                                                          y_tokens=args.y_tokens, out=outs[i % len(sets)])
+                                                          y_tokens=args.y_tokens, out=outs[i % len(sets)],
+                                                          cached_tables=not args.no_table_cache)
                         ms = time_ms(run, args.reps, args.calls)
                         tag = (" (token-row inputs)" if args.token_inputs else "") + (" (token rows)" if args.y_tokens else "")
                         row = dict(dtype=dname, batch=bt, order=oname + tag,

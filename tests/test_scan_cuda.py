@@ -216,6 +216,24 @@ def test_token_rows(name, bt, shared, chunks, dtype, c):
     assert torch.equal(y, as_rows(channel_rows))
 
 
+@pytest.mark.parametrize("name", ["w8", "c_w64", "w8_13x21", "k4_w8_24x40", "cross_w16"])
+def test_cached_order_tables(name):
+    """The order's token positions computed once per (order, K, length) and reused
+    (scan_cuda.order_tables) give the per-call tables' output bit for bit, single pass and
+    chunked, and the float64 scan's. Negative control: another order's output."""
+    order = ORDERS[name]
+    k = order_k(order)
+    args = make_inputs(1, k, 12, 16, storage_length(order), torch.float32, seed=11, shared_u=True)
+    for chunks in (1, 0):
+        y = run_kernel(args, order=order, chunks=chunks)
+        assert scan_cuda.order_tables(scan_cuda.load_library(), order, scan_cuda.order_struct(order), k,
+                                      storage_length(order), DEV) is not None
+        y_percall = scan_cuda.selective_scan_cuda(*args, True, order, chunks=chunks, cached_tables=False)
+        assert torch.equal(y, y_percall)
+        check(y, scan_f64(*args, order=order), TOL[torch.float32],
+              {"identity order": scan_f64(*args, order=None)})
+
+
 def as_projection_views(args):
     """The inputs as the compiled model passes them: u a view of token rows (B, L, C), delta, B
     and C views of the column blocks of one (B, L, K*C + 2*K*N) projection output."""

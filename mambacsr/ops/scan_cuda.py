@@ -110,9 +110,14 @@ def _bind(lib: ctypes.CDLL) -> None:
     native_build.check_version(lib, "mambacsr_scan_abi_version", ABI_VERSION)
     fn = lib.mambacsr_selective_scan_strided
     fn.argtypes = ([ctypes.c_void_p] * 8 + [ctypes.c_int64] * 5 +
-                   [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                    ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p])
+                   [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
+                    ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p])
     fn.restype = ctypes.c_int
+    lib.mambacsr_scan_order_tables_size.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
+    lib.mambacsr_scan_order_tables_size.restype = ctypes.c_size_t
+    lib.mambacsr_scan_order_tables.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                                               ctypes.c_void_p]
+    lib.mambacsr_scan_order_tables.restype = ctypes.c_int
     ws = lib.mambacsr_selective_scan_workspace_size_ex
     ws.argtypes = [ctypes.c_int64] * 5 + [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
     ws.restype = ctypes.c_size_t
@@ -163,6 +168,37 @@ def variant_names() -> list[str]:
             for i in range(lib.mambacsr_scan_variant_count() + 1)]
 
 
+_order_tables: dict[tuple, torch.Tensor] = {}  # (device index, order, K, length) -> token positions
+
+
+def order_tables(lib: ctypes.CDLL, order: ScanOrder | None, c_order, k: int, length: int,
+                 device: torch.device) -> torch.Tensor | None:
+    """The order's token-position tables on `device`, computed once per (order, K, length) and
+    kept (a few tens of KB each): the scan then skips its per-call table kernel. None for the
+    identity order, and while a CUDA graph is being captured (a tensor made then would belong
+    to the graph's memory pool), where the call computes them into its workspace as before."""
+    if order is None or c_order is None:
+        return None
+    key = (device.index, order, k, length)
+    tables = _order_tables.get(key)
+    if tables is None:
+        if torch.cuda.is_current_stream_capturing():
+            return None
+        nbytes = lib.mambacsr_scan_order_tables_size(ctypes.byref(c_order), k, length)
+        if not nbytes:
+            return None
+        tables = torch.empty(nbytes // 4, dtype=torch.int32, device=device)
+        stream = torch.cuda.current_stream(device)
+        status = lib.mambacsr_scan_order_tables(ctypes.byref(c_order), k, length, tables.data_ptr(),
+                                                stream.cuda_stream)
+        if status != 0:
+            raise RuntimeError("mambacsr_scan_order_tables failed: "
+                               + lib.mambacsr_scan_status_string(status).decode())
+        stream.synchronize()  # once: later calls may run on other streams
+        _order_tables[key] = tables
+    return tables
+
+
 def kernel_inputs(u, delta, A, Bs, Cs, D, delta_bias, *like_u):
     """The sizes (batch, K*C, K, N, L, u_shared) and the tensors as the C ABI takes them: u
     contiguous, delta/Bs/Cs (and `like_u`, e.g. dy) contiguous in u's dtype, A/D/delta_bias
@@ -177,7 +213,7 @@ def kernel_inputs(u, delta, A, Bs, Cs, D, delta_bias, *like_u):
 
 def selective_scan_cuda(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus,
                         order: ScanOrder | None = None, *, y_tokens: bool = False, variant: int = 0,
-                        chunks: int = 0, out: torch.Tensor | None = None):
+                        chunks: int = 0, out: torch.Tensor | None = None, cached_tables: bool = True):
     """SelectiveScan on CUDA tensors through the project's kernel; None when unavailable.
 
     Storage-order contract (mambacsr_scan.h): u (batch, K*C, L), or (batch, C, L) shared by
@@ -187,7 +223,8 @@ def selective_scan_cuda(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus,
     float32; `order` the scan order (None: identity). Returns y (batch, K*C, L) of u's dtype,
     or with `y_tokens` the same values as token rows (batch, K, L, C), computed on PyTorch's
     current stream. `variant` (kernel id, 0 = automatic) and `chunks`
-    (0 = automatic, 1 = single pass, >= 2 = that many chunks) are for benchmarks and tests.
+    (0 = automatic, 1 = single pass, >= 2 = that many chunks) are for benchmarks and tests, and so
+    is `cached_tables=False` (the order's token positions computed in every call, as in ABI 3).
     """
     if not u.is_cuda or u.dtype not in _DTYPES or u.dim() != 3 or delta.dim() != 3 or Bs.dim() != 4:
         return None
@@ -221,9 +258,10 @@ def selective_scan_cuda(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus,
     # The caching allocator: no device-wide allocation, safe inside CUDA-graph capture.
     ws = torch.empty(ws_bytes, device=u.device, dtype=torch.uint8) if ws_bytes else None
     ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+    tables = order_tables(lib, order, c_order, k, length, u.device) if cached_tables else None
     stream = torch.cuda.current_stream(u.device).cuda_stream
     args = (ptr(u), ptr(delta), ptr(A), ptr(Bs), ptr(Cs), ptr(D), ptr(delta_bias), ptr(y),
-            bt, kc, k, n, length, layout, ctypes.byref(strides), order_ptr, _DTYPES[dtype],
+            bt, kc, k, n, length, layout, ctypes.byref(strides), order_ptr, ptr(tables), _DTYPES[dtype],
             int(bool(delta_softplus)), code, ptr(ws), ws_bytes, stream)
     if u.device.index == torch.cuda.current_device():
         status = lib.mambacsr_selective_scan_strided(*args)

@@ -102,13 +102,24 @@ typedef struct {
 } mambacsr_scan_strides_t;
 
 /* mambacsr_selective_scan_ordered with strided inputs (`strides` NULL: contiguous, the layouts
- * above). y is contiguous in the layout `layout` names. */
+ * above) and, optionally, the order's token positions computed once by
+ * mambacsr_scan_order_tables for this order, K and length (`order_tables` NULL: computed into
+ * the workspace in every call). y is contiguous in the layout `layout` names. */
 MAMBACSR_API int mambacsr_selective_scan_strided(
     const void* u, const void* delta, const float* A, const void* Bs, const void* Cs,
     const float* D, const float* delta_bias, void* y,
     int64_t batch, int64_t kc, int64_t k, int64_t n, int64_t length, int layout,
-    const mambacsr_scan_strides_t* strides, const mambacsr_scan_order_t* order, int dtype,
-    int delta_softplus, int variant, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+    const mambacsr_scan_strides_t* strides, const mambacsr_scan_order_t* order,
+    const int* order_tables, int dtype, int delta_softplus, int variant, void* workspace,
+    size_t workspace_bytes, cudaStream_t stream);
+
+/* Bytes of an order's token-position tables (0 for the identity order or NULL), and the call
+ * that writes them to `out` (device memory of at least that size) on `stream`: reusable by
+ * every scan call with the same order, K and length. */
+MAMBACSR_API size_t mambacsr_scan_order_tables_size(const mambacsr_scan_order_t* order, int64_t k,
+                                                    int64_t length);
+MAMBACSR_API int mambacsr_scan_order_tables(const mambacsr_scan_order_t* order, int64_t k, int64_t length,
+                                            int* out, cudaStream_t stream);
 
 /* Workspace bytes the automatic choice can use for this problem (0 when it needs none). */
 MAMBACSR_API size_t mambacsr_selective_scan_workspace_size(

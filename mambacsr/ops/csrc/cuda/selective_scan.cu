@@ -1056,7 +1056,8 @@ int run_plan(const void* u, const void* delta, const float* A, const void* Bs, c
              const float* D, const float* delta_bias, void* y, int64_t batch, int64_t kc,
              int64_t k, int64_t n, int64_t length, int layout, const mambacsr_scan_strides_t& st,
              const mambacsr_scan_order_t* order, int dtype, int delta_softplus,
-             const Plan& plan, void* workspace, bool use_tables, cudaStream_t stream) {
+             const Plan& plan, void* workspace, bool use_tables, const int* given_tables,
+             cudaStream_t stream) {
     const Variant& v = kVariants[plan.variant];
     const int vec = dtype == MAMBACSR_FLOAT32 ? 4 : 8;
     Params p;
@@ -1102,7 +1103,10 @@ int run_plan(const void* u, const void* delta, const float* A, const void* Bs, c
         p.ws_dt = p.ws_h + nh;
     }
     int* tables = nullptr;
-    if (use_tables && p.tables) {
+    if (given_tables && p.tables) {  // computed once by the caller (mambacsr_scan_order_tables)
+        p.ws_idx = given_tables;
+        p.idx_len = plan.seq_max;
+    } else if (use_tables && p.tables) {
         tables = reinterpret_cast<int*>(static_cast<char*>(workspace) + table_offset(plan));
         p.ws_idx = tables;
         p.idx_len = plan.seq_max;
@@ -1139,7 +1143,7 @@ int mambacsr_selective_scan_strided(const void* u, const void* delta, const floa
                                     const void* Cs, const float* D, const float* delta_bias, void* y,
                                     int64_t batch, int64_t kc, int64_t k, int64_t n, int64_t length,
                                     int layout, const mambacsr_scan_strides_t* strides,
-                                    const mambacsr_scan_order_t* order, int dtype,
+                                    const mambacsr_scan_order_t* order, const int* order_tables, int dtype,
                                     int delta_softplus, int variant, void* workspace,
                                     size_t workspace_bytes, cudaStream_t stream) {
     Plan plan;
@@ -1172,7 +1176,27 @@ int mambacsr_selective_scan_strided(const void* u, const void* delta, const floa
     }
     const bool use_tables = plan.table_bytes && have >= full_workspace(plan);
     return run_plan(u, delta, A, Bs, Cs, D, delta_bias, y, batch, kc, k, n, length, layout, st,
-                    order, dtype, delta_softplus, plan, workspace, use_tables, stream);
+                    order, dtype, delta_softplus, plan, workspace, use_tables, order_tables, stream);
+}
+
+size_t mambacsr_scan_order_tables_size(const mambacsr_scan_order_t* order, int64_t k, int64_t length) {
+    if (!order || order->kind == MAMBACSR_ORDER_IDENTITY || k <= 0 || length <= 0) return 0;
+    const int maps = order->kind == MAMBACSR_ORDER_CROSS_SCALE ? 2 : 1;
+    return (size_t)(k * maps * mambacsr_order_max_seq_len(order, k, length)) * sizeof(int);
+}
+
+int mambacsr_scan_order_tables(const mambacsr_scan_order_t* order, int64_t k, int64_t length, int* out,
+                               cudaStream_t stream) {
+    const size_t bytes = mambacsr_scan_order_tables_size(order, k, length);
+    if (bytes == 0) return MAMBACSR_ERR_INVALID_ARGUMENT;
+    if (!out || k > MAMBACSR_SCAN_MAX_GROUPS) return MAMBACSR_ERR_INVALID_ARGUMENT;
+    const int maps = order->kind == MAMBACSR_ORDER_CROSS_SCALE ? 2 : 1;
+    const int64_t seq_max = mambacsr_order_max_seq_len(order, k, length);
+    if (seq_max >= INT32_MAX || length >= INT32_MAX) return MAMBACSR_ERR_UNSUPPORTED;
+    const int64_t total = k * maps * seq_max;
+    order_table_kernel<<<(unsigned)((total + 255) / 256), 256, 0, stream>>>(*order, (int)k, maps, length,
+                                                                            seq_max, out);
+    return cudaGetLastError() == cudaSuccess ? MAMBACSR_OK : MAMBACSR_ERR_CUDA;
 }
 
 int mambacsr_selective_scan_ordered(const void* u, const void* delta, const float* A, const void* Bs,
@@ -1182,7 +1206,7 @@ int mambacsr_selective_scan_ordered(const void* u, const void* delta, const floa
                                     int delta_softplus, int variant, void* workspace,
                                     size_t workspace_bytes, cudaStream_t stream) {
     return mambacsr_selective_scan_strided(u, delta, A, Bs, Cs, D, delta_bias, y, batch, kc, k, n, length,
-                                           layout, nullptr, order, dtype, delta_softplus, variant,
+                                           layout, nullptr, order, nullptr, dtype, delta_softplus, variant,
                                            workspace, workspace_bytes, stream);
 }
 
