@@ -164,6 +164,35 @@ def test_frozen_scan_weights_one_gemm_at_batch_1():
         assert rel(model(x2).float(), want2) < EXACT
 
 
+def test_token_inputs_from_batch_2(monkeypatch):
+    """With token inputs on (compile_blocks' default), batch 2 hands the scan its inputs as views
+    of token rows (`token_rows`) and batch 1 keeps contiguous channel rows (faster there); the
+    image must not change either way. Negative control: zeroing the stacked B rows, which both
+    batch paths read, must change both (the frozen GEMM is what runs)."""
+    from mambacsr import model as model_module
+    cfg = dict(FINAL_SMALL, embed_dim=32)
+    x1 = torch.rand(1, 3, 32, 48).to(torch.bfloat16)
+    x2 = torch.cat([x1, x1.flip(-1)])
+    calls = []
+    token_rows = model_module.token_rows
+    monkeypatch.setattr(model_module, "token_rows", lambda x, *a, **k: calls.append(x.shape[0]) or token_rows(x, *a, **k))
+    with torch.no_grad():
+        eager = mattering_model(cfg, "cpu").to(torch.bfloat16)
+        want1, want2 = eager(x1).float(), eager(x2).float()
+        model = mattering_model(cfg, "cpu").to(torch.bfloat16)
+        scans = [m for m in model.modules() if isinstance(m, model_module.SS2D)]
+        for m in scans:
+            m.freeze_scan_weights(torch.bfloat16)
+            m.scan_token_rows = m.scan_token_inputs = True
+        assert rel(model(x1).float(), want1) < TOL and not calls
+        assert rel(model(x2).float(), want2) < TOL and len(calls) >= len(scans)
+        for m in scans:
+            rows_dt = m.K * m.x_proj_weight.shape[-1]
+            m.frozen_scan_weights["stacked"][rows_dt:rows_dt + m.K * m.d_state].zero_()
+        assert rel(model(x1).float(), want1) > CONTROL
+        assert rel(model(x2).float(), want2) > CONTROL
+
+
 @pytest.mark.parametrize("shape", [(30, 30, 30), (32, 8, 1), (8, 32, 1), (6, 5, 1)],
                          ids=["depthwise", "few-outputs", "few-inputs", "square"])
 def test_tap_convolution_matches_conv2d(shape):

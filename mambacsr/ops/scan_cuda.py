@@ -113,6 +113,13 @@ def _bind(lib: ctypes.CDLL) -> None:
                    [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
                     ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p])
     fn.restype = ctypes.c_int
+    # The contiguous entry the TensorRT plugin calls (and the tests call raw): the same arguments
+    # without strides and tables. Unbound, ctypes would pass 64-bit sizes as 32-bit ints.
+    ordered = lib.mambacsr_selective_scan_ordered
+    ordered.argtypes = ([ctypes.c_void_p] * 8 + [ctypes.c_int64] * 5 +
+                        [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                         ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p])
+    ordered.restype = ctypes.c_int
     lib.mambacsr_scan_order_tables_size.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
     lib.mambacsr_scan_order_tables_size.restype = ctypes.c_size_t
     lib.mambacsr_scan_order_tables.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
