@@ -73,9 +73,12 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
     directions read contiguous rows instead of transposing the (B, K, D, L) channel rows. H100
     fp16, interleaved rounds: batch 1 8.83 -> 8.49 ms, batch 8 36.39 -> 34.56 ms.
 
-    token_inputs (with token_rows): the scan also reads token rows: u as a view of the tap
-    convolution's channels-last output (no transposing write) and delta, B and C as views of one
-    token-row GEMM at every batch (the kernel's strided inputs). Not yet measured.
+    token_inputs (with token_rows; 16-bit batches of 2 or more): the scan also reads token rows:
+    u as a view of the tap convolution's channels-last output (no transposing write) and delta,
+    B and C as views of one token-row GEMM (the kernel's strided inputs). H100 fp16, interleaved
+    rounds: batch 8 34.35 -> 33.45 ms (1705 -> 1622 kernels; 34.06 -> 33.23 in an earlier job).
+    Not used where it was slower: batch 1 (8.42 -> 8.88 ms) and float32 + TF32 batch 8
+    (48.80 -> 50.90 ms: the kernel's token-row loads of 4-byte values).
     small_products: the few-row projections of pooled channels (each gate's two, the channel
     attention's squeeze and excite) as broadcast products summed in generated kernels
     (`model.small_linear`) instead of tiny GEMM/GEMV launches: about 150 per forward. H100

@@ -157,10 +157,12 @@ class SS2D(nn.Module):
     #: and its projections as views of one token-row GEMM (the kernel reads any strides).
     scan_token_inputs: bool = False
 
-    def _token_inputs(self, batch: int) -> bool:
-        """Token-row scan inputs from batch 2 on. At batch 1 the contiguous inputs and the one
-        stacked GEMM of `scan_inputs` are faster (see `compile_blocks`)."""
-        return self.scan_token_rows and self.scan_token_inputs and batch > 1
+    def _token_inputs(self, x: torch.Tensor) -> bool:
+        """Token-row scan inputs for 16-bit batches of 2 or more, where they were faster. At
+        batch 1 the contiguous inputs and the one stacked GEMM of `scan_inputs` are as fast,
+        and in float32 the kernel's token-row loads are slower (see `compile_blocks`)."""
+        return (self.scan_token_rows and self.scan_token_inputs and x.shape[0] > 1
+                and x.dtype in (torch.float16, torch.bfloat16))
 
     def scan_core(self, u: torch.Tensor, order: tuple[int, ...]) -> torch.Tensor:
         """u (B, D, L) in storage (image) order -> ys (B, K, L, D): each direction's output as
@@ -170,7 +172,7 @@ class SS2D(nn.Module):
         directions; the scan applies each direction's order itself (no re-ordered copies). With
         scan_token_inputs, u may be a view of token rows (B, L, D) (`token_rows`): the scan then
         reads it, and its projections, in place."""
-        if not self._token_inputs(u.shape[0]):
+        if not self._token_inputs(u):
             # The op takes contiguous inputs; compiled, this makes the kernel that computes u write
             # it in this layout instead of the op copying it (eager: u is contiguous, a no-op).
             u = u.contiguous()
@@ -286,11 +288,11 @@ class LW_SS2D(SS2D):
             # grid, whose tokens the kernel reads in contiguous runs. Compiled, the two transposes
             # fuse into the kernels that write u and read y, so they cost no memory pass.
             rows = tuple(d[2:] for d in self.directions)  # 'c_w64_flip' -> 'w64_flip'
-            u = token_rows(x, transposed=True) if self._token_inputs(x.shape[0]) else x.transpose(-1, -2).flatten(2)
+            u = token_rows(x, transposed=True) if self._token_inputs(x) else x.transpose(-1, -2).flatten(2)
             ys = self.scan_core(u, _scan_order(rows, w, h, False))
             y = self.merge(ys, w, h).transpose(1, 2).to(x.dtype)
         else:
-            u = token_rows(x) if self._token_inputs(x.shape[0]) else x.flatten(2)
+            u = token_rows(x) if self._token_inputs(x) else x.flatten(2)
             ys = self.scan_core(u, _scan_order(tuple(self.directions), h, w, False))
             y = self.merge(ys, h, w).to(x.dtype)
         return self.out_proj(y * z)
@@ -376,7 +378,7 @@ class Cross_SS2D(SS2D):
         x_down = _widen(x_down.reshape(b, h // 2, w // 2, c), self.stream_channels)
         x_down, _ = self.project_in(x_down, self.in_proj_down, self.conv2d2, self.act_down)
         # Storage for the cross-scale order: [half-resolution tokens ; full-resolution tokens].
-        if self._token_inputs(b):
+        if self._token_inputs(x):
             u = torch.cat((token_rows(x_down).transpose(1, 2), token_rows(x).transpose(1, 2)), dim=1).transpose(1, 2)
         else:
             u = torch.cat((x_down.flatten(2), x.flatten(2)), dim=-1)

@@ -165,10 +165,10 @@ def test_frozen_scan_weights_one_gemm_at_batch_1():
 
 
 def test_token_inputs_from_batch_2(monkeypatch):
-    """With token inputs on (compile_blocks' default), batch 2 hands the scan its inputs as views
-    of token rows (`token_rows`) and batch 1 keeps contiguous channel rows (faster there); the
-    image must not change either way. Negative control: zeroing the stacked B rows, which both
-    batch paths read, must change both (the frozen GEMM is what runs)."""
+    """With token inputs on (compile_blocks' default), a 16-bit batch of 2 hands the scan its
+    inputs as views of token rows (`token_rows`); batch 1 and float32 keep contiguous channel rows
+    (faster there). The image must not change either way. Negative control: zeroing the stacked
+    B rows, which both batch paths read, must change both (the frozen GEMM is what runs)."""
     from mambacsr import model as model_module
     cfg = dict(FINAL_SMALL, embed_dim=32)
     x1 = torch.rand(1, 3, 32, 48).to(torch.bfloat16)
@@ -191,6 +191,13 @@ def test_token_inputs_from_batch_2(monkeypatch):
             m.frozen_scan_weights["stacked"][rows_dt:rows_dt + m.K * m.d_state].zero_()
         assert rel(model(x1).float(), want1) > CONTROL
         assert rel(model(x2).float(), want2) > CONTROL
+        calls.clear()
+        model32 = mattering_model(cfg, "cpu")
+        for m in model32.modules():
+            if isinstance(m, model_module.SS2D):
+                m.scan_token_rows = m.scan_token_inputs = True
+        model32(x2.float())
+        assert not calls
 
 
 @pytest.mark.parametrize("shape", [(30, 30, 30), (32, 8, 1), (8, 32, 1), (6, 5, 1)],
