@@ -75,18 +75,6 @@ def time_ms(fn, reps: int, calls: int) -> float:
     return statistics.median(times)
 
 
-def as_token_rows(s):
-    """The set as the compiled model passes it: u a view of token rows, delta/B/C views of one
-    (B, L, K*C + 2*K*N) projection output (strided inputs: no vector loads)."""
-    u, delta, A, Bs, Cs, D, bias = s
-    k, n, kc = Bs.shape[1], Bs.shape[2], delta.shape[1]
-    rows = torch.cat((delta.transpose(1, 2), Bs.flatten(1, 2).transpose(1, 2), Cs.flatten(1, 2).transpose(1, 2)),
-                     dim=-1).contiguous()
-    sB, sC = (rows[..., kc + i * k * n:kc + (i + 1) * k * n].unflatten(-1, (k, n)).permute(0, 2, 3, 1)
-              for i in (0, 1))
-    return u.transpose(1, 2).contiguous().transpose(1, 2), rows[..., :kc].transpose(1, 2), A, sB, sC, D, bias
-
-
 def make_set(bt, kc, k, n, length, dtype, shared):
     u = torch.randn(bt, kc // k if shared else kc, length, device="cuda").to(dtype)
     delta = (torch.randn(bt, kc, length, device="cuda") * 0.5 - 1.0).to(dtype)
@@ -174,7 +162,7 @@ def main(argv=None):
                     nsets = max(2, min(8, math.ceil(args.l2_multiple * l2 / one)))
                     sets = [make_set(bt, kc, k, n, length, dtype, shared) for _ in range(nsets)]
                     if args.token_inputs:
-                        sets = [as_token_rows(s) for s in sets]
+                        sets = [scan_cuda.projection_views(*s) for s in sets]
                     outs = [torch.empty(out_shape(s[1]), dtype=dtype, device=s[1].device) for s in sets]
                     pools[key] = (sets, outs)
                 return pools[key]

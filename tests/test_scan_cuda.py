@@ -234,18 +234,6 @@ def test_cached_order_tables(name):
               {"identity order": scan_f64(*args, order=None)})
 
 
-def as_projection_views(args):
-    """The inputs as the compiled model passes them: u a view of token rows (B, L, C), delta, B
-    and C views of the column blocks of one (B, L, K*C + 2*K*N) projection output."""
-    u, delta, A, Bs, Cs, D, bias = args
-    k, n, kc = Bs.shape[1], Bs.shape[2], delta.shape[1]
-    rows = torch.cat((delta.transpose(1, 2), Bs.flatten(1, 2).transpose(1, 2), Cs.flatten(1, 2).transpose(1, 2)),
-                     dim=-1).contiguous()
-    sB, sC = (rows[..., kc + i * k * n:kc + (i + 1) * k * n].unflatten(-1, (k, n)).permute(0, 2, 3, 1)
-              for i in (0, 1))
-    return [u.transpose(1, 2).contiguous().transpose(1, 2), rows[..., :kc].transpose(1, 2), A, sB, sC, D, bias]
-
-
 @pytest.mark.parametrize("c", [24, 12], ids=["c24", "c12"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 @pytest.mark.parametrize("name,bt,chunks", [("identity", 1, 7), ("w8", 8, 1), ("w8", 1, 0), ("c_w64", 1, 0),
@@ -261,7 +249,7 @@ def test_strided_inputs(name, bt, chunks, dtype, c):
     k = order_k(order)
     length = storage_length(order, 1000)
     args = make_inputs(bt, k, c, 16, length, dtype, seed=bt + 3, shared_u=True)
-    views = as_projection_views(args)
+    views = scan_cuda.projection_views(*args)
     assert not any(t.is_contiguous() for t in (views[0], views[1], views[3], views[4]))
     y = run_kernel(views, order=order, chunks=chunks)
     assert torch.equal(y, run_kernel(args, order=order, chunks=chunks))

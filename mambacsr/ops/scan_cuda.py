@@ -218,6 +218,18 @@ def kernel_inputs(u, delta, A, Bs, Cs, D, delta_bias, *like_u):
     return sizes, (u.contiguous(), same[0], f32[0], same[1], same[2], f32[1], f32[2], *same[3:])
 
 
+def projection_views(u, delta, A, Bs, Cs, D, delta_bias) -> list:
+    """The same inputs laid out as the compiled model passes them (for tests and benchmarks): u a
+    view of token rows (B, L, C), delta, Bs and Cs views of the column blocks of one
+    (B, L, K*C + 2*K*N) projection output (the kernel's token-row loads)."""
+    k, n, kc = Bs.shape[1], Bs.shape[2], delta.shape[1]
+    rows = torch.cat((delta.transpose(1, 2), Bs.flatten(1, 2).transpose(1, 2), Cs.flatten(1, 2).transpose(1, 2)),
+                     dim=-1).contiguous()
+    sB, sC = (rows[..., kc + i * k * n:kc + (i + 1) * k * n].unflatten(-1, (k, n)).permute(0, 2, 3, 1)
+              for i in (0, 1))
+    return [u.transpose(1, 2).contiguous().transpose(1, 2), rows[..., :kc].transpose(1, 2), A, sB, sC, D, delta_bias]
+
+
 def selective_scan_cuda(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus,
                         order: ScanOrder | None = None, *, y_tokens: bool = False, variant: int = 0,
                         chunks: int = 0, out: torch.Tensor | None = None, cached_tables: bool = True):
