@@ -258,7 +258,11 @@ struct Params {
     mambacsr_scan_order_t order;
 };
 
-template <typename T, int R, int S, int W, int CB, int NT, int SEG, int MINB, int MODE>
+// STRIDED: inputs with any strides (p.su/sd/sb/sc, token-row loads where p.tok_in). The
+// contiguous instantiation folds the strides to storage order's (rows of L, tokens of 1) and has
+// no token-row path, so contiguous calls run the code they ran before strided inputs existed
+// (that code in every call cost fp32 up to 1.35x: NOTES.md, part 6).
+template <typename T, int R, int S, int W, int CB, int NT, int SEG, int MINB, int MODE, bool STRIDED>
 __global__ void __launch_bounds__(W * CB * SEG / R, MINB)
 scan_kernel(const Params p) {
     constexpr bool OUT = MODE == MODE_OUT;
@@ -337,11 +341,19 @@ scan_kernel(const Params p) {
     auto spos = [&](int i) { return SEG == 1 ? i : (i % SEG) * QT + i / SEG; };  // scan layout
 
     const int64_t row0 = ((int64_t)b * p.kc + c_first) * L;
-    const T* __restrict__ u = static_cast<const T*>(p.u) + b * p.su[0] + (p.u_shared ? ch_first : c_first) * p.su[1];
-    const T* __restrict__ dl = static_cast<const T*>(p.delta) + b * p.sd[0] + c_first * p.sd[1];
+    const int64_t urow0 = p.u_shared ? ((int64_t)b * p.ch_per_group + ch_first) * L : row0;
+    const int64_t brow0 = ((int64_t)b * p.k + g) * N * L;
+    const T* __restrict__ u = static_cast<const T*>(p.u) +
+        (STRIDED ? b * p.su[0] + (p.u_shared ? ch_first : c_first) * p.su[1] : urow0);
+    const T* __restrict__ dl = static_cast<const T*>(p.delta) + (STRIDED ? b * p.sd[0] + c_first * p.sd[1] : row0);
     T* __restrict__ y = static_cast<T*>(p.y) + row0;
-    const T* __restrict__ Bp = static_cast<const T*>(p.B) + b * p.sb[0] + g * p.sb[1];
-    const T* __restrict__ Cp = static_cast<const T*>(p.C) + b * p.sc[0] + g * p.sc[1];
+    const T* __restrict__ Bp = static_cast<const T*>(p.B) + (STRIDED ? b * p.sb[0] + g * p.sb[1] : brow0);
+    const T* __restrict__ Cp = static_cast<const T*>(p.C) + (STRIDED ? b * p.sc[0] + g * p.sc[1] : brow0);
+    // Row and token strides of the channel-row loads (compile-time L and 1 when contiguous).
+    const int64_t u_row = STRIDED ? p.su[1] : L, u_tok = STRIDED ? p.su[2] : 1;
+    const int64_t d_row = STRIDED ? p.sd[1] : L, d_tok = STRIDED ? p.sd[2] : 1;
+    const int64_t b_row = STRIDED ? p.sb[2] : L, b_tok = STRIDED ? p.sb[3] : 1;
+    const int64_t c_row = STRIDED ? p.sc[2] : L, c_tok = STRIDED ? p.sc[3] : 1;
     const int64_t bkc = (int64_t)p.batch * p.kc;
     const int64_t ws0 = (int64_t)b * p.kc + c_first;  // workspace row of the block's channel 0
 
@@ -487,7 +499,7 @@ scan_kernel(const Params p) {
         }
     };
     auto load_regs = [&](int tile) {
-        if (p.tok_in) {
+        if (STRIDED && p.tok_in) {
             load_tokens(tile);
             return;
         }
@@ -500,8 +512,8 @@ scan_kernel(const Params p) {
             const int vi = tid + i * THREADS;
             const int row = vi / VPR;
             if (vi < NV_U && row < nch) {
-                ru[i] = gather<T, VEC, true>(u + row * p.su[1], s, kind, p.su[2]);
-                rd[i] = gather<T, VEC, true>(dl + row * p.sd[1], s, kind, p.sd[2]);
+                ru[i] = gather<T, VEC, true>(u + row * u_row, s, kind, u_tok);
+                rd[i] = gather<T, VEC, true>(dl + row * d_row, s, kind, d_tok);
             }
         }
 #pragma unroll
@@ -509,8 +521,8 @@ scan_kernel(const Params p) {
             const int vi = tid + i * THREADS;
             const int row = vi / VPR;
             if (vi < N * VPR) {
-                rb[i] = gather<T, VEC, false>(Bp + row * p.sb[2], s, kind, p.sb[3]);
-                if (OUT) rc[OUT ? i : 0] = gather<T, VEC, false>(Cp + row * p.sc[2], s, kind, p.sc[3]);
+                rb[i] = gather<T, VEC, false>(Bp + row * b_row, s, kind, b_tok);
+                if (OUT) rc[OUT ? i : 0] = gather<T, VEC, false>(Cp + row * c_row, s, kind, c_tok);
             }
         }
     };
@@ -577,7 +589,7 @@ scan_kernel(const Params p) {
         }
     };
     auto prep_regs = [&](int tile) {
-        if (p.tok_in) {
+        if (STRIDED && p.tok_in) {
             prep_tokens(tile);
             return;
         }
@@ -859,15 +871,15 @@ const Variant kVariants[kNumVariants + 1] = {
 #undef X
 };
 
-template <typename T>
+template <typename T, bool STRIDED>
 cudaError_t launch_variant(int variant, int mode, const Params& p, int grid, cudaStream_t stream) {
     switch (variant) {
 #define X(id, R, S, W, CB, NT, SEG, MINB)                                                              \
     case id:                                                                                     \
         if (mode == MODE_OUT)                                                                    \
-            scan_kernel<T, R, S, W, CB, NT, SEG, MINB, MODE_OUT><<<grid, W * CB * SEG / R, 0, stream>>>(p); \
+            scan_kernel<T, R, S, W, CB, NT, SEG, MINB, MODE_OUT, STRIDED><<<grid, W * CB * SEG / R, 0, stream>>>(p); \
         else                                                                                     \
-            scan_kernel<T, R, S, W, CB, NT, SEG, MINB, MODE_STATE><<<grid, W * CB * SEG / R, 0, stream>>>(p); \
+            scan_kernel<T, R, S, W, CB, NT, SEG, MINB, MODE_STATE, STRIDED><<<grid, W * CB * SEG / R, 0, stream>>>(p); \
         break;
         MAMBACSR_VARIANTS(X)
 #undef X
@@ -876,16 +888,23 @@ cudaError_t launch_variant(int variant, int mode, const Params& p, int grid, cud
     return cudaGetLastError();
 }
 
-// Resident blocks per SM of one kernel (both passes: the fewer), for the chunk count.
+template <typename T>
+cudaError_t launch_variant(int variant, int mode, const Params& p, bool strided, int grid, cudaStream_t stream) {
+    return strided ? launch_variant<T, true>(variant, mode, p, grid, stream)
+                   : launch_variant<T, false>(variant, mode, p, grid, stream);
+}
+
+// Resident blocks per SM of one kernel (both passes: the fewer), for the chunk count. Of the
+// contiguous instantiation: the plan does not know the strides (a strided call may fit fewer).
 template <typename T>
 int blocks_per_sm(int variant) {
     int a = 0, b = 0;
     switch (variant) {
 #define X(id, R, S, W, CB, NT, SEG, MINB)                                                                        \
     case id:                                                                                               \
-        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&a, scan_kernel<T, R, S, W, CB, NT, SEG, MINB, MODE_OUT>, \
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&a, scan_kernel<T, R, S, W, CB, NT, SEG, MINB, MODE_OUT, false>, \
                                                           W * CB * SEG / R, 0) != cudaSuccess ||           \
-            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, scan_kernel<T, R, S, W, CB, NT, SEG, MINB, MODE_STATE>, \
+            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, scan_kernel<T, R, S, W, CB, NT, SEG, MINB, MODE_STATE, false>, \
                                                           W * CB * SEG / R, 0) != cudaSuccess)             \
             a = b = 0;                                                                                     \
         break;
@@ -1052,6 +1071,21 @@ size_t full_workspace(const Plan& plan) {
     return plan.table_bytes ? table_offset(plan) + plan.table_bytes : plan.ws_bytes;
 }
 
+// The strides of the storage-order contract (contiguous u, delta, Bs, Cs).
+mambacsr_scan_strides_t storage_strides(int64_t kc, int64_t k, int64_t n, int64_t length, int layout) {
+    const int64_t cu = (layout & MAMBACSR_LAYOUT_U_SHARED) ? kc / k : kc;
+    return mambacsr_scan_strides_t{{cu * length, length, 1}, {kc * length, length, 1},
+                                   {k * n * length, n * length, length, 1}, {k * n * length, n * length, length, 1}};
+}
+
+bool same_strides(const mambacsr_scan_strides_t& a, const mambacsr_scan_strides_t& b) {
+    for (int i = 0; i < 3; ++i)
+        if (a.u[i] != b.u[i] || a.delta[i] != b.delta[i]) return false;
+    for (int i = 0; i < 4; ++i)
+        if (a.B[i] != b.B[i] || a.C[i] != b.C[i]) return false;
+    return true;
+}
+
 int run_plan(const void* u, const void* delta, const float* A, const void* Bs, const void* Cs,
              const float* D, const float* delta_bias, void* y, int64_t batch, int64_t kc,
              int64_t k, int64_t n, int64_t length, int layout, const mambacsr_scan_strides_t& st,
@@ -1116,11 +1150,12 @@ int run_plan(const void* u, const void* delta, const float* A, const void* Bs, c
     const int64_t groups_state = (plan.chunks - 1 + v.seg - 1) / v.seg;
     if (per_chunk * groups_out > INT32_MAX) return MAMBACSR_ERR_UNSUPPORTED;
 
+    const bool strided = !same_strides(st, storage_strides(kc, k, n, length, layout));
     auto launch = [&](int mode, int64_t grid) -> cudaError_t {
         switch (dtype) {
-            case MAMBACSR_FLOAT32: return launch_variant<float>(plan.variant, mode, p, (int)grid, stream);
-            case MAMBACSR_FLOAT16: return launch_variant<__half>(plan.variant, mode, p, (int)grid, stream);
-            default: return launch_variant<__nv_bfloat16>(plan.variant, mode, p, (int)grid, stream);
+            case MAMBACSR_FLOAT32: return launch_variant<float>(plan.variant, mode, p, strided, (int)grid, stream);
+            case MAMBACSR_FLOAT16: return launch_variant<__half>(plan.variant, mode, p, strided, (int)grid, stream);
+            default: return launch_variant<__nv_bfloat16>(plan.variant, mode, p, strided, (int)grid, stream);
         }
     };
     cudaError_t err = cudaSuccess;
@@ -1160,10 +1195,8 @@ int mambacsr_selective_scan_strided(const void* u, const void* delta, const floa
         for (int t = 0; t < 4; ++t)
             for (int i = 0; i < count[t]; ++i)
                 if (all[t][i] < 0) return MAMBACSR_ERR_INVALID_ARGUMENT;
-    } else {  // contiguous
-        const int64_t cu = (layout & MAMBACSR_LAYOUT_U_SHARED) ? kc / k : kc;
-        st = mambacsr_scan_strides_t{{cu * length, length, 1}, {kc * length, length, 1},
-                                     {k * n * length, n * length, length, 1}, {k * n * length, n * length, length, 1}};
+    } else {
+        st = storage_strides(kc, k, n, length, layout);
     }
     const size_t have = workspace && aligned16(workspace) ? workspace_bytes : 0;
     if (plan.chunks > 1 && have < plan.ws_bytes) {
