@@ -159,8 +159,8 @@ class SS2D(nn.Module):
 
     def _token_inputs(self, x: torch.Tensor) -> bool:
         """Token-row scan inputs for 16-bit batches of 2 or more, where they were faster. At
-        batch 1 the contiguous inputs and the one stacked GEMM of `scan_inputs` are as fast,
-        and in float32 the kernel's token-row loads are slower (see `compile_blocks`)."""
+        batch 1 the contiguous inputs and the one stacked GEMM of `scan_inputs` are faster, and
+        in float32 the kernel's token-row loads are slower (see `compile_blocks`)."""
         return (self.scan_token_rows and self.scan_token_inputs and x.shape[0] > 1
                 and x.dtype in (torch.float16, torch.bfloat16))
 
@@ -173,10 +173,10 @@ class SS2D(nn.Module):
         scan_token_inputs, u may be a view of token rows (B, L, D) (`token_rows`): the scan then
         reads it, and its projections, in place."""
         if not self._token_inputs(u):
-            # The op takes contiguous inputs; compiled, this makes the kernel that computes u write
-            # it in this layout instead of the op copying it (eager: u is contiguous, a no-op).
+            # Channel rows, what the kernel's contiguous path reads; compiled, this makes the
+            # kernel that computes u write it in this layout instead of the op copying it (eager:
+            # u is contiguous already, a no-op).
             u = u.contiguous()
-        b, d, length = u.shape
         dts, Bs, Cs, A = self.scan_inputs(u)
         args = (u, dts, A, Bs, Cs, self.Ds.float(), self.dt_projs_bias.reshape(-1).float(), True, order)
         if self.scan_token_rows:
