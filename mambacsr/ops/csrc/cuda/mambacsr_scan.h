@@ -104,7 +104,10 @@ typedef struct {
 /* mambacsr_selective_scan_ordered with strided inputs (`strides` NULL: contiguous, the layouts
  * above) and, optionally, the order's token positions computed once by
  * mambacsr_scan_order_tables for this order, K and length (`order_tables` NULL: computed into
- * the workspace in every call). y is contiguous in the layout `layout` names. */
+ * the workspace in every call). y is contiguous in the layout `layout` names. Strides equal
+ * to the contiguous layout's run the contiguous kernels; any others a strided instantiation
+ * (16-byte token-row loads where channels and states are adjacent and aligned, element loads
+ * otherwise). */
 MAMBACSR_API int mambacsr_selective_scan_strided(
     const void* u, const void* delta, const float* A, const void* Bs, const void* Cs,
     const float* D, const float* delta_bias, void* y,
