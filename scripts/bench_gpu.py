@@ -13,7 +13,8 @@ with exactly those options on, side by side ('compiled' alone: its defaults); `+
 also lets that row's fp32 matrix products use TF32, `+no_layout_opt` turns Inductor's layout
 optimisation off, `+tap_convs` computes the blocks' convolutions channels-last as taps,
 `+scan_weights` computes the scans' weight-only inputs once, `+token_rows` has the scans write
-token rows, `+small_products` sums the gates' few-row projections in generated kernels.
+token rows, `+small_products` sums the gates' few-row projections in generated kernels,
+`+token_inputs` hands the scans token-row views as inputs (16-bit batches of 2 or more).
 
 For each precision and batch, every mode is built first and then timed in turn, `--rounds`
 times (A B A B ...): a drift over the run lands on every row alike. Naming a mode twice

@@ -108,17 +108,16 @@ class ScanStrides(ctypes.Structure):
 
 def _bind(lib: ctypes.CDLL) -> None:
     native_build.check_version(lib, "mambacsr_scan_abi_version", ABI_VERSION)
-    fn = lib.mambacsr_selective_scan_strided
-    fn.argtypes = ([ctypes.c_void_p] * 8 + [ctypes.c_int64] * 5 +
-                   [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
-                    ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p])
+    # Pointers and sizes up to `layout`; dtype, softplus, variant, workspace, its bytes, stream.
+    head = [ctypes.c_void_p] * 8 + [ctypes.c_int64] * 5 + [ctypes.c_int]
+    tail = [ctypes.c_int] * 3 + [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    fn = lib.mambacsr_selective_scan_strided  # + strides, order, order tables
+    fn.argtypes = head + [ctypes.c_void_p] * 3 + tail
     fn.restype = ctypes.c_int
-    # The contiguous entry the TensorRT plugin calls (and the tests call raw): the same arguments
-    # without strides and tables. Unbound, ctypes would pass 64-bit sizes as 32-bit ints.
+    # The contiguous entry the TensorRT plugin calls (and the tests call raw): + order only.
+    # Unbound, ctypes would pass 64-bit sizes as 32-bit ints.
     ordered = lib.mambacsr_selective_scan_ordered
-    ordered.argtypes = ([ctypes.c_void_p] * 8 + [ctypes.c_int64] * 5 +
-                        [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                         ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p])
+    ordered.argtypes = head + [ctypes.c_void_p] + tail
     ordered.restype = ctypes.c_int
     lib.mambacsr_scan_order_tables_size.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
     lib.mambacsr_scan_order_tables_size.restype = ctypes.c_size_t
@@ -206,16 +205,18 @@ def order_tables(lib: ctypes.CDLL, order: ScanOrder | None, c_order, k: int, len
     return tables
 
 
-def kernel_inputs(u, delta, A, Bs, Cs, D, delta_bias, *like_u):
-    """The sizes (batch, K*C, K, N, L, u_shared) and the tensors as the C ABI takes them: u
-    contiguous, delta/Bs/Cs (and `like_u`, e.g. dy) contiguous in u's dtype, A/D/delta_bias
-    contiguous float32 on u's device (None stays None)."""
+def kernel_inputs(u, delta, A, Bs, Cs, D, delta_bias, *like_u, strided: bool = False):
+    """The sizes (batch, K*C, K, N, L, u_shared) and the tensors as the C ABI takes them: u,
+    delta/Bs/Cs (and `like_u`, e.g. dy) in u's dtype, contiguous unless `strided` (the forward's
+    strided entry reads them as they are); A/D/delta_bias contiguous float32 on u's device (None
+    stays None)."""
     bt, kc, length = delta.shape
     sizes = (bt, kc, Bs.shape[1], Bs.shape[2], length, int(u.shape[1] != kc))
-    same = tuple(t.to(u.dtype).contiguous() for t in (delta, Bs, Cs, *like_u))
+    layout = (lambda t: t) if strided else (lambda t: t.contiguous())
+    same = tuple(layout(t.to(u.dtype)) for t in (delta, Bs, Cs, *like_u))
     f32 = tuple(None if t is None else t.to(device=u.device, dtype=torch.float32).contiguous()
                 for t in (A, D, delta_bias))
-    return sizes, (u.contiguous(), same[0], f32[0], same[1], same[2], f32[1], f32[2], *same[3:])
+    return sizes, (layout(u), same[0], f32[0], same[1], same[2], f32[1], f32[2], *same[3:])
 
 
 def projection_views(u, delta, A, Bs, Cs, D, delta_bias) -> list:
@@ -254,13 +255,9 @@ def selective_scan_cuda(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus,
         return None
     if Bs.shape[2] > lib.mambacsr_scan_max_states():
         return None
-    bt, kc, length = delta.shape
-    k, n = Bs.shape[1], Bs.shape[2]
-    u_shared = int(u.shape[1] != kc)
+    (bt, kc, k, n, length, u_shared), (u, delta, A, Bs, Cs, D, delta_bias) = kernel_inputs(
+        u, delta, A, Bs, Cs, D, delta_bias, strided=True)
     dtype = u.dtype
-    delta, Bs, Cs = (t if t.dtype == dtype else t.to(dtype) for t in (delta, Bs, Cs))
-    A, D, delta_bias = (None if t is None else t.to(device=u.device, dtype=torch.float32).contiguous()
-                        for t in (A, D, delta_bias))
     strides = ScanStrides.of(u, delta, Bs, Cs)
     shape = (bt, k, length, kc // k) if y_tokens else (bt, kc, length)
     y = torch.empty(shape, device=u.device, dtype=dtype) if out is None else out

@@ -842,6 +842,25 @@ __global__ void order_table_kernel(const mambacsr_scan_order_t o, int k, int map
     out[i] = t < mambacsr_order_seq_len(&og, 0, L) ? order_index(og, t, L, which) : -1;
 }
 
+// Maps per group of an order's tables: source positions, plus target positions (CROSS_SCALE).
+int order_maps(const mambacsr_scan_order_t& o) { return o.kind == MAMBACSR_ORDER_CROSS_SCALE ? 2 : 1; }
+
+// Bytes of an order's tables for K groups of seq_max positions (0 for the identity order).
+size_t order_table_bytes(const mambacsr_scan_order_t* o, int64_t k, int64_t seq_max) {
+    if (!o || o->kind == MAMBACSR_ORDER_IDENTITY) return 0;
+    return (size_t)(k * order_maps(*o) * seq_max) * sizeof(int);
+}
+
+// The tables written by order_table_kernel: per call into the workspace (run_plan), or once for
+// the caller (mambacsr_scan_order_tables).
+cudaError_t write_order_tables(const mambacsr_scan_order_t& o, int64_t k, int64_t length, int64_t seq_max,
+                               int* out, cudaStream_t stream) {
+    const int maps = order_maps(o);
+    const int64_t total = k * maps * seq_max;
+    order_table_kernel<<<(unsigned)((total + 255) / 256), 256, 0, stream>>>(o, (int)k, maps, length, seq_max, out);
+    return cudaGetLastError();
+}
+
 // ---- variants -------------------------------------------------------------------------------
 // R channels x S states per thread, W threads per channel group (N <= S * W), CB channels per
 // block, NT tokens per tile, SEG chunks per block, at least MINB resident blocks per SM (a
@@ -1055,10 +1074,7 @@ int make_plan(int64_t batch, int64_t kc, int64_t k, int64_t n, int64_t length,
     plan->chunks = chunks;
     plan->chunk_len = chunk_len;
     plan->ws_bytes = chunk_workspace(chunks, batch, kc, n);
-    if (order && order->kind != MAMBACSR_ORDER_IDENTITY) {
-        const int64_t maps = order->kind == MAMBACSR_ORDER_CROSS_SCALE ? 2 : 1;
-        plan->table_bytes = (size_t)(k * maps * seq_max) * sizeof(int);
-    }
+    plan->table_bytes = order_table_bytes(order, k, seq_max);
     return MAMBACSR_OK;
 }
 
@@ -1130,7 +1146,7 @@ int run_plan(const void* u, const void* delta, const float* A, const void* Bs, c
     p.y_vec = aligned16(y) && p.ch_per_group % vec == 0;
     if (order) p.order = *order;  // else zeros: the identity order without flips
     p.tables = p.order.kind != MAMBACSR_ORDER_IDENTITY;
-    p.two_maps = p.order.kind == MAMBACSR_ORDER_CROSS_SCALE;
+    p.two_maps = order_maps(p.order) == 2;
     if (plan.chunks > 1) {
         const size_t nh = (size_t)(plan.chunks - 1) * (size_t)(batch * kc) * (size_t)n;
         p.ws_h = static_cast<float*>(workspace);
@@ -1159,12 +1175,7 @@ int run_plan(const void* u, const void* delta, const float* A, const void* Bs, c
         }
     };
     cudaError_t err = cudaSuccess;
-    if (tables) {
-        const int64_t total = k * (p.two_maps ? 2 : 1) * plan.seq_max;
-        order_table_kernel<<<(unsigned)((total + 255) / 256), 256, 0, stream>>>(
-            p.order, (int)k, p.two_maps ? 2 : 1, length, plan.seq_max, tables);
-        err = cudaGetLastError();
-    }
+    if (tables) err = write_order_tables(p.order, k, length, plan.seq_max, tables, stream);
     if (err == cudaSuccess && plan.chunks > 1) err = launch(MODE_STATE, per_chunk * groups_state);
     if (err == cudaSuccess) err = launch(MODE_OUT, per_chunk * groups_out);
     return err == cudaSuccess ? MAMBACSR_OK : MAMBACSR_ERR_CUDA;
@@ -1213,9 +1224,8 @@ int mambacsr_selective_scan_strided(const void* u, const void* delta, const floa
 }
 
 size_t mambacsr_scan_order_tables_size(const mambacsr_scan_order_t* order, int64_t k, int64_t length) {
-    if (!order || order->kind == MAMBACSR_ORDER_IDENTITY || k <= 0 || length <= 0) return 0;
-    const int maps = order->kind == MAMBACSR_ORDER_CROSS_SCALE ? 2 : 1;
-    return (size_t)(k * maps * mambacsr_order_max_seq_len(order, k, length)) * sizeof(int);
+    if (!order || k <= 0 || length <= 0) return 0;
+    return order_table_bytes(order, k, mambacsr_order_max_seq_len(order, k, length));
 }
 
 int mambacsr_scan_order_tables(const mambacsr_scan_order_t* order, int64_t k, int64_t length, int* out,
@@ -1223,13 +1233,10 @@ int mambacsr_scan_order_tables(const mambacsr_scan_order_t* order, int64_t k, in
     const size_t bytes = mambacsr_scan_order_tables_size(order, k, length);
     if (bytes == 0) return MAMBACSR_ERR_INVALID_ARGUMENT;
     if (!out || k > MAMBACSR_SCAN_MAX_GROUPS) return MAMBACSR_ERR_INVALID_ARGUMENT;
-    const int maps = order->kind == MAMBACSR_ORDER_CROSS_SCALE ? 2 : 1;
     const int64_t seq_max = mambacsr_order_max_seq_len(order, k, length);
     if (seq_max >= INT32_MAX || length >= INT32_MAX) return MAMBACSR_ERR_UNSUPPORTED;
-    const int64_t total = k * maps * seq_max;
-    order_table_kernel<<<(unsigned)((total + 255) / 256), 256, 0, stream>>>(*order, (int)k, maps, length,
-                                                                            seq_max, out);
-    return cudaGetLastError() == cudaSuccess ? MAMBACSR_OK : MAMBACSR_ERR_CUDA;
+    return write_order_tables(*order, k, length, seq_max, out, stream) == cudaSuccess ? MAMBACSR_OK
+                                                                                      : MAMBACSR_ERR_CUDA;
 }
 
 int mambacsr_selective_scan_ordered(const void* u, const void* delta, const float* A, const void* Bs,
