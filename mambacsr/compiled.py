@@ -46,7 +46,8 @@ CHANNEL_MULTIPLE = 8
 def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
                    wide_stream: bool = True, layout_opt: bool = False, tap_convs: bool = True,
                    scan_weights: bool = True, token_rows: bool = True,
-                   small_products: bool = True, token_inputs: bool = True) -> nn.Module:
+                   small_products: bool = True, token_inputs: bool = True,
+                   one_pass_pool: bool = True) -> nn.Module:
     """Compile every residual block and cross-scale fusion of `model` in place; returns it.
 
     pad: zero-pad the channel-attention convolutions first (`pad_channels`; exact). H100, Final
@@ -85,6 +86,10 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
     fp16, interleaved rounds: batch 1 8.60 -> 8.24 ms (1679 -> 1594 kernels), batch 8 34.66 ->
     33.94 ms.
 
+    one_pass_pool: each gate's pooled descriptor (the mean over tokens of a LayerNorm over
+    channels of the scan output) in one pass over the scan output (`ops.gate_pool`, a Triton
+    kernel; CUDA only) instead of Inductor's two.
+
     Inference only (the compiled code is traced under no_grad). Safe to capture in a CUDA graph
     after a warm-up call per input shape."""
     from .model import LW_SS2D, SS2D, BiAttn, Cross_SS2D, RLMBlock
@@ -111,6 +116,8 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
             module.scan_token_inputs = token_inputs
         if isinstance(module, (BiAttn, ChannelsLastCAB)):
             module.small_products = small_products
+        if isinstance(module, BiAttn):
+            module.one_pass_pool = one_pass_pool
         if isinstance(module, LW_SS2D):
             # Column-first blocks read rows of the transposed grid; compiled, the transposes fuse.
             module.transpose_column_scans = True

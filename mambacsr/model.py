@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import scan_order
-from .ops import as_token_rows, selective_scan, selective_scan_token_rows
+from .ops import as_token_rows, gate_pool, selective_scan, selective_scan_token_rows
 
 
 class DropPath(nn.Module):
@@ -87,6 +87,8 @@ class BiAttn(nn.Module):
 
     #: Set by mambacsr.compiled: the pooled row's two projections through small_linear.
     small_products: bool = False
+    #: Set by mambacsr.compiled: the pooled row in one pass over x (`ops.gate_pool`, CUDA).
+    one_pass_pool: bool = False
 
     def __init__(self, in_channels: int, act_ratio: float = 0.125):
         super().__init__()
@@ -98,7 +100,10 @@ class BiAttn(nn.Module):
         self.gate_fn = nn.Sigmoid()
 
     def forward(self, x):  # (..., L, C): each leading index (batch, direction) gated on its own
-        pooled = self.norm(x).mean(-2, keepdim=True)
+        if self.one_pass_pool:
+            pooled = gate_pool.pooled(x, self.norm.weight, self.norm.bias, self.norm.eps)
+        else:
+            pooled = self.norm(x).mean(-2, keepdim=True)
         if self.small_products:
             hidden = self.act_fn(small_linear(pooled, self.global_reduce))
             return x * self.gate_fn(small_linear(hidden, self.channel_select))

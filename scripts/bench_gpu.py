@@ -14,7 +14,8 @@ also lets that row's fp32 matrix products use TF32, `+no_layout_opt` turns Induc
 optimisation off, `+tap_convs` computes the blocks' convolutions channels-last as taps,
 `+scan_weights` computes the scans' weight-only inputs once, `+token_rows` has the scans write
 token rows, `+small_products` sums the gates' few-row projections in generated kernels,
-`+token_inputs` hands the scans token-row views as inputs (16-bit batches of 2 or more).
+`+token_inputs` hands the scans token-row views as inputs (16-bit batches of 2 or more),
+`+one_pass_pool` computes each gate's pooled LayerNorm in one pass (`mambacsr.ops.gate_pool`).
 
 For each precision and batch, every mode is built first and then timed in turn, `--rounds`
 times (A B A B ...): a drift over the run lands on every row alike. Naming a mode twice
@@ -201,7 +202,7 @@ def compile_options(mode: str) -> tuple[dict, bool]:
         return {}, False
     chosen = set(mode.split(":", 1)[1].split("+")) - {"none"}
     known = {"pad", "freeze", "wide_stream", "tap_convs", "scan_weights", "token_rows", "small_products",
-             "token_inputs"}
+             "token_inputs", "one_pass_pool"}
     extra = {"tf32", "no_layout_opt"}
     if chosen - known - extra:
         raise SystemExit(f"unknown compile option(s) {sorted(chosen - known - extra)} in mode {mode!r}; "
