@@ -5,12 +5,12 @@ path, with the PyTorch reference beside it.
 Inductor compiles `norm(x).mean(-2)` as two passes over x (B, K, L, D) = the scan's token rows:
 one for each token's mean and variance, one for the mean over tokens of the normalised values.
 Both run near memory speed, so the second pass is the cost (about 19 us per block at batch 8,
-fp16, Final x4 on an H100). Here one program holds TOKENS whole token rows, normalises them in
-registers and writes their per-channel sum:
+fp16, Final x4 on an H100). Here each program walks a range of tokens, BLOCK_T whole rows at a
+time, normalises them in registers and accumulates their per-channel sum:
 
   mean_l LN(x_l)[d] = weight[d] * sum_l (x[l,d] - mu_l) * rstd_l / L + bias[d]
 
-The per-tile partial sums (B, K, tiles, D) are summed outside the op, in the caller's code: under
+The per-range partial sums (B, K, ranges, D) are summed outside the op, in the caller's code: under
 torch.compile that sum fuses into the gate's next kernel instead of being a launch of its own,
 and the result does not depend on the order of atomic adds.
 """
@@ -25,7 +25,8 @@ try:
 except ImportError:  # the reference below still works
     triton = None
 
-TOKENS_PER_TILE = 32
+BLOCK_T = 16            # tokens normalised together (a (BLOCK_T, D) tile in registers)
+TARGET_PROGRAMS = 512   # programs per call, about 4 per SM of a 132-SM GPU
 
 
 def pooled_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
@@ -52,40 +53,55 @@ def pooled(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
 
 if triton is not None:
     @triton.jit
-    def _token_sums_kernel(x, out, length, channels, stride_b, stride_k, stride_l, n_k, eps,
-                           TOKENS: tl.constexpr, CP: tl.constexpr):
-        """One (token tile, batch * direction): sum over the tile's tokens of each token's
-        LayerNorm-normalised row (no affine), float32."""
-        tile, row = tl.program_id(0), tl.program_id(1)
+    def _token_sums_kernel(x, out, length, stride_b, stride_k, n_k, eps, tokens_per_program,
+                           D: tl.constexpr, CP: tl.constexpr, STRIDE_L: tl.constexpr, BLOCK_T: tl.constexpr):
+        """One (token range, batch * direction): the sum over the range's tokens of each
+        token's LayerNorm-normalised row (no affine), float32, BLOCK_T tokens at a time. D and
+        the token stride are compile-time constants, so rows load as 16-byte vectors."""
+        p, row = tl.program_id(0), tl.program_id(1)
         b, k = row // n_k, row % n_k
-        tok = tile * TOKENS + tl.arange(0, TOKENS)
         ch = tl.arange(0, CP)
-        tok_ok = tok < length
-        valid = tok_ok[:, None] & (ch < channels)[None, :]
-        base = b.to(tl.int64) * stride_b + k.to(tl.int64) * stride_k
-        v = tl.load(x + base + tok[:, None].to(tl.int64) * stride_l + ch[None, :], mask=valid, other=0.0)
-        v = v.to(tl.float32)
-        mu = tl.sum(v, 1) / channels
-        centred = tl.where(valid, v - mu[:, None], 0.0)
-        rstd = tl.where(tok_ok, 1.0 / tl.sqrt(tl.sum(centred * centred, 1) / channels + eps), 0.0)
-        dst = out + (row.to(tl.int64) * tl.num_programs(0) + tile) * channels + ch
-        tl.store(dst, tl.sum(centred * rstd[:, None], 0), mask=ch < channels)
+        ch_ok = ch < D
+        src = x + b.to(tl.int64) * stride_b + k.to(tl.int64) * stride_k
+        acc = tl.zeros((BLOCK_T, CP), dtype=tl.float32)
+        first = p * tokens_per_program
+        end = tl.minimum(first + tokens_per_program, length)
+        for t0 in range(first, end, BLOCK_T):
+            tok = t0 + tl.arange(0, BLOCK_T)
+            tok_ok = tok < end
+            valid = tok_ok[:, None] & ch_ok[None, :]
+            v = tl.load(src + tok[:, None].to(tl.int64) * STRIDE_L + ch[None, :], mask=valid, other=0.0)
+            v = v.to(tl.float32)
+            mu = tl.sum(v, 1) / D
+            centred = tl.where(valid, v - mu[:, None], 0.0)
+            rstd = tl.where(tok_ok, 1.0 / tl.sqrt(tl.sum(centred * centred, 1) / D + eps), 0.0)
+            acc += centred * rstd[:, None]
+        dst = out + (row.to(tl.int64) * tl.num_programs(0) + p) * D + ch
+        tl.store(dst, tl.sum(acc, 0), mask=ch_ok)
+
+
+def _tokens_per_program(rows: int, length: int) -> int:
+    """Tokens each program sums: about TARGET_PROGRAMS programs in all (a few per SM, enough
+    bytes in flight at batch 1 and 8 alike), whole BLOCK_T steps, at most 1024."""
+    per = -(-rows * length // TARGET_PROGRAMS)
+    return min(1024, max(BLOCK_T, -(-per // BLOCK_T) * BLOCK_T))
 
 
 @torch.library.custom_op("mambacsr::layer_norm_token_sums", mutates_args=())
 def layer_norm_token_sums(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """(B, K, tiles, D) float32: per tile of TOKENS_PER_TILE tokens, the sum of the tokens'
-    LayerNorm-normalised rows (no affine) of x (B, K, L, D), channels contiguous."""
+    """(B, K, ranges, D) float32: per range of `_tokens_per_program` tokens, the sum of the
+    tokens' LayerNorm-normalised rows (no affine) of x (B, K, L, D), channels contiguous."""
     b, k, length, d = x.shape
-    tiles = triton.cdiv(length, TOKENS_PER_TILE)
-    out = torch.empty(b, k, tiles, d, device=x.device, dtype=torch.float32)
-    cp = triton.next_power_of_2(d)
-    _token_sums_kernel[(tiles, b * k)](x, out, length, d, x.stride(0), x.stride(1), x.stride(2), k, eps,
-                                       TOKENS=TOKENS_PER_TILE, CP=cp, num_warps=8 if cp >= 256 else 4)
+    per = _tokens_per_program(b * k, length)
+    ranges = -(-length // per)
+    out = torch.empty(b, k, ranges, d, device=x.device, dtype=torch.float32)
+    _token_sums_kernel[(ranges, b * k)](x, out, length, x.stride(0), x.stride(1), k, eps, per,
+                                        D=d, CP=triton.next_power_of_2(d), STRIDE_L=x.stride(2),
+                                        BLOCK_T=BLOCK_T, num_warps=8)
     return out
 
 
 @layer_norm_token_sums.register_fake
 def _(x, eps):
     b, k, length, d = x.shape
-    return x.new_empty(b, k, -(-length // TOKENS_PER_TILE), d, dtype=torch.float32)
+    return x.new_empty(b, k, -(-length // _tokens_per_program(b * k, length)), d, dtype=torch.float32)
