@@ -27,6 +27,7 @@ except ImportError:  # the reference below still works
 
 BLOCK_T = 16            # tokens normalised together (a (BLOCK_T, D) tile in registers)
 TARGET_PROGRAMS = 512   # programs per call, about 4 per SM of a 132-SM GPU
+NUM_WARPS = 8
 
 
 def pooled_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
@@ -97,7 +98,7 @@ def layer_norm_token_sums(x: torch.Tensor, eps: float) -> torch.Tensor:
     out = torch.empty(b, k, ranges, d, device=x.device, dtype=torch.float32)
     _token_sums_kernel[(ranges, b * k)](x, out, length, x.stride(0), x.stride(1), k, eps, per,
                                         D=d, CP=triton.next_power_of_2(d), STRIDE_L=x.stride(2),
-                                        BLOCK_T=BLOCK_T, num_warps=8)
+                                        BLOCK_T=BLOCK_T, num_warps=NUM_WARPS)
     return out
 
 
