@@ -88,7 +88,8 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
 
     one_pass_pool: each gate's pooled descriptor (the mean over tokens of a LayerNorm over
     channels of the scan output) in one pass over the scan output (`ops.gate_pool`, a Triton
-    kernel; CUDA only) instead of Inductor's two.
+    kernel; CUDA only) instead of Inductor's two. H100, interleaved rounds: fp16 batch 1 8.44 ->
+    8.36 ms, batch 8 33.18 -> 32.39 ms; fp32 + TF32 batch 8 46.62 -> 45.31 ms.
 
     Inference only (the compiled code is traced under no_grad). Safe to capture in a CUDA graph
     after a warm-up call per input shape."""
