@@ -25,9 +25,9 @@ CHECK = textwrap.dedent("""
     def rel(a, b): return ((a.float() - b.float()).norm() / b.float().norm()).item()
     torch.manual_seed(0)
     worst = {}
-    # odd token counts (a partial last tile), channel counts below and above a power of two,
-    # and the cross-scale block's slice of the full-resolution tokens (a strided view)
-    # and ranges of several BLOCK_T steps (the last one partial)
+    # odd token counts (a partial last range), channel counts below and above a power of two,
+    # the cross-scale block's slice of the full-resolution tokens (a strided view), and ranges
+    # of several BLOCK_T steps (the last one partial)
     cases = [(2, 2, 37, 30, 0), (1, 4, 70, 360, 0), (2, 2, 50, 48, 9), (1, 2, 9000, 40, 0)]
     assert gate_pool._tokens_per_program(2, 9000) > 2 * gate_pool.BLOCK_T
     for (b, k, length, d, start) in cases:

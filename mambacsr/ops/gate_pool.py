@@ -16,6 +16,8 @@ and the result does not depend on the order of atomic adds.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -38,8 +40,6 @@ def pooled_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
 def kernel_available(x: torch.Tensor) -> bool:
     """Whether `pooled` runs the kernel for x: Triton present, x on a CUDA device (or Triton's
     CPU interpreter on), 4-D with contiguous channels."""
-    import os
-
     device_ok = x.is_cuda or (x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
     return triton is not None and device_ok and x.dim() == 4 and x.stride(-1) == 1
 
@@ -88,13 +88,18 @@ def _tokens_per_program(rows: int, length: int) -> int:
     return min(1024, max(BLOCK_T, -(-per // BLOCK_T) * BLOCK_T))
 
 
+def _ranges(rows: int, length: int) -> tuple[int, int]:
+    """(tokens per program, programs per row): the op's output shape and its launch grid."""
+    per = _tokens_per_program(rows, length)
+    return per, -(-length // per)
+
+
 @torch.library.custom_op("mambacsr::layer_norm_token_sums", mutates_args=())
 def layer_norm_token_sums(x: torch.Tensor, eps: float) -> torch.Tensor:
     """(B, K, ranges, D) float32: per range of `_tokens_per_program` tokens, the sum of the
     tokens' LayerNorm-normalised rows (no affine) of x (B, K, L, D), channels contiguous."""
     b, k, length, d = x.shape
-    per = _tokens_per_program(b * k, length)
-    ranges = -(-length // per)
+    per, ranges = _ranges(b * k, length)
     out = torch.empty(b, k, ranges, d, device=x.device, dtype=torch.float32)
     _token_sums_kernel[(ranges, b * k)](x, out, length, x.stride(0), x.stride(1), k, eps, per,
                                         D=d, CP=triton.next_power_of_2(d), STRIDE_L=x.stride(2),
@@ -105,4 +110,4 @@ def layer_norm_token_sums(x: torch.Tensor, eps: float) -> torch.Tensor:
 @layer_norm_token_sums.register_fake
 def _(x, eps):
     b, k, length, d = x.shape
-    return x.new_empty(b, k, -(-length // _tokens_per_program(b * k, length)), d, dtype=torch.float32)
+    return x.new_empty(b, k, _ranges(b * k, length)[1], d, dtype=torch.float32)
