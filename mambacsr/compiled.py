@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 
 from .model import small_linear
+from .ops import depthwise
 
 # Blocks that differ only in constants each cost a (cheap, cache-hit) recompile: allow them all.
 _RECOMPILE_LIMIT = 256
@@ -47,7 +48,7 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
                    wide_stream: bool = True, layout_opt: bool = False, tap_convs: bool = True,
                    scan_weights: bool = True, token_rows: bool = True,
                    small_products: bool = True, token_inputs: bool = True,
-                   one_pass_pool: bool = True) -> nn.Module:
+                   one_pass_pool: bool = True, depthwise_kernel: bool = True) -> nn.Module:
     """Compile every residual block and cross-scale fusion of `model` in place; returns it.
 
     pad: zero-pad the channel-attention convolutions first (`pad_channels`; exact). H100, Final
@@ -91,6 +92,10 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
     kernel; CUDA only) instead of Inductor's two. H100, interleaved rounds: fp16 batch 1 8.44 ->
     8.36 ms, batch 8 33.18 -> 32.39 ms; fp32 + TF32 batch 8 46.62 -> 45.31 ms.
 
+    depthwise_kernel (with tap_convs): each local-window scan's SiLU(depthwise convolution) as
+    one tiled Triton kernel (`ops.depthwise`; CUDA only) that writes u in the order the scan
+    reads, instead of Inductor's flat pointwise taps.
+
     Inference only (the compiled code is traced under no_grad). Safe to capture in a CUDA graph
     after a warm-up call per input shape."""
     from .model import LW_SS2D, SS2D, BiAttn, Cross_SS2D, RLMBlock
@@ -122,6 +127,8 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
         if isinstance(module, LW_SS2D):
             # Column-first blocks read rows of the transposed grid; compiled, the transposes fuse.
             module.transpose_column_scans = True
+            if isinstance(module.conv2d, TapConv2d):
+                module.conv2d.silu_kernel = depthwise_kernel
         if isinstance(module, (RLMBlock, Cross_SS2D)):
             module.compile(dynamic=False, options=options)
     return model
@@ -226,6 +233,9 @@ class TapConv2d(nn.Module):
     image contributes a zero product. Inputs narrower than the weights (zero-padded channels)
     use the leading weights."""
 
+    #: Set by compile_blocks(depthwise_kernel=True): `conv_silu` runs ops.depthwise's kernel.
+    silu_kernel: bool = False
+
     def __init__(self, conv: nn.Conv2d):
         super().__init__()
         k = conv.kernel_size[0]
@@ -239,6 +249,14 @@ class TapConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # NCHW in and out, like the Conv2d it replaces
         return self.forward_nhwc(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def conv_silu(self, x: torch.Tensor, token_rows: bool, transposed: bool) -> torch.Tensor | None:
+        """SiLU of this depthwise convolution of x (B, H, W, C), as (B, C, H, W) stored in the
+        scan's order (`ops.depthwise.conv_silu`); None where the kernel is off or cannot run
+        (SS2D.project_in then uses forward_nhwc)."""
+        if not (self.silu_kernel and self.depthwise and depthwise.kernel_available(x, self.weight)):
+            return None
+        return depthwise.conv_silu(x, self.weight, self.bias, token_rows, transposed)
 
     def forward_nhwc(self, x: torch.Tensor) -> torch.Tensor:
         k, p = self.k, self.k // 2

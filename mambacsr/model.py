@@ -263,9 +263,20 @@ class SS2D(nn.Module):
         y = self.multi_scan.attn(ys).sum(1)
         return self.out_norm(y).reshape(y.shape[0], h, w, -1)
 
-    def project_in(self, x: torch.Tensor, in_proj: nn.Linear, conv: nn.Conv2d, act: nn.Module):
-        """(B,H,W,C) -> x (B, D, H, W) after depthwise conv + SiLU, and the gate z (B,H,W,D)."""
+    def project_in(self, x: torch.Tensor, in_proj: nn.Linear, conv: nn.Conv2d, act: nn.Module,
+                   storage: tuple[bool, bool] | None = None):
+        """(B,H,W,C) -> x (B, D, H, W) after depthwise conv + SiLU, and the gate z (B,H,W,D).
+
+        storage (token_rows, transposed): the order the scan will read x in. A compiled conv
+        that computes SiLU(conv) itself (`conv_silu`: mambacsr.compiled's TapConv2d with its
+        kernel) writes x in that order; otherwise x is the conv's output and the caller's views
+        or copies arrange it."""
         x, z = in_proj(x).chunk(2, dim=-1)
+        conv_silu = getattr(conv, "conv_silu", None)
+        if storage is not None and conv_silu is not None and isinstance(act, nn.SiLU):
+            u = conv_silu(x, *storage)
+            if u is not None:
+                return u, act(z)
         return act(conv_from_nhwc(conv, x)), act(z)
 
 
@@ -287,8 +298,9 @@ class LW_SS2D(SS2D):
 
     def forward(self, x):  # (B, H, W, C)
         h, w = x.shape[1:3]
-        x, z = self.project_in(x, self.in_proj, self.conv2d, self.act)
-        if self._scan_transposed():
+        transposed = self._scan_transposed()
+        x, z = self.project_in(x, self.in_proj, self.conv2d, self.act, (self._token_inputs(x), transposed))
+        if transposed:
             # A column-first window order on the H x W grid is the row-first order on the W x H
             # grid, whose tokens the kernel reads in contiguous runs. Compiled, the two transposes
             # fuse into the kernels that write u and read y, so they cost no memory pass.

@@ -1,0 +1,139 @@
+"""SiLU(depthwise convolution) written in the scan's storage order (mambacsr.ops.depthwise), which
+the compiled CUDA path uses (`compile_blocks(depthwise_kernel=True)`): the Triton kernel against
+PyTorch's conv2d + SiLU in float64, on a GPU or, without one, through Triton's CPU interpreter in
+a subprocess (the interpreter is switched on before Triton is imported). Skipped where Triton is
+not installed.
+
+Negative controls: the comparison must reject what a kernel would return that wrapped a row's
+taps into its neighbour row (no zero padding at the sides), read the filter untransposed on the
+transposed grid, dropped the bias, or skipped the SiLU.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+CHECK = textwrap.dedent("""
+    import torch
+    import torch.nn.functional as F
+    from mambacsr.ops import depthwise
+    device = DEVICE
+    def rel(a, b): return ((a.double() - b.double()).norm() / b.double().norm()).item()
+    def silu_conv(x, wt, bs, pad_mode="zeros"):  # float64 reference, (B, H, W, C)
+        xi = x.double().permute(0, 3, 1, 2)
+        p = wt.shape[-1] // 2
+        if pad_mode == "circular":
+            xi, p = F.pad(xi, (p, p, 0, 0), mode="circular"), (p, 0)
+        y = F.conv2d(xi, wt.double(), None if bs is None else bs.double(), padding=p, groups=x.shape[-1])
+        return F.silu(y).permute(0, 2, 3, 1)
+    torch.manual_seed(0)
+    worst = {}
+    # odd grids, channels below / above a block and not a power of two, a grid wider than one
+    # BLOCK_W row tile, k = 5, and x as the channel slice of a wider projection (the model's view)
+    cases = [(2, 5, 7, 30, 3), (1, 9, 6, 72, 3), (2, 3, 70, 8, 3), (1, 6, 5, 12, 5)]
+    for (b, h, w, c, k) in cases:
+        x = (torch.randn(b, h, w, 2 * c) + 0.5).to(device)[..., :c]
+        wt = torch.randn(c, 1, k, k, device=device)
+        bs = torch.randn(c, device=device)
+        want = silu_conv(x, wt, bs)
+        controls = {"side taps wrapped": silu_conv(x, wt, bs, "circular"),
+                    "filter untransposed": silu_conv(x, wt.transpose(-1, -2), bs),
+                    "no bias": silu_conv(x, wt, None),
+                    "no SiLU": F.conv2d(x.double().permute(0, 3, 1, 2), wt.double(), bs.double(), padding=k // 2,
+                                        groups=c).permute(0, 2, 3, 1)}
+        for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 2e-3)):
+            xd, wd, bd = x.to(dtype), wt.to(dtype), bs.to(dtype)
+            assert depthwise.kernel_available(xd, wd)
+            for token_rows in (True, False):
+                for transposed in (False, True):
+                    got = depthwise.conv_silu(xd, wd, bd, token_rows, transposed)
+                    assert got.dtype == dtype and got.shape == (b, c, h, w), (got.dtype, got.shape)
+                    # the storage order the scan reads: u as (B, C, L) channel rows or a
+                    # (B, L, C) token-row view, L running over the (transposed) grid
+                    grid = got.transpose(2, 3) if transposed else got
+                    flat = grid.flatten(2) if not token_rows else grid.permute(0, 2, 3, 1).reshape(b, -1, c)
+                    assert flat.is_contiguous(), (token_rows, transposed, got.stride())
+                    err = rel(got.permute(0, 2, 3, 1), want)
+                    assert err < tol, (b, h, w, c, k, dtype, token_rows, transposed, err)
+                    worst[str(dtype)] = max(worst.get(str(dtype), 0.0), err)
+                    for name, control in controls.items():
+                        if name == "filter untransposed" and not transposed:
+                            continue
+                        off = rel(got.permute(0, 2, 3, 1), control)
+                        assert off > 20 * tol, (name, off)
+    print("ok", worst)
+""")
+
+MODULE_CHECK = textwrap.dedent("""
+    import torch
+    from mambacsr.compiled import channels_last_convs
+    from mambacsr.model import LW_SS2D
+    from mambacsr.ops import depthwise
+    device = DEVICE
+    def rel(a, b): return ((a.float() - b.float()).norm() / b.float().norm()).item()
+    torch.manual_seed(0)
+    # a row-first and a column-first block on a grid that is not square (the transposed order)
+    for directions in (["w8", "w8_flip"], ["c_w8", "c_w8_flip"]):
+        plain = LW_SS2D(16, 8, directions).eval().to(device)
+        with torch.no_grad():
+            plain.conv2d.weight.normal_(); plain.conv2d.bias.normal_()
+        x = torch.randn(2, 12, 10, 16, device=device)
+        with torch.no_grad():
+            want = plain(x)
+            fused = channels_last_convs(plain)
+            fused.transpose_column_scans = True
+            fused.conv2d.silu_kernel = True
+            calls = []
+            conv_silu = depthwise.conv_silu
+            depthwise.conv_silu = lambda *a: calls.append(a[3:]) or conv_silu(*a)
+            got = fused(x)
+            depthwise.conv_silu = conv_silu
+        assert calls == [(False, directions[0].startswith("c_"))], calls
+        assert rel(got, want) < 1e-5, (directions, rel(got, want))
+    print("ok")
+""")
+
+
+def _run(code: str) -> None:
+    pytest.importorskip("triton")
+    env = dict(os.environ)
+    if torch.cuda.is_available():
+        device = "cuda"
+    else:
+        device, env["TRITON_INTERPRET"] = "cpu", "1"
+    run = subprocess.run([sys.executable, "-c", code.replace("DEVICE", repr(device))], env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0 and "ok" in run.stdout, run.stdout + run.stderr
+
+
+def test_kernel_matches_conv_silu_in_every_storage_order():
+    _run(CHECK)
+
+
+def test_scan_block_with_the_kernel_matches_the_plain_block():
+    """LW_SS2D with the compiled path's kernel (eager here) gives the plain module's output,
+    for row-first and transposed column-first scans (float32: channel-row storage)."""
+    _run(MODULE_CHECK)
+
+
+def test_without_the_kernel_the_reference_runs(monkeypatch):
+    """CPU tensors (no interpreter) and inputs the kernel does not take go to the reference,
+    arranged in the same storage order."""
+    from mambacsr.ops import depthwise
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    x = torch.randn(2, 5, 6, 4)
+    wt, bs = torch.randn(4, 1, 3, 3), torch.randn(4)
+    assert not depthwise.kernel_available(x, wt)
+    want = torch.nn.functional.silu(torch.nn.functional.conv2d(x.permute(0, 3, 1, 2), wt, bs, padding=1, groups=4))
+    for token_rows in (True, False):
+        for transposed in (False, True):
+            got = depthwise.conv_silu(x, wt, bs, token_rows, transposed)
+            assert torch.allclose(got, want, atol=1e-6)
+            grid = got.transpose(2, 3) if transposed else got
+            assert (grid.permute(0, 2, 3, 1) if token_rows else grid).is_contiguous()
