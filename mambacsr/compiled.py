@@ -128,7 +128,7 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
             # Column-first blocks read rows of the transposed grid; compiled, the transposes fuse.
             module.transpose_column_scans = True
             if isinstance(module.conv2d, TapConv2d):
-                module.conv2d.silu_kernel = depthwise_kernel
+                module.conv2d.use_silu_kernel(depthwise_kernel)
         if isinstance(module, (RLMBlock, Cross_SS2D)):
             module.compile(dynamic=False, options=options)
     return model
@@ -233,9 +233,6 @@ class TapConv2d(nn.Module):
     image contributes a zero product. Inputs narrower than the weights (zero-padded channels)
     use the leading weights."""
 
-    #: Set by compile_blocks(depthwise_kernel=True): `conv_silu` runs ops.depthwise's kernel.
-    silu_kernel: bool = False
-
     def __init__(self, conv: nn.Conv2d):
         super().__init__()
         k = conv.kernel_size[0]
@@ -246,17 +243,27 @@ class TapConv2d(nn.Module):
             raise ValueError(f"TapConv2d takes stride-1 'same' k x k convolutions, dense or depthwise; got {conv}")
         self.weight, self.bias = conv.weight, conv.bias
         self.k, self.depthwise = k, depthwise
+        # Set by `use_silu_kernel`: the filter as ops.depthwise's kernel reads it; None: off. A
+        # buffer (follows .to()), not saved (the state dict stays the Conv2d's).
+        self.register_buffer("silu_taps", None, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # NCHW in and out, like the Conv2d it replaces
         return self.forward_nhwc(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    @torch.no_grad()
+    def use_silu_kernel(self, on: bool = True) -> None:
+        """Turn `conv_silu` on (depthwise only) with the filter laid out for the kernel once
+        (inference: call again after changing the weights) or off."""
+        self.silu_taps = depthwise.taps_of(self.weight) if on and self.depthwise else None
 
     def conv_silu(self, x: torch.Tensor, token_rows: bool, transposed: bool) -> torch.Tensor | None:
         """SiLU of this depthwise convolution of x (B, H, W, C), as (B, C, H, W) stored in the
         scan's order (`ops.depthwise.conv_silu`); None where the kernel is off or cannot run
         (SS2D.project_in then uses forward_nhwc)."""
-        if not (self.silu_kernel and self.depthwise and depthwise.kernel_available(x, self.weight)):
+        taps = self.silu_taps
+        if taps is None or taps.dtype != x.dtype or taps.device != x.device or not depthwise.kernel_available(x, taps):
             return None
-        return depthwise.conv_silu(x, self.weight, self.bias, token_rows, transposed)
+        return depthwise.conv_silu(x, taps, self.bias, token_rows, transposed)
 
     def forward_nhwc(self, x: torch.Tensor) -> torch.Tensor:
         k, p = self.k, self.k // 2

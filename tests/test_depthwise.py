@@ -47,7 +47,7 @@ CHECK = textwrap.dedent("""
                     "no SiLU": F.conv2d(x.double().permute(0, 3, 1, 2), wt.double(), bs.double(), padding=k // 2,
                                         groups=c).permute(0, 2, 3, 1)}
         for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 2e-3)):
-            xd, wd, bd = x.to(dtype), wt.to(dtype), bs.to(dtype)
+            xd, wd, bd = x.to(dtype), depthwise.taps_of(wt.to(dtype)), bs.to(dtype)
             assert depthwise.kernel_available(xd, wd)
             for token_rows in (True, False):
                 for transposed in (False, True):
@@ -87,7 +87,7 @@ MODULE_CHECK = textwrap.dedent("""
             want = plain(x)
             fused = channels_last_convs(plain)
             fused.transpose_column_scans = True
-            fused.conv2d.silu_kernel = True
+            fused.conv2d.use_silu_kernel()
             calls = []
             conv_silu = depthwise.conv_silu
             depthwise.conv_silu = lambda *a: calls.append(a[3:]) or conv_silu(*a)
@@ -129,11 +129,13 @@ def test_without_the_kernel_the_reference_runs(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     x = torch.randn(2, 5, 6, 4)
     wt, bs = torch.randn(4, 1, 3, 3), torch.randn(4)
-    assert not depthwise.kernel_available(x, wt)
+    taps = depthwise.taps_of(wt)
+    assert taps.shape == (9, 4) and taps[1, 2] == wt[2, 0, 0, 1]
+    assert not depthwise.kernel_available(x, taps)
     want = torch.nn.functional.silu(torch.nn.functional.conv2d(x.permute(0, 3, 1, 2), wt, bs, padding=1, groups=4))
     for token_rows in (True, False):
         for transposed in (False, True):
-            got = depthwise.conv_silu(x, wt, bs, token_rows, transposed)
+            got = depthwise.conv_silu(x, taps, bs, token_rows, transposed)
             assert torch.allclose(got, want, atol=1e-6)
             grid = got.transpose(2, 3) if transposed else got
             assert (grid.permute(0, 2, 3, 1) if token_rows else grid).is_contiguous()

@@ -18,6 +18,7 @@ Zero 'same' padding is the loads' mask: a tap outside the image reads 0.
 """
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -34,10 +35,17 @@ BLOCK_C = 64    # channels per program
 NUM_WARPS = 4
 
 
-def reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """(B, H, W, C) -> SiLU(depthwise 'same' convolution) as (B, H, W, C); weight (C, 1, k, k)."""
-    k = weight.shape[-1]
-    y = F.conv2d(x.permute(0, 3, 1, 2), weight, bias, padding=k // 2, groups=x.shape[-1])
+def taps_of(weight: torch.Tensor) -> torch.Tensor:
+    """A depthwise filter (C, 1, k, k) as the kernel reads it: (k*k, C), one row per tap, so
+    each tap's weights load as channel vectors like the data."""
+    return weight.reshape(weight.shape[0], -1).t().contiguous()
+
+
+def reference(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """(B, H, W, C) -> SiLU(depthwise 'same' convolution) as (B, H, W, C); taps (k*k, C)."""
+    c, k = x.shape[-1], math.isqrt(taps.shape[0])
+    weight = taps.t().reshape(c, 1, k, k)
+    y = F.conv2d(x.permute(0, 3, 1, 2), weight, bias, padding=k // 2, groups=c)
     return F.silu(y).permute(0, 2, 3, 1)
 
 
@@ -48,24 +56,24 @@ def as_image(storage: torch.Tensor, token_rows: bool, transposed: bool) -> torch
     return storage.transpose(2, 3) if transposed else storage
 
 
-def kernel_available(x: torch.Tensor, weight: torch.Tensor) -> bool:
+def kernel_available(x: torch.Tensor, taps: torch.Tensor) -> bool:
     """Whether `conv_silu` runs the kernel: Triton present, x on a CUDA device (or Triton's CPU
-    interpreter on), (B, H, W, C) with contiguous channels, a depthwise odd k x k weight."""
+    interpreter on), (B, H, W, C) with contiguous channels, taps (k*k, C) of an odd k."""
     device_ok = x.is_cuda or (x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
-    k = weight.shape[-1]
-    return (triton is not None and device_ok and x.dim() == 4 and x.stride(-1) == 1
-            and weight.shape == (x.shape[-1], 1, k, k) and k % 2 == 1)
+    k = math.isqrt(taps.shape[0])
+    return (triton is not None and device_ok and x.dim() == 4 and x.stride(-1) == 1 and taps.is_contiguous()
+            and taps.shape == (k * k, x.shape[-1]) and k % 2 == 1)
 
 
-def conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+def conv_silu(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None,
               token_rows: bool, transposed: bool) -> torch.Tensor:
-    """SiLU(depthwise convolution) of x (B, H, W, C) as a (B, C, H, W) tensor stored in the
-    scan's order (module docstring): through the kernel where `kernel_available`, else the
-    reference, copied into that order."""
-    if kernel_available(x, weight):
-        return as_image(torch.ops.mambacsr.depthwise_conv_silu(x, weight, bias, token_rows, transposed),
+    """SiLU(depthwise convolution) of x (B, H, W, C) with taps (k*k, C) (`taps_of`) as a
+    (B, C, H, W) tensor stored in the scan's order (module docstring): through the kernel where
+    `kernel_available`, else the reference, copied into that order."""
+    if kernel_available(x, taps):
+        return as_image(torch.ops.mambacsr.depthwise_conv_silu(x, taps, bias, token_rows, transposed),
                         token_rows, transposed)
-    y = reference(x, weight, bias)  # (B, H, W, C)
+    y = reference(x, taps, bias)  # (B, H, W, C)
     order = {(True, False): (0, 1, 2, 3), (True, True): (0, 2, 1, 3),
              (False, False): (0, 3, 1, 2), (False, True): (0, 3, 2, 1)}[(token_rows, transposed)]
     return as_image(y.permute(*order).contiguous(), token_rows, transposed)
@@ -99,7 +107,7 @@ if triton is not None:
                 ok = (r_ok & (cc >= 0) & (cc < cols))[:, None] & c_ok[None, :]
                 v = tl.load(src + rr * sx_r + cc[:, None] * sx_c + cs[None, :], mask=ok, other=0.0)
                 tap = (j * K + i) if TRANSPOSE_W else (i * K + j)
-                wt = tl.load(w + cs * (K * K) + tap, mask=c_ok, other=0.0).to(tl.float32)
+                wt = tl.load(w + tap * C + cs, mask=c_ok, other=0.0).to(tl.float32)
                 acc += v.to(tl.float32) * wt[None, :]
         y = (acc * tl.sigmoid(acc)).to(out.dtype.element_ty)
         ok = (ws < cols)[:, None] & c_ok[None, :]
@@ -117,24 +125,24 @@ def _storage_shape(x: torch.Tensor, token_rows: bool, transposed: bool) -> tuple
 
 
 @torch.library.custom_op("mambacsr::depthwise_conv_silu", mutates_args=())
-def depthwise_conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+def depthwise_conv_silu(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None,
                         token_rows: bool, transposed: bool) -> torch.Tensor:
     """SiLU(depthwise 'same' convolution) of x (B, H, W, C) (channels contiguous, any other
-    strides), weight (C, 1, k, k), stored as token rows (B, H, W, C) or channel rows
+    strides), taps (k*k, C) contiguous, stored as token rows (B, H, W, C) or channel rows
     (B, C, H, W) of the H x W grid, or of the W x H grid if `transposed`."""
     b, h, w, c = x.shape
-    k = weight.shape[-1]
+    k = math.isqrt(taps.shape[0])
     out = torch.empty(_storage_shape(x, token_rows, transposed), device=x.device, dtype=x.dtype)
     rows, cols = (w, h) if transposed else (h, w)
     sx_r, sx_c = (x.stride(2), x.stride(1)) if transposed else (x.stride(1), x.stride(2))
     block_w = min(BLOCK_W, triton.next_power_of_2(cols))
     grid = (b * rows, triton.cdiv(cols, block_w), triton.cdiv(c, BLOCK_C))
-    _conv_silu_kernel[grid](x, weight.contiguous(), bias if bias is not None else weight, out, rows, cols,
+    _conv_silu_kernel[grid](x, taps, bias if bias is not None else taps, out, rows, cols,
                             x.stride(0), sx_r, sx_c, C=c, K=k, HAS_BIAS=bias is not None, TOKEN_ROWS=token_rows,
                             TRANSPOSE_W=transposed, BLOCK_W=block_w, BLOCK_C=BLOCK_C, num_warps=NUM_WARPS)
     return out
 
 
 @depthwise_conv_silu.register_fake
-def _(x, weight, bias, token_rows, transposed):
+def _(x, taps, bias, token_rows, transposed):
     return x.new_empty(_storage_shape(x, token_rows, transposed))
