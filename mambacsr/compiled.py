@@ -94,7 +94,9 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
 
     depthwise_kernel (with tap_convs): each local-window scan's SiLU(depthwise convolution) as
     one tiled Triton kernel (`ops.depthwise`; CUDA only) that writes u in the order the scan
-    reads, instead of Inductor's flat pointwise taps.
+    reads, instead of Inductor's flat pointwise taps (52 -> 33 us per batch-8 fp16 call). H100,
+    interleaved rounds: fp16 batch 1 8.45 -> 8.38 ms, batch 8 32.70 -> 32.24 ms; fp32 + TF32
+    batch 8 45.53 -> 45.11 ms.
 
     Inference only (the compiled code is traced under no_grad). Safe to capture in a CUDA graph
     after a warm-up call per input shape."""
