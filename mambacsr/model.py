@@ -295,6 +295,9 @@ class LW_SS2D(SS2D):
     # Scan column-first blocks on the transposed grid: set by mambacsr.compiled (where the two
     # transposes fuse into neighbouring kernels); eager and export keep the plain layout.
     transpose_column_scans: bool = False
+    #: Set by mambacsr.compiled (with transpose_column_scans): stay on the transposed grid
+    #: through out_proj (forward); off: transpose the merged output back before it.
+    column_tail: bool = False
 
     def forward(self, x):  # (B, H, W, C)
         h, w = x.shape[1:3]
@@ -302,12 +305,18 @@ class LW_SS2D(SS2D):
         x, z = self.project_in(x, self.in_proj, self.conv2d, self.act, (self._token_inputs(x), transposed))
         if transposed:
             # A column-first window order on the H x W grid is the row-first order on the W x H
-            # grid, whose tokens the kernel reads in contiguous runs. Compiled, the two transposes
-            # fuse into the kernels that write u and read y, so they cost no memory pass.
+            # grid, whose tokens the kernel reads in contiguous runs. With column_tail the block
+            # stays on that grid up to out_proj (per token, so order-free; the gate z is read
+            # transposed) and transposes its narrower output. Compiled, u is written transposed
+            # before the scan, the merge after it is one row kernel like the row-first blocks',
+            # and the last transpose fuses into the residual add that reads it.
             rows = tuple(d[2:] for d in self.directions)  # 'c_w64_flip' -> 'w64_flip'
             u = token_rows(x, transposed=True) if self._token_inputs(x) else x.transpose(-1, -2).flatten(2)
             ys = self.scan_core(u, _scan_order(rows, w, h, False))
-            y = self.merge(ys, w, h).transpose(1, 2).to(x.dtype)
+            y = self.merge(ys, w, h).to(x.dtype)  # (B, W, H, D)
+            if self.column_tail:
+                return self.out_proj(y * z.transpose(1, 2)).transpose(1, 2)
+            y = y.transpose(1, 2)
         else:
             u = token_rows(x) if self._token_inputs(x) else x.flatten(2)
             ys = self.scan_core(u, _scan_order(tuple(self.directions), h, w, False))

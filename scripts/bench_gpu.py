@@ -17,7 +17,9 @@ token rows, `+small_products` sums the gates' few-row projections in generated k
 `+token_inputs` hands the scans token-row views as inputs (16-bit batches of 2 or more),
 `+one_pass_pool` computes each gate's pooled LayerNorm in one pass (`mambacsr.ops.gate_pool`),
 `+depthwise_kernel` each local-window scan's SiLU(depthwise conv) as one tiled kernel
-(`mambacsr.ops.depthwise`).
+(`mambacsr.ops.depthwise`), `+column_tail` keeps column-first blocks on the transposed grid
+through out_proj, `+masked_prefix_norm` computes the widened stream's LayerNorms over the whole
+width.
 
 For each precision and batch, every mode is built first and then timed in turn, `--rounds`
 times (A B A B ...): a drift over the run lands on every row alike. Naming a mode twice
@@ -204,7 +206,7 @@ def compile_options(mode: str) -> tuple[dict, bool]:
         return {}, False
     chosen = set(mode.split(":", 1)[1].split("+")) - {"none"}
     known = {"pad", "freeze", "wide_stream", "tap_convs", "scan_weights", "token_rows", "small_products",
-             "token_inputs", "one_pass_pool", "depthwise_kernel"}
+             "token_inputs", "one_pass_pool", "depthwise_kernel", "column_tail", "masked_prefix_norm"}
     extra = {"tf32", "no_layout_opt"}
     if chosen - known - extra:
         raise SystemExit(f"unknown compile option(s) {sorted(chosen - known - extra)} in mode {mode!r}; "
