@@ -103,7 +103,9 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
     out_proj and transpose its output (`LW_SS2D.column_tail`), so their merge after the scan is
     one row kernel instead of a statistics kernel and a transposing write.
     masked_prefix_norm (with wide_stream): the widened stream's LayerNorms over the whole width
-    with the extra channels masked (`PrefixLayerNorm`): one row kernel instead of two.
+    with the extra channels masked (`PrefixLayerNorm`): one row kernel instead of two. The two
+    together, H100, fp32 + TF32 batch 8, interleaved rounds: 45.03 -> 43.22 ms (1624 -> 1475
+    kernels); fp16 batch 8 30.57 ms with them (not interleaved; 32.24 ms without, earlier job).
 
     Inference only (the compiled code is traced under no_grad). Safe to capture in a CUDA graph
     after a warm-up call per input shape."""
