@@ -1,4 +1,9 @@
-"""Shared fixtures: small configs of both official variants and deterministic seeding."""
+"""Shared fixtures: small configs of both official variants, deterministic seeding, and the
+runner of the Triton kernel checks."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -21,3 +26,18 @@ def randomize(model, scale=0.02):
         for p in model.parameters():
             p.add_(torch.randn_like(p) * scale)
     return model
+
+
+def run_triton_check(code: str, timeout: int = 900) -> None:
+    """Run a kernel check script (`DEVICE` in it stands for the device) in a subprocess: on the
+    GPU where there is one, else on the CPU through Triton's interpreter, which must be switched
+    on before Triton is imported. Skips where Triton is not installed (CI's CPU install)."""
+    pytest.importorskip("triton")
+    env = dict(os.environ)
+    if torch.cuda.is_available():
+        device = "cuda"
+    else:
+        device, env["TRITON_INTERPRET"] = "cpu", "1"
+    run = subprocess.run([sys.executable, "-c", code.replace("DEVICE", repr(device))], env=env,
+                         capture_output=True, text=True, timeout=timeout)
+    assert run.returncode == 0 and "ok" in run.stdout, run.stdout + run.stderr

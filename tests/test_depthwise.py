@@ -10,13 +10,11 @@ transposed grid, dropped the bias, or skipped the SiLU.
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 
-import pytest
 import torch
+
+from conftest import run_triton_check
 
 CHECK = textwrap.dedent("""
     import torch
@@ -99,26 +97,14 @@ MODULE_CHECK = textwrap.dedent("""
 """)
 
 
-def _run(code: str) -> None:
-    pytest.importorskip("triton")
-    env = dict(os.environ)
-    if torch.cuda.is_available():
-        device = "cuda"
-    else:
-        device, env["TRITON_INTERPRET"] = "cpu", "1"
-    run = subprocess.run([sys.executable, "-c", code.replace("DEVICE", repr(device))], env=env,
-                         capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0 and "ok" in run.stdout, run.stdout + run.stderr
-
-
 def test_kernel_matches_conv_silu_in_every_storage_order():
-    _run(CHECK)
+    run_triton_check(CHECK)
 
 
 def test_scan_block_with_the_kernel_matches_the_plain_block():
     """LW_SS2D with the compiled path's kernel (eager here) gives the plain module's output,
     for row-first and transposed column-first scans (float32: channel-row storage)."""
-    _run(MODULE_CHECK)
+    run_triton_check(MODULE_CHECK)
 
 
 def test_without_the_kernel_the_reference_runs(monkeypatch):

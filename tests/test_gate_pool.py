@@ -8,13 +8,11 @@ or skipped the normalisation, would return.
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 
-import pytest
 import torch
+
+from conftest import run_triton_check
 
 CHECK = textwrap.dedent("""
     import torch
@@ -64,15 +62,7 @@ CHECK = textwrap.dedent("""
 
 
 def test_one_pass_pool_matches_layer_norm_mean():
-    pytest.importorskip("triton")
-    env = dict(os.environ)
-    if torch.cuda.is_available():
-        device = "cuda"
-    else:
-        device, env["TRITON_INTERPRET"] = "cpu", "1"
-    code = CHECK.replace("DEVICE", repr(device))
-    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0 and "ok" in run.stdout, run.stdout + run.stderr
+    run_triton_check(CHECK)
 
 
 def test_without_the_kernel_the_reference_runs(monkeypatch):
