@@ -208,13 +208,13 @@ class PrefixLayerNorm(nn.Module):
     padding back made a statistics kernel over C and a second pass writing the full width (H100,
     Final x4 fp16 batch 8: 0.37 + 0.34 ms per forward)."""
 
-    def __init__(self, norm: nn.LayerNorm, width: int):
-        super().__init__()
-        self.norm, self.width = norm, width
-
     #: Set by compile_blocks(masked_prefix_norm=...): the whole-width form (class docstring);
     #: off: normalise the slice of C channels and pad the result.
     masked: bool = True
+
+    def __init__(self, norm: nn.LayerNorm, width: int):
+        super().__init__()
+        self.norm, self.width = norm, width
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         channels, extra = self.norm.normalized_shape[-1], self.width - self.norm.normalized_shape[-1]
@@ -293,7 +293,7 @@ class TapConv2d(nn.Module):
         scan's order (`ops.depthwise.conv_silu`); None where the kernel is off or cannot run
         (SS2D.project_in then uses forward_nhwc)."""
         taps = self.silu_taps
-        if taps is None or taps.dtype != x.dtype or taps.device != x.device or not depthwise.kernel_available(x, taps):
+        if taps is None or (taps.dtype, taps.device) != (x.dtype, x.device) or not depthwise.kernel_available(x, taps):
             return None
         return depthwise.conv_silu(x, taps, self.bias, token_rows, transposed)
 
