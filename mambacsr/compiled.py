@@ -108,7 +108,9 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
     kernels); fp16 batch 8 30.57 ms with them (not interleaved; 32.24 ms without, earlier job).
 
     Inference only (the compiled code is traced under no_grad). Safe to capture in a CUDA graph
-    after a warm-up call per input shape."""
+    after a warm-up call per input shape. Weights are laid out once here (`scan_weights`,
+    `depthwise_kernel`): after changing them, call `SS2D.freeze_scan_weights` and
+    `TapConv2d.use_silu_kernel` again, or compile a freshly loaded model."""
     from .model import LW_SS2D, SS2D, BiAttn, Cross_SS2D, RLMBlock
 
     import torch._dynamo.config as dynamo_config
@@ -218,7 +220,7 @@ class PrefixLayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         channels, extra = self.norm.normalized_shape[-1], self.width - self.norm.normalized_shape[-1]
-        if not self.masked:
+        if not self.masked or self.norm.weight is None or self.norm.bias is None:
             return nn.functional.pad(self.norm(x[..., :channels]), (0, extra))
         real = torch.arange(self.width, device=x.device) < channels
         xf = x.float()

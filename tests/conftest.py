@@ -40,4 +40,5 @@ def run_triton_check(code: str, timeout: int = 900) -> None:
         device, env["TRITON_INTERPRET"] = "cpu", "1"
     run = subprocess.run([sys.executable, "-c", code.replace("DEVICE", repr(device))], env=env,
                          capture_output=True, text=True, timeout=timeout)
-    assert run.returncode == 0 and "ok" in run.stdout, run.stdout + run.stderr
+    lines = run.stdout.strip().splitlines()
+    assert run.returncode == 0 and lines and lines[-1].startswith("ok"), run.stdout + run.stderr

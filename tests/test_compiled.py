@@ -69,7 +69,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("options", [{}, {"wide_stream": False, "layout_opt": True, "tap_convs": False, "scan_weights": False,
-                                     "token_inputs": False}],
+                                     "token_inputs": False, "column_tail": False}],
                          ids=["defaults", "padded-only-layout-opt"])
 @pytest.mark.parametrize("cfg", [dict(WO_SMALL, embed_dim=30), dict(FINAL_SMALL, embed_dim=30)], ids=["wo", "final"])
 def test_compiled_forward_matches_eager(cfg, options, device, full_fp32):
@@ -114,6 +114,9 @@ def test_widened_streams_are_exact(cfg, monkeypatch):
         model = widen_streams(mattering_model(cfg, "cpu"))
         blocks = [m for m in model.modules() if getattr(m, "stream_channels", 0)]
         assert blocks and all(m.stream_channels == 32 and m.mlp.fc2.out_features == 32 for m in blocks)
+        assert rel(model(x), want) < EXACT
+        for norm in (m for m in model.modules() if isinstance(m, PrefixLayerNorm)):
+            norm.masked = False  # the slice-and-pad form (compile_blocks(masked_prefix_norm=False))
         assert rel(model(x), want) < EXACT
 
         def whole_width(self, x):

@@ -93,6 +93,18 @@ MODULE_CHECK = textwrap.dedent("""
             depthwise.conv_silu = conv_silu
         assert calls == [(False, directions[0].startswith("c_"))], calls
         assert rel(got, want) < 1e-5, (directions, rel(got, want))
+        # the compiled path's 16-bit batch: token-row storage, the scan reading it in place, and
+        # column-first blocks staying on the transposed grid through out_proj (column_tail)
+        half = fused.half()
+        half.scan_token_rows = half.scan_token_inputs = half.column_tail = True
+        half.conv2d.use_silu_kernel()
+        calls.clear()
+        depthwise.conv_silu = lambda *a: calls.append(a[3:]) or conv_silu(*a)
+        with torch.no_grad():
+            got = half(x.half())
+        depthwise.conv_silu = conv_silu
+        assert calls == [(True, directions[0].startswith("c_"))], calls
+        assert rel(got, want) < 5e-3, (directions, "fp16", rel(got, want))
     print("ok")
 """)
 
@@ -103,7 +115,8 @@ def test_kernel_matches_conv_silu_in_every_storage_order():
 
 def test_scan_block_with_the_kernel_matches_the_plain_block():
     """LW_SS2D with the compiled path's kernel (eager here) gives the plain module's output,
-    for row-first and transposed column-first scans (float32: channel-row storage)."""
+    for row-first and transposed column-first scans: float32 (channel-row storage) and a float16
+    batch of 2 (token-row storage read in place, column_tail)."""
     run_triton_check(MODULE_CHECK)
 
 
@@ -125,3 +138,22 @@ def test_without_the_kernel_the_reference_runs(monkeypatch):
             assert torch.allclose(got, want, atol=1e-6)
             grid = got.transpose(2, 3) if transposed else got
             assert (grid.permute(0, 2, 3, 1) if token_rows else grid).is_contiguous()
+
+
+def test_fake_kernel_gives_the_storage_the_views_expect():
+    """The op's fake kernel (what torch.compile plans the graph with) gives the real kernel's
+    storage shape, contiguous, for every order; `as_image` turns it into (B, C, H, W)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from mambacsr.ops import depthwise
+
+    with FakeTensorMode():
+        x = torch.empty(2, 5, 7, 2 * 12)[..., :12]
+        taps, bias = torch.empty(9, 12), torch.empty(12)
+        for token_rows in (True, False):
+            for transposed in (False, True):
+                out = torch.ops.mambacsr.depthwise_conv_silu(x, taps, bias, token_rows, transposed)
+                rows, cols = (7, 5) if transposed else (5, 7)
+                assert out.shape == ((2, rows, cols, 12) if token_rows else (2, 12, rows, cols))
+                assert out.is_contiguous()
+                assert depthwise.as_image(out, token_rows, transposed).shape == (2, 12, 5, 7)

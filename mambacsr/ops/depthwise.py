@@ -4,7 +4,7 @@ that writes u straight into the layout the scan reads, with the PyTorch referenc
 The compiled blocks hold tokens channels-last, (B, H, W, C). Inductor compiles the depthwise
 convolution's shifted taps (`mambacsr.compiled.TapConv2d`) as a flat pointwise kernel: every
 output element recomputes its (h, w, c) from a flat index and loads its k*k inputs one element
-at a time. On an H100 (Final x4, fp16, batch 8) those kernels ran at about 3x their memory
+at a time. On an H100 (Final x4, fp16, batch 8) those kernels ran at 3.7x their memory
 time. Here each program computes a (BLOCK_W tokens of one image row, BLOCK_C channels) tile:
 the k*k shifted loads are 2-D tiles with channels contiguous (16-byte vectors), and the store
 goes to one of the scan's storage orders:
@@ -26,7 +26,8 @@ launch configurations, each timed over 20 launches in a CUDA graph):
   3.35 TB/s is 14 / 28 / 1.8 us: the kernel is 2.4x that at batch 8 (each input row is read
   by three programs, and each tap is its own load).
 
-BLOCK_W 32, BLOCK_C 64, 4 warps was the best on average over the 12 shapes and orders and
+BLOCK_W 32, BLOCK_C 64, 4 warps was the best on average over the 12 cases (fp16: 4 orders;
+fp32: the 2 channel-row orders it is used in; batch 1 and 8 each) and
 within 9% of each shape's best; the first choice, 64 / 64 / 4, was up to 1.38x slower (64 x 64
 tiles: fewer programs per SM).
 """
@@ -72,11 +73,17 @@ def as_image(storage: torch.Tensor, token_rows: bool, transposed: bool) -> torch
 
 def kernel_available(x: torch.Tensor, taps: torch.Tensor) -> bool:
     """Whether `conv_silu` runs the kernel: Triton present, x on a CUDA device (or Triton's CPU
-    interpreter on), (B, H, W, C) with contiguous channels, taps (k*k, C) of an odd k."""
+    interpreter on), (B, H, W, C) with contiguous channels, taps (k*k, C) of an odd k, and one
+    image's offsets within 32 bits (the kernel's in-image arithmetic; larger images: reference)."""
     device_ok = x.is_cuda or (x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
     k = math.isqrt(taps.shape[0])
     return (triton is not None and device_ok and x.dim() == 4 and x.stride(-1) == 1 and taps.is_contiguous()
-            and taps.shape == (k * k, x.shape[-1]) and k % 2 == 1)
+            and taps.shape == (k * k, x.shape[-1]) and k % 2 == 1 and _image_span(x) < 2 ** 31)
+
+
+def _image_span(x: torch.Tensor) -> int:
+    """One past the largest element offset within one image of x (B, H, W, C)."""
+    return sum((n - 1) * st for n, st in zip(x.shape[1:], x.stride()[1:])) + 1
 
 
 def conv_silu(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None,
@@ -144,6 +151,12 @@ def depthwise_conv_silu(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor 
     """SiLU(depthwise 'same' convolution) of x (B, H, W, C) (channels contiguous, any other
     strides), taps (k*k, C) contiguous, stored as token rows (B, H, W, C) or channel rows
     (B, C, H, W) of the H x W grid, or of the W x H grid if `transposed`."""
+    if triton is None:
+        raise RuntimeError("mambacsr::depthwise_conv_silu needs Triton (pip install triton); "
+                           "ops.depthwise.conv_silu falls back to the PyTorch reference without it")
+    if x.stride(-1) != 1 or not taps.is_contiguous() or (bias is not None and bias.stride(0) != 1):
+        raise ValueError("depthwise_conv_silu takes x with contiguous channels and contiguous taps and bias; "
+                         f"got strides {x.stride()}, {taps.stride()}, {None if bias is None else bias.stride()}")
     b, h, w, c = x.shape
     k = math.isqrt(taps.shape[0])
     out = torch.empty(_storage_shape(x, token_rows, transposed), device=x.device, dtype=x.dtype)
