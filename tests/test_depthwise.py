@@ -157,3 +157,20 @@ def test_fake_kernel_gives_the_storage_the_views_expect():
                 assert out.shape == ((2, rows, cols, 12) if token_rows else (2, 12, rows, cols))
                 assert out.is_contiguous()
                 assert depthwise.as_image(out, token_rows, transposed).shape == (2, 12, 5, 7)
+
+
+def test_images_past_32_bit_offsets_go_to_the_reference(monkeypatch):
+    """The kernel's in-image offsets are 32-bit: a larger image (here x4 of a 1800 x 1800 input's
+    projection, a channel slice of 720-wide rows) must not reach it."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from mambacsr.ops import depthwise
+
+    assert depthwise._image_span(torch.empty(1, 3, 4, 10)[..., :5]) == 2 * 40 + 3 * 10 + 4 + 1
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(depthwise, "triton", depthwise.triton or object())
+    with FakeTensorMode():
+        taps = torch.empty(9, 360)
+        small, large = (torch.empty(1, side, side, 720)[..., :360] for side in (1024, 1800))
+        assert depthwise.kernel_available(small, taps)
+        assert not depthwise.kernel_available(large, taps)
