@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import statistics
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_scan import time_ms  # noqa: E402  (this folder: sys.path[0] when run as a script)
 from mambacsr.ops import depthwise, gate_pool  # noqa: E402
 
 HBM_BYTES_PER_US = 3.35e6  # H100 SXM peak
@@ -29,25 +29,9 @@ DEPTHWISE_CONFIGS = [(64, 64, 4), (32, 64, 4), (64, 32, 4), (64, 128, 4), (64, 6
 POOL_CONFIGS = list(itertools.product((4, 8, 16), (2, 4, 8), (512, 1024, 2048)))  # (BLOCK_T, warps, programs)
 
 
-def us_per_call(fn, calls: int = 20, replays: int = 15) -> float:
-    fn()
-    torch.cuda.synchronize()
-    graph, stream = torch.cuda.CUDAGraph(), torch.cuda.Stream()
-    with torch.cuda.stream(stream):
-        fn()
-        stream.synchronize()
-        with torch.cuda.graph(graph, stream=stream):
-            for _ in range(calls):
-                fn()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / calls * 1e3)
-    return statistics.median(times)
+def us_per_call(call) -> float:
+    """Median us per call over 15 replays of a CUDA graph of 20 calls (bench_scan's timer)."""
+    return time_ms(lambda _: call(), reps=15, calls=20) * 1e3
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -74,9 +74,13 @@ MODULE_CHECK = textwrap.dedent("""
     from mambacsr.ops import depthwise
     device = DEVICE
     def rel(a, b): return ((a.float() - b.float()).norm() / b.float().norm()).item()
+    calls = []  # (token_rows, transposed) of each kernel-path call
+    conv_silu = depthwise.conv_silu
+    depthwise.conv_silu = lambda *a: calls.append(a[3:]) or conv_silu(*a)
     torch.manual_seed(0)
     # a row-first and a column-first block on a grid that is not square (the transposed order)
     for directions in (["w8", "w8_flip"], ["c_w8", "c_w8_flip"]):
+        column_first = directions[0].startswith("c_")
         plain = LW_SS2D(16, 8, directions).eval().to(device)
         with torch.no_grad():
             plain.conv2d.weight.normal_(); plain.conv2d.bias.normal_()
@@ -86,25 +90,19 @@ MODULE_CHECK = textwrap.dedent("""
             fused = channels_last_convs(plain)
             fused.transpose_column_scans = True
             fused.conv2d.use_silu_kernel()
-            calls = []
-            conv_silu = depthwise.conv_silu
-            depthwise.conv_silu = lambda *a: calls.append(a[3:]) or conv_silu(*a)
+            calls.clear()
             got = fused(x)
-            depthwise.conv_silu = conv_silu
-        assert calls == [(False, directions[0].startswith("c_"))], calls
-        assert rel(got, want) < 1e-5, (directions, rel(got, want))
-        # the compiled path's 16-bit batch: token-row storage, the scan reading it in place, and
-        # column-first blocks staying on the transposed grid through out_proj (column_tail)
-        half = fused.half()
-        half.scan_token_rows = half.scan_token_inputs = half.column_tail = True
-        half.conv2d.use_silu_kernel()
-        calls.clear()
-        depthwise.conv_silu = lambda *a: calls.append(a[3:]) or conv_silu(*a)
-        with torch.no_grad():
+            assert calls == [(False, column_first)], calls
+            assert rel(got, want) < 1e-5, (directions, rel(got, want))
+            # the compiled path's 16-bit batch: token-row storage, the scan reading it in place,
+            # column-first blocks staying on the transposed grid through out_proj (column_tail);
+            # the laid-out filter follows .half()
+            half = fused.half()
+            half.scan_token_rows = half.scan_token_inputs = half.column_tail = True
+            calls.clear()
             got = half(x.half())
-        depthwise.conv_silu = conv_silu
-        assert calls == [(True, directions[0].startswith("c_"))], calls
-        assert rel(got, want) < 5e-3, (directions, "fp16", rel(got, want))
+            assert calls == [(True, column_first)], calls
+            assert rel(got, want) < 5e-3, (directions, "fp16", rel(got, want))
     print("ok")
 """)
 
@@ -168,7 +166,9 @@ def test_images_past_32_bit_offsets_go_to_the_reference(monkeypatch):
 
     assert depthwise._image_span(torch.empty(1, 3, 4, 10)[..., :5]) == 2 * 40 + 3 * 10 + 4 + 1
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setattr(depthwise, "triton", depthwise.triton or object())
+    from mambacsr.ops import triton_support
+
+    monkeypatch.setattr(triton_support, "triton", triton_support.triton or object())
     with FakeTensorMode():
         taps = torch.empty(9, 360)
         small, large = (torch.empty(1, side, side, 720)[..., :360] for side in (1024, 1800))

@@ -34,16 +34,12 @@ tiles: fewer programs per SM).
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # the reference below still works
-    triton = None
+from . import triton_support
+from .triton_support import tl, triton
 
 BLOCK_W = 32    # tokens of one image row per program
 BLOCK_C = 64    # channels per program
@@ -64,20 +60,23 @@ def reference(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None) ->
     return F.silu(y).permute(0, 2, 3, 1)
 
 
+#: (token_rows, transposed) -> the axes of x (B, H, W, C) in the storage's order.
+_STORAGE_AXES = {(True, False): (0, 1, 2, 3), (True, True): (0, 2, 1, 3),
+                 (False, False): (0, 3, 1, 2), (False, True): (0, 3, 2, 1)}
+
+
 def as_image(storage: torch.Tensor, token_rows: bool, transposed: bool) -> torch.Tensor:
     """The (B, C, H, W) view of a `depthwise_conv_silu` result stored in the given order."""
-    if token_rows:
-        return storage.permute(0, 3, 2, 1) if transposed else storage.permute(0, 3, 1, 2)
-    return storage.transpose(2, 3) if transposed else storage
+    axes = _STORAGE_AXES[(token_rows, transposed)]
+    return storage.permute(*(axes.index(a) for a in (0, 3, 1, 2)))
 
 
 def kernel_available(x: torch.Tensor, taps: torch.Tensor) -> bool:
     """Whether `conv_silu` runs the kernel: Triton present, x on a CUDA device (or Triton's CPU
     interpreter on), (B, H, W, C) with contiguous channels, taps (k*k, C) of an odd k, and one
     image's offsets within 32 bits (the kernel's in-image arithmetic; larger images: reference)."""
-    device_ok = x.is_cuda or (x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
     k = math.isqrt(taps.shape[0])
-    return (triton is not None and device_ok and x.dim() == 4 and x.stride(-1) == 1 and taps.is_contiguous()
+    return (triton_support.runs_on(x) and x.dim() == 4 and x.stride(-1) == 1 and taps.is_contiguous()
             and taps.shape == (k * k, x.shape[-1]) and k % 2 == 1 and _image_span(x) < 2 ** 31)
 
 
@@ -94,10 +93,8 @@ def conv_silu(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None,
     if kernel_available(x, taps):
         return as_image(torch.ops.mambacsr.depthwise_conv_silu(x, taps, bias, token_rows, transposed),
                         token_rows, transposed)
-    y = reference(x, taps, bias)  # (B, H, W, C)
-    order = {(True, False): (0, 1, 2, 3), (True, True): (0, 2, 1, 3),
-             (False, False): (0, 3, 1, 2), (False, True): (0, 3, 2, 1)}[(token_rows, transposed)]
-    return as_image(y.permute(*order).contiguous(), token_rows, transposed)
+    storage = reference(x, taps, bias).permute(*_STORAGE_AXES[(token_rows, transposed)]).contiguous()
+    return as_image(storage, token_rows, transposed)
 
 
 if triton is not None:
@@ -140,9 +137,7 @@ if triton is not None:
 
 
 def _storage_shape(x: torch.Tensor, token_rows: bool, transposed: bool) -> tuple[int, ...]:
-    b, h, w, c = x.shape
-    rows, cols = (w, h) if transposed else (h, w)
-    return (b, rows, cols, c) if token_rows else (b, c, rows, cols)
+    return tuple(x.shape[a] for a in _STORAGE_AXES[(token_rows, transposed)])
 
 
 @torch.library.custom_op("mambacsr::depthwise_conv_silu", mutates_args=())
@@ -151,9 +146,7 @@ def depthwise_conv_silu(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor 
     """SiLU(depthwise 'same' convolution) of x (B, H, W, C) (channels contiguous, any other
     strides), taps (k*k, C) contiguous, stored as token rows (B, H, W, C) or channel rows
     (B, C, H, W) of the H x W grid, or of the W x H grid if `transposed`."""
-    if triton is None:
-        raise RuntimeError("mambacsr::depthwise_conv_silu needs Triton (pip install triton); "
-                           "ops.depthwise.conv_silu falls back to the PyTorch reference without it")
+    triton_support.require("mambacsr::depthwise_conv_silu")
     if x.stride(-1) != 1 or not taps.is_contiguous() or (bias is not None and bias.stride(0) != 1):
         raise ValueError("depthwise_conv_silu takes x with contiguous channels and contiguous taps and bias; "
                          f"got strides {x.stride()}, {taps.stride()}, {None if bias is None else bias.stride()}")

@@ -16,16 +16,12 @@ and the result does not depend on the order of atomic adds.
 """
 from __future__ import annotations
 
-import os
 
 import torch
 import torch.nn.functional as F
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # the reference below still works
-    triton = None
+from . import triton_support
+from .triton_support import tl, triton
 
 BLOCK_T = 4             # tokens normalised together (a (BLOCK_T, D) tile in registers)
 TARGET_PROGRAMS = 1024  # programs per call, about 8 per SM of a 132-SM GPU
@@ -40,8 +36,7 @@ def pooled_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
 def kernel_available(x: torch.Tensor) -> bool:
     """Whether `pooled` runs the kernel for x: Triton present, x on a CUDA device (or Triton's
     CPU interpreter on), 4-D with contiguous channels."""
-    device_ok = x.is_cuda or (x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
-    return triton is not None and device_ok and x.dim() == 4 and x.stride(-1) == 1
+    return triton_support.runs_on(x) and x.dim() == 4 and x.stride(-1) == 1
 
 
 def pooled(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
@@ -98,6 +93,7 @@ def _ranges(rows: int, length: int) -> tuple[int, int]:
 def layer_norm_token_sums(x: torch.Tensor, eps: float) -> torch.Tensor:
     """(B, K, ranges, D) float32: per range of `_tokens_per_program` tokens, the sum of the
     tokens' LayerNorm-normalised rows (no affine) of x (B, K, L, D), channels contiguous."""
+    triton_support.require("mambacsr::layer_norm_token_sums")
     b, k, length, d = x.shape
     per, ranges = _ranges(b * k, length)
     out = torch.empty(b, k, ranges, d, device=x.device, dtype=torch.float32)
