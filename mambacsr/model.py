@@ -301,8 +301,8 @@ class LW_SS2D(SS2D):
 
     def forward(self, x):  # (B, H, W, C)
         h, w = x.shape[1:3]
-        transposed = self._scan_transposed()
-        x, z = self.project_in(x, self.in_proj, self.conv2d, self.act, (self._token_inputs(x), transposed))
+        transposed, token_inputs = self._scan_transposed(), self._token_inputs(x)
+        x, z = self.project_in(x, self.in_proj, self.conv2d, self.act, (token_inputs, transposed))
         if transposed:
             # A column-first window order on the H x W grid is the row-first order on the W x H
             # grid, whose tokens the kernel reads in contiguous runs. With column_tail the block
@@ -311,14 +311,14 @@ class LW_SS2D(SS2D):
             # before the scan, the merge after it is one row kernel like the row-first blocks',
             # and the last transpose fuses into the residual add that reads it.
             rows = tuple(d[2:] for d in self.directions)  # 'c_w64_flip' -> 'w64_flip'
-            u = token_rows(x, transposed=True) if self._token_inputs(x) else x.transpose(-1, -2).flatten(2)
+            u = token_rows(x, transposed=True) if token_inputs else x.transpose(-1, -2).flatten(2)
             ys = self.scan_core(u, _scan_order(rows, w, h, False))
             y = self.merge(ys, w, h).to(x.dtype)  # (B, W, H, D)
             if self.column_tail:
                 return self.out_proj(y * z.transpose(1, 2)).transpose(1, 2)
             y = y.transpose(1, 2)
         else:
-            u = token_rows(x) if self._token_inputs(x) else x.flatten(2)
+            u = token_rows(x) if token_inputs else x.flatten(2)
             ys = self.scan_core(u, _scan_order(tuple(self.directions), h, w, False))
             y = self.merge(ys, h, w).to(x.dtype)
         return self.out_proj(y * z)
