@@ -25,7 +25,7 @@ from .triton_support import tl, triton
 
 BLOCK_T = 4             # tokens normalised together (a (BLOCK_T, D) tile in registers)
 TARGET_PROGRAMS = 1024  # programs per call, about 8 per SM of a 132-SM GPU
-NUM_WARPS = 2           # the fastest of 48 launch configurations measured on an H100 (README)
+NUM_WARPS = 2           # the fastest of 48 launch configurations measured on an H100 (COMPILED_NOTES.md)
 
 
 def pooled_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
