@@ -2,9 +2,10 @@
 """Fetch the training photos and the held-out set of the shipped default model (issue 13).
 
 Sources, and nothing else: Debian's ``plasma-workspace-wallpapers``, ``mate-backgrounds`` and
-``gnome-backgrounds`` packages (``apt-get download``, pinned to the versions below, unpacked with
-``dpkg-deb -x``) and the images bundled in the scikit-image wheel (``pip download --no-deps``,
-``skimage/data/*`` unzipped; nothing fetched by pooch). ``IMAGES`` below lists every image used,
+``gnome-backgrounds`` packages (the pinned versions below, downloaded from the Debian pool,
+checked against their SHA-256 and unpacked with ``dpkg-deb -x``) and the images bundled in the
+scikit-image wheel (``pip download --no-deps``, ``skimage/data/*`` unzipped; nothing fetched by
+pooch). ``IMAGES`` below lists every image used,
 its package, its path inside the package, its split and its licence; everything else in those
 packages (vector/abstract/flat-colour wallpapers, drawings, renders, SVGs, tiny images) is left
 out. The held-out images are never trained on.
@@ -23,15 +24,18 @@ Upload ``OUT/train`` and ``OUT/heldout`` (``--limit-mib`` checks their total; PN
 is 26.3 MiB, lossless WebP ``--train-format webp`` is smaller still). Use them as
 ``scripts/train.py --hr-dir OUT/train --val-dir OUT/heldout`` (train.py lists .webp too).
 
-    python scripts/get_training_photos.py --out /work/data     # 28 train + 12 held-out, 26.3 MiB
-    python scripts/get_training_photos.py --out /work/data_full --train-format source   # full resolution
+    python scripts/get_training_photos.py --out DATA     # 32 train + 12 held-out
+    python scripts/get_training_photos.py --out DATA --shipped-set    # the shipped model's 28 + 12
+    python scripts/get_training_photos.py --out DATA_FULL --train-format source   # full resolution
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import shutil
 import subprocess
 import sys
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -43,25 +47,45 @@ from mambacsr.atomic import atomic_write  # noqa: E402
 from mambacsr.degrade import center_crop, mod_crop, shrink_to_max_side, to_rgb_uint8  # noqa: E402
 from runtime.imageio import IMAGE_SUFFIXES  # noqa: E402  (one suffix set for the project)
 
-#: Debian packages (bookworm) and the versions the paths below were checked against.
+#: Debian packages: source -> (package, version, path in the Debian pool, SHA-256 of the .deb).
+#: Every version of the three packages in the pool was looked through (bullseye to sid); only
+#: these hold photographs not already listed. gnome-backgrounds 43.1 (bookworm), 48 and 51 have
+#: only renders and drawings; mate-backgrounds 1.24 and 1.28 repeat 1.26's photographs byte for
+#: byte; plasma 5.20 repeats 5.27's, and plasma 6.x adds only renders.
 DEBS = {
-    "plasma-workspace-wallpapers": "4:5.27.5-2",
-    "mate-backgrounds": "1.26.0-1",
-    "gnome-backgrounds": "43.1-1",
+    "plasma-workspace-wallpapers": (
+        "plasma-workspace-wallpapers", "4:5.27.5-2",
+        "pool/main/p/plasma-workspace-wallpapers/plasma-workspace-wallpapers_5.27.5-2_all.deb",
+        "32cd18b71c8c938a18b3b351f217c02ac590e323caa3cf322fbb875ce8892f8b"),
+    "mate-backgrounds": (
+        "mate-backgrounds", "1.26.0-1",
+        "pool/main/m/mate-backgrounds/mate-backgrounds_1.26.0-1_all.deb",
+        "7bf4c2209f34b4f61ba6d24c8b58c28b361e82e4b943aae6d42c030169af9e04"),
+    "gnome-backgrounds-3.38": (  # bullseye's: the last with photographs
+        "gnome-backgrounds", "3.38.0-1",
+        "pool/main/g/gnome-backgrounds/gnome-backgrounds_3.38.0-1_all.deb",
+        "76d8a4c52e5f346d9cb08bc8a1f58ad443d2bae211721af8a7248457c7a520e8"),
 }
+MIRROR = "http://deb.debian.org/debian"
 SKIMAGE = "scikit-image"
 SKIMAGE_VERSION = "0.26.0"
 
 _PW = "plasma-workspace-wallpapers"
 _MB = "mate-backgrounds"
+_GB = "gnome-backgrounds-3.38"
 _PLASMA = "usr/share/wallpapers/{}/contents/images/2560x1600.jpg"
 _MATE = "usr/share/backgrounds/mate/nature/{}.jpg"
+_GNOME = "usr/share/backgrounds/gnome/{}.jpg"
 _SK = "skimage/data/{}"
 # Licences: Plasma, per-wallpaper metadata.json (KPlugin Authors/License; the package's copyright
 # file says GPL-2+ for every file); MATE, /usr/share/doc/mate-backgrounds/copyright; scikit-image,
 # the docstrings of skimage/data/_fetchers.py (the package itself is BSD-3-Clause).
 _PL = "LGPL-3 (Plasma metadata.json; package GPL-2+)"
 _ML = "GPL-2+ (mate-backgrounds copyright)"
+# gnome-backgrounds 3.38: the upstream credits in usr/share/doc/gnome-backgrounds/AUTHORS (Debian's
+# copyright file of that version still lists the images of 3.2x). Its Icetwigs.jpg is credited
+# nowhere in the package, so it is left out.
+_GL = "gnome-backgrounds 3.38 AUTHORS"
 
 #: name -> (package, path inside the package, split, licence / author)
 IMAGES: dict[str, tuple[str, str, str, str]] = {
@@ -112,7 +136,14 @@ IMAGES: dict[str, tuple[str, str, str, str]] = {
     "sk_moon": (SKIMAGE, _SK.format("moon.png"), "train", "no licence stated (scikit-image package: BSD-3-Clause)"),
     "sk_motorcycle_left": (SKIMAGE, _SK.format("motorcycle_left.png"), "train", "Middlebury 2014 stereo (Scharstein et al.)"),
     "sk_motorcycle_right": (SKIMAGE, _SK.format("motorcycle_right.png"), "train", "Middlebury 2014 stereo (Scharstein et al.)"),
+    # -- train: GNOME 3.38 photographs (added after the shipped model: --shipped-set leaves them out)
+    "gnome_ColdWarm": (_GB, _GNOME.format("ColdWarm"), "train", f"CC0 ({_GL}); \"invisiblepower\" (Pexels)"),
+    "gnome_Dark_Ivy": (_GB, _GNOME.format("Dark_Ivy"), "train", f"CC-BY-SA-3.0 ({_GL}); Garrett LeSage"),
+    "gnome_Road": (_GB, _GNOME.format("Road"), "train", f"CC0 ({_GL}); Joshua Welch (Pexels)"),
+    "gnome_SeaSunset": (_GB, _GNOME.format("SeaSunset"), "train", f"CC0 ({_GL}); Sebastian Voortman (Pexels)"),
 }
+#: The training photos added after the shipped default model was trained.
+ADDED_AFTER_SHIPPED = {"gnome_ColdWarm", "gnome_Dark_Ivy", "gnome_Road", "gnome_SeaSunset"}
 
 COPYRIGHT = "usr/share/doc/{}/copyright"
 HELDOUT_MAX_SIDE, HELDOUT_CROP, SCALE = 1280, 512, 4
@@ -123,26 +154,41 @@ def run(cmd: list[str], cwd: Path | None = None) -> None:
     subprocess.run(cmd, cwd=cwd, check=True)
 
 
-def fetch_debs(work: Path, pin: bool) -> dict[str, Path]:
-    """apt-get download + dpkg-deb -x each package; returns package -> unpacked root."""
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fetch_debs(work: Path, sources: set[str], mirror: str) -> dict[str, Path]:
+    """Download (once) each source's .deb, check its SHA-256, dpkg-deb -x it; returns source -> root."""
+    if shutil.which("dpkg-deb") is None:
+        raise SystemExit("error: dpkg-deb not found: install dpkg (Debian/Ubuntu have it) to unpack the .deb files")
     debs, roots = work / "debs", {}
     debs.mkdir(parents=True, exist_ok=True)
-    for pkg, ver in DEBS.items():
-        found = sorted(debs.glob(f"{pkg}_*.deb"))
-        if pin:
-            # apt names the file <pkg>_<version with ':' escaped as %3a>_<arch>.deb
-            found = [p for p in found if p.name.split("_")[1].replace("%3a", ":") == ver]
-        if not found:
-            run(["apt-get", "download", f"{pkg}={ver}" if pin else pkg], cwd=debs)
-            found = sorted(debs.glob(f"{pkg}_*.deb"))
-        root = work / "pkgs" / pkg
+    for source in sorted(sources):
+        pkg, _, pool_path, want = DEBS[source]
+        deb = debs / Path(pool_path).name
+        if not (deb.is_file() and sha256(deb) == want):
+            url = f"{mirror.rstrip('/')}/{pool_path}"
+            print(f"+ download {url}", flush=True)
+            with atomic_write(deb) as tmp:
+                with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
+                    shutil.copyfileobj(r, f, 1 << 20)
+                got = sha256(tmp)
+                if got != want:
+                    raise SystemExit(f"error: {url} has SHA-256 {got}, not the pinned {want}: "
+                                     "the mirror serves another file; try --mirror")
+        root = work / "pkgs" / source
         if root.exists():
             shutil.rmtree(root)
         root.mkdir(parents=True)
-        run(["dpkg-deb", "-x", str(found[-1]), str(root)])
+        run(["dpkg-deb", "-x", str(deb), str(root)])
         if not (root / COPYRIGHT.format(pkg)).is_file():
-            raise SystemExit(f"error: {found[-1].name} has no {COPYRIGHT.format(pkg)}")
-        roots[pkg] = root
+            raise SystemExit(f"error: {deb.name} has no {COPYRIGHT.format(pkg)}")
+        roots[source] = root
     return roots
 
 
@@ -199,17 +245,20 @@ def main(argv=None) -> int:
                     help="train images as PNG or lossless WebP shrunk to --max-side, or 'source': the "
                          "package's own file, byte for byte, at full resolution (held-out: always PNG)")
     ap.add_argument("--limit-mib", type=float, default=45.0, help="fail if train/ + heldout/ exceed this")
-    ap.add_argument("--no-pin", action="store_true", help="apt-get download the candidate versions, not DEBS'")
+    ap.add_argument("--shipped-set", action="store_true",
+                    help="only the training photos of the shipped default model (leaves out ADDED_AFTER_SHIPPED)")
+    ap.add_argument("--mirror", default=MIRROR, help=f"Debian mirror to download the pinned .deb files from (default {MIRROR})")
     args = ap.parse_args(argv)
     check_list()
     out = args.out
     work = args.work or out / "_sources"
 
-    roots = fetch_debs(work, pin=not args.no_pin)
+    images = {n: v for n, v in IMAGES.items() if not (args.shipped_set and n in ADDED_AFTER_SHIPPED)}
+    roots = fetch_debs(work, {v[0] for v in images.values() if v[0] in DEBS}, args.mirror)
     roots[SKIMAGE] = fetch_skimage(work)
 
     rows, written = [], {"train": set(), "heldout": set()}
-    for name, (pkg, rel, split, licence) in IMAGES.items():
+    for name, (pkg, rel, split, licence) in images.items():
         src = roots[pkg] / rel
         if not src.is_file():
             raise SystemExit(f"error: {pkg} has no {rel}")
@@ -239,11 +288,11 @@ def main(argv=None) -> int:
                 print(f"removing stale {p}")
                 p.unlink()
 
-    versions = {**DEBS, SKIMAGE: SKIMAGE_VERSION}
+    versions = {**{s: f"{pkg} {ver}" for s, (pkg, ver, _, _) in DEBS.items()}, SKIMAGE: f"{SKIMAGE} {SKIMAGE_VERSION}"}
     lines = ["| file | split | source (version) : path | source size | stored size | bytes | licence |",
              "|---|---|---|---|---|---:|---|"]
     for fname, split, pkg, rel, licence, (sw, sh), shape, nbytes in rows:
-        lines.append(f"| {split}/{fname} | {split} | {pkg} {versions[pkg]} : {rel} | {sw}x{sh} | "
+        lines.append(f"| {split}/{fname} | {split} | {versions[pkg]} : {rel} | {sw}x{sh} | "
                      f"{shape[1]}x{shape[0]} | {nbytes} | {licence} |")
     totals = {s: sum(r[-1] for r in rows if r[1] == s) for s in ("train", "heldout")}
     counts = {s: sum(1 for r in rows if r[1] == s) for s in ("train", "heldout")}
@@ -256,7 +305,7 @@ def main(argv=None) -> int:
     per_source = {}
     for r in rows:
         per_source.setdefault(r[2], {"train": 0, "heldout": 0})[r[1]] += 1
-    summary += [f"{pkg} {versions[pkg]}: {c['train']} train, {c['heldout']} held-out"
+    summary += [f"{versions[pkg]}: {c['train']} train, {c['heldout']} held-out"
                 for pkg, c in per_source.items()]
     cmd = "python scripts/get_training_photos.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = "\n".join(["# Training / held-out photos", "", f"Made by `{cmd}`.", "", *lines, "",

@@ -14,7 +14,9 @@ with ``mambacsr.degrade.degrade`` (bicubic x``--scale`` then JPEG at ``--qf``, t
 ``prepare_data.py`` (``HR/`` and ``LR_q{QF}/``). ``--max-side 1280`` first shrinks large source
 photos (Pillow Lanczos) to wash out their own compression artefacts. With few sources,
 ``--hr-scales`` and ``--grid-shifts`` add copies of each at other sizes and with the JPEG grid
-moved (other artefacts on the same content); ``--degrade fresh`` degrades every sample afresh
+moved (other artefacts on the same content), and ``--channel-orders`` copies with the colour
+channels swapped before the degradation (other luma and chroma on the same edges, compressed as
+JPEG would compress such a photo); ``--degrade fresh`` degrades every sample afresh
 instead (random shrink, JPEG grid position and quality; worker threads make batches ahead).
 
 Checkpoints (``--out``/state.pt: model, EMA, optimiser, step, config) are written atomically
@@ -175,20 +177,29 @@ class FreshSampler:
         return self.pending.pop(0).result()
 
 
+#: RGB channel orders of ``--channel-orders`` copies, the identity first.
+CHANNEL_ORDERS = ((0, 1, 2), (2, 1, 0), (1, 0, 2), (0, 2, 1), (1, 2, 0), (2, 0, 1))
+
+
 def degraded_variants(img: np.ndarray, args, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(LR, HR) pairs of one HR source: at every ``--hr-scales`` factor (Lanczos), each degraded
-    ``--grid-shifts`` times at every ``--qf``. Copies after the first are first cropped by a random
-    multiple of the scale (< 8 LR px per axis), so that the LR's 8x8 JPEG grid falls on other
-    pixels: the same content with other compression artefacts."""
+    """(LR, HR) pairs of one HR source: in the first ``--channel-orders`` of ``CHANNEL_ORDERS``
+    (one for a grey source: its orders are all the same), at every ``--hr-scales`` factor
+    (Lanczos), each degraded ``--grid-shifts`` times at every ``--qf``. The channels are swapped
+    before the degradation, so the JPEG artefacts are those of the swapped photo. Grid copies after
+    the first are first cropped by a random multiple of the scale (< 8 LR px per axis), so that the
+    LR's 8x8 JPEG grid falls on other pixels: the same content with other compression artefacts."""
     out = []
-    for f in args.hr_scales:
-        src = img if f == 1.0 else lanczos_scale(img, f)
-        for shift in range(args.grid_shifts):
-            dy, dx = divmod(int(rng.integers(1, 64)), 8) if shift else (0, 0)
-            cropped = src[dy * args.scale:, dx * args.scale:]
-            for qf in args.qf:
-                hr, lr = degrade(cropped, args.scale, qf)
-                out.append((lr, hr))
+    grey = bool((img[..., 0] == img[..., 1]).all() and (img[..., 0] == img[..., 2]).all())
+    for order in CHANNEL_ORDERS[: 1 if grey else args.channel_orders]:
+        base = img if order == (0, 1, 2) else np.ascontiguousarray(img[..., order])
+        for f in args.hr_scales:
+            src = base if f == 1.0 else lanczos_scale(base, f)
+            for shift in range(args.grid_shifts):
+                dy, dx = divmod(int(rng.integers(1, 64)), 8) if shift else (0, 0)
+                cropped = src[dy * args.scale:, dx * args.scale:]
+                for qf in args.qf:
+                    hr, lr = degrade(cropped, args.scale, qf)
+                    out.append((lr, hr))
     return out
 
 
@@ -200,7 +211,8 @@ def load_training_pairs(args) -> list[tuple[np.ndarray, np.ndarray]]:
         for p in paths:
             pairs += degraded_variants(load_rgb(p, args.max_side), args, rng)
         log(f"{len(paths)} HR images -> {len(pairs)} pairs (x{args.scale}, QF {args.qf}, max side {args.max_side}, "
-            f"HR scales {args.hr_scales}, {args.grid_shifts} JPEG grid position(s))")
+            f"HR scales {args.hr_scales}, {args.grid_shifts} JPEG grid position(s), "
+            f"{args.channel_orders} channel order(s) for colour photos)")
     if args.pairs_dir:
         root = Path(args.pairs_dir)
         for qf in args.qf:
@@ -322,6 +334,9 @@ def main(argv=None) -> int:
                    help="also train on each HR source shrunk by these factors (Lanczos; e.g. 1 0.8 0.64)")
     d.add_argument("--grid-shifts", type=int, default=1,
                    help="JPEG-compress each source this many times, each at another 8x8 grid position")
+    d.add_argument("--channel-orders", type=int, default=1, choices=range(1, len(CHANNEL_ORDERS) + 1),
+                   metavar="1-6", help="also train on each colour source with its RGB channels swapped "
+                                       "(this many of the six orders, the identity first; fixed degradation only)")
     d.add_argument("--degrade", choices=("fixed", "fresh"), default="fixed",
                    help="fixed: degrade each source once (and its --hr-scales/--grid-shifts copies) at start-up; "
                         "fresh: degrade every sample afresh (a random shrink between the --hr-scales, a "
@@ -370,6 +385,8 @@ def main(argv=None) -> int:
 
     if args.degrade == "fresh" and (args.pairs_dir or not args.hr_dir):
         ap.error("--degrade fresh needs --hr-dir (it degrades the photos itself), not --pairs-dir")
+    if args.degrade == "fresh" and args.channel_orders > 1:
+        ap.error("--channel-orders makes fixed copies: use it with --degrade fixed")
     if args.patch > 64:
         ap.error("--patch must be <= 64 (the official LR patch size)")
     patch_multiple = mambacsr.model.size_multiple({"cross_scale_scan": args.cross_scale})

@@ -256,7 +256,7 @@ def test_train_degraded_variants_move_the_jpeg_grid():
     import train
 
     img = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
-    args = argparse.Namespace(hr_scales=[1.0, 0.5], grid_shifts=2, qf=[10], scale=2)
+    args = argparse.Namespace(hr_scales=[1.0, 0.5], grid_shifts=2, qf=[10], scale=2, channel_orders=1)
     pairs = train.degraded_variants(img, args, np.random.default_rng(0))
     assert len(pairs) == 4
     for lr, hr in pairs:
@@ -267,6 +267,29 @@ def test_train_degraded_variants_move_the_jpeg_grid():
     inner = (slice(8, -8), slice(8, -8))
     assert not np.array_equal(lr1[inner], lr0[dy:, dx:][inner])  # the 8x8 grid moved
     assert pairs[2][1].shape == (48, 64, 3) and pairs[3][1].shape[0] <= 48 and pairs[3][1].shape[1] <= 64 and pairs[3][1].shape != (48, 64, 3)
+
+
+def test_train_channel_orders_swap_before_the_jpeg():
+    """--channel-orders: a colour photo's copies are the photo with its channels swapped and then
+    degraded (not the degraded pair swapped: JPEG's luma/chroma split and 4:2:0 make those
+    differ); a grey photo gets one copy, since its orders are all the same picture."""
+    import argparse
+
+    import train
+    from mambacsr.degrade import degrade
+
+    rng = np.random.default_rng(2)
+    small = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    img = np.asarray(Image.fromarray(small).resize((128, 96), Image.Resampling.BICUBIC))
+    args = argparse.Namespace(hr_scales=[1.0], grid_shifts=1, qf=[10], scale=2, channel_orders=3)
+    pairs = train.degraded_variants(img, args, np.random.default_rng(0))
+    assert len(pairs) == 3
+    for (lr, hr), order in zip(pairs, train.CHANNEL_ORDERS):
+        want_hr, want_lr = degrade(np.ascontiguousarray(img[..., order]), 2, 10)
+        assert np.array_equal(hr, img[..., order]) and np.array_equal(hr, want_hr) and np.array_equal(lr, want_lr)
+    assert not np.array_equal(pairs[1][0], pairs[0][0][..., train.CHANNEL_ORDERS[1]])
+    grey = np.repeat(img[..., :1], 3, axis=2)
+    assert len(train.degraded_variants(grey, args, np.random.default_rng(0))) == 1
 
 
 def test_train_fresh_sampler_pairs_are_aligned_and_reproducible():
