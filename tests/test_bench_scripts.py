@@ -30,3 +30,22 @@ def test_compile_options_turn_on_exactly_the_named_options():
     assert tf32 and options["pad"] and options["scan_weights"] and not options["layout_opt"]
     assert not options["wide_stream"] and not options["tap_convs"] and not options["freeze"]
     assert compile_options("compiled") == ({}, False)  # compile_blocks' own defaults
+
+
+def test_scan_sass_counts_the_scan_loop_not_the_load_loop():
+    """scan_sass.py: the loop it counts is the smallest one of >= 8 exponentials that reads shared
+    memory only. The tile-load loop (global loads, softplus exponentials) and an outer loop around
+    both must not be taken; a kernel without such a loop reports none rather than a wrong loop."""
+    from scan_sass import KERNEL, hot_loop
+
+    def sass(body):  # (mnemonic, branch target index or None) -> (address, opcode, operands)
+        return [(16 * i, op, f" `(.L) 0x{16 * t:x}" if t is not None else "") for i, (op, t) in enumerate(body)]
+
+    load = [("LDG.E.128", None)] + [("MUFU.EX2", None)] * 8 + [("BRA", 0)]  # 0..9
+    scan = [("LDS.128", None)] + [("FMUL", None), ("MUFU.EX2", None), ("FFMA", None)] * 8 + [("BRA", 10)]
+    outer = [("BRA", 0)]
+    loop = hot_loop(sass(load + scan + outer))
+    assert loop["MUFU.EX2"] == 8 and loop["LDS.128"] == 1 and "LDG.E.128" not in loop and sum(loop.values()) == 26
+    assert hot_loop(sass(load + outer)) is None
+    name = "_ZN..11scan_kernelI6__halfLi1ELi2ELi8ELi16ELi64ELi1ELi4ELi0ELb0EEEvNS_6ParamsE"
+    assert KERNEL.search(name).groups() == ("6__half", "1", "2", "8", "16", "64", "1", "4", "0", "0")
