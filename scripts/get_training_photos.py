@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Fetch the training photos and the held-out set of the shipped default model (issue 13).
+"""Fetch the training photos and the held-out set of the default model (issue 13).
 
 Sources, and nothing else: Debian's ``plasma-workspace-wallpapers``, ``mate-backgrounds`` and
 ``gnome-backgrounds`` packages (the pinned versions below, downloaded from the Debian pool,
@@ -21,7 +21,7 @@ Output (written atomically; stale images in ``train/`` and ``heldout/`` are remo
                                  (default OUT/_sources; not needed for training)
 
 Upload ``OUT/train`` and ``OUT/heldout`` (``--limit-mib`` checks their total; PNG at 1280 px
-is 26.3 MiB, lossless WebP ``--train-format webp`` is smaller still). Use them as
+is 32.3 MiB, lossless WebP ``--train-format webp`` 25.5 MiB). Use them as
 ``scripts/train.py --hr-dir OUT/train --val-dir OUT/heldout`` (train.py lists .webp too).
 
     python scripts/get_training_photos.py --out DATA     # 32 train + 12 held-out
@@ -87,7 +87,7 @@ _ML = "GPL-2+ (mate-backgrounds copyright)"
 # nowhere in the package, so it is left out.
 _GL = "gnome-backgrounds 3.38 AUTHORS"
 
-#: name -> (package, path inside the package, split, licence / author)
+#: name -> (source: a DEBS key or SKIMAGE, path inside the package, split, licence / author)
 IMAGES: dict[str, tuple[str, str, str, str]] = {
     # -- held-out: the 8 images of the current README (numbers stay comparable) ------------------
     "mate_LadyBird": (_MB, _MATE.format("LadyBird"), "heldout", f"{_ML}; Charles Barbin"),
@@ -175,8 +175,11 @@ def fetch_debs(work: Path, sources: set[str], mirror: str) -> dict[str, Path]:
             url = f"{mirror.rstrip('/')}/{pool_path}"
             print(f"+ download {url}", flush=True)
             with atomic_write(deb) as tmp:
-                with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
-                    shutil.copyfileobj(r, f, 1 << 20)
+                try:
+                    with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
+                        shutil.copyfileobj(r, f, 1 << 20)
+                except OSError as e:  # URLError, HTTPError and timeouts are OSErrors
+                    raise SystemExit(f"error: cannot download {url}: {e}; check the network or give --mirror") from e
                 got = sha256(tmp)
                 if got != want:
                     raise SystemExit(f"error: {url} has SHA-256 {got}, not the pinned {want}: "
