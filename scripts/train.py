@@ -385,8 +385,9 @@ def main(argv=None) -> int:
 
     if args.degrade == "fresh" and (args.pairs_dir or not args.hr_dir):
         ap.error("--degrade fresh needs --hr-dir (it degrades the photos itself), not --pairs-dir")
-    if args.degrade == "fresh" and args.channel_orders > 1:
-        ap.error("--channel-orders makes fixed copies: use it with --degrade fixed")
+    if args.channel_orders > 1 and (args.degrade == "fresh" or not args.hr_dir):
+        ap.error("--channel-orders swaps the channels of --hr-dir photos before the fixed degradation: "
+                 "use it with --hr-dir and --degrade fixed (--pairs-dir pairs are already degraded)")
     if args.patch > 64:
         ap.error("--patch must be <= 64 (the official LR patch size)")
     patch_multiple = mambacsr.model.size_multiple({"cross_scale_scan": args.cross_scale})

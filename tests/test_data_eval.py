@@ -269,7 +269,7 @@ def test_train_degraded_variants_move_the_jpeg_grid():
     assert pairs[2][1].shape == (48, 64, 3) and pairs[3][1].shape[0] <= 48 and pairs[3][1].shape[1] <= 64 and pairs[3][1].shape != (48, 64, 3)
 
 
-def test_train_channel_orders_swap_before_the_jpeg():
+def test_train_channel_orders_swap_before_the_jpeg(tmp_path, capsys):
     """--channel-orders: a colour photo's copies are the photo with its channels swapped and then
     degraded (not the degraded pair swapped: JPEG's luma/chroma split and 4:2:0 make those
     differ); a grey photo gets one copy, since its orders are all the same picture."""
@@ -290,6 +290,10 @@ def test_train_channel_orders_swap_before_the_jpeg():
     assert not np.array_equal(pairs[1][0], pairs[0][0][..., train.CHANNEL_ORDERS[1]])
     grey = np.repeat(img[..., :1], 3, axis=2)
     assert len(train.degraded_variants(grey, args, np.random.default_rng(0))) == 1
+    # already-degraded pairs cannot be swapped before their JPEG: an error, not a silent no-op
+    with pytest.raises(SystemExit):
+        train.main(["--pairs-dir", str(tmp_path), "--channel-orders", "2", "--out", str(tmp_path / "o")])
+    assert "--pairs-dir pairs are already degraded" in capsys.readouterr().err
 
 
 def test_train_fresh_sampler_pairs_are_aligned_and_reproducible():
