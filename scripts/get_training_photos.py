@@ -31,7 +31,6 @@ is 32.3 MiB, lossless WebP ``--train-format webp`` 25.5 MiB). Use them as
 from __future__ import annotations
 
 import argparse
-import hashlib
 import shutil
 import subprocess
 import sys
@@ -46,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mambacsr.atomic import atomic_write  # noqa: E402
 from mambacsr.degrade import center_crop, mod_crop, shrink_to_max_side, to_rgb_uint8  # noqa: E402
 from runtime.imageio import IMAGE_SUFFIXES  # noqa: E402  (one suffix set for the project)
+from runtime.trt_common import file_sha256  # noqa: E402  (the project's file hash; TensorRT imported lazily)
 
 #: Debian packages: source -> (package, version, path in the Debian pool, SHA-256 of the .deb).
 #: Every version of the three packages in the pool was looked through (bullseye to sid); only
@@ -154,14 +154,6 @@ def run(cmd: list[str], cwd: Path | None = None) -> None:
     subprocess.run(cmd, cwd=cwd, check=True)
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def fetch_debs(work: Path, sources: set[str], mirror: str) -> dict[str, Path]:
     """Download (once) each source's .deb, check its SHA-256, dpkg-deb -x it; returns source -> root."""
     if shutil.which("dpkg-deb") is None:
@@ -171,7 +163,7 @@ def fetch_debs(work: Path, sources: set[str], mirror: str) -> dict[str, Path]:
     for source in sorted(sources):
         pkg, _, pool_path, want = DEBS[source]
         deb = debs / Path(pool_path).name
-        if not (deb.is_file() and sha256(deb) == want):
+        if not (deb.is_file() and file_sha256(deb) == want):
             url = f"{mirror.rstrip('/')}/{pool_path}"
             print(f"+ download {url}", flush=True)
             with atomic_write(deb) as tmp:
@@ -180,7 +172,7 @@ def fetch_debs(work: Path, sources: set[str], mirror: str) -> dict[str, Path]:
                         shutil.copyfileobj(r, f, 1 << 20)
                 except OSError as e:  # URLError, HTTPError and timeouts are OSErrors
                     raise SystemExit(f"error: cannot download {url}: {e}; check the network or give --mirror") from e
-                got = sha256(tmp)
+                got = file_sha256(tmp)
                 if got != want:
                     raise SystemExit(f"error: {url} has SHA-256 {got}, not the pinned {want}: "
                                      "the mirror serves another file; try --mirror")

@@ -16,7 +16,6 @@ and the result does not depend on the order of atomic adds.
 """
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 
