@@ -24,8 +24,8 @@ Upload ``OUT/train`` and ``OUT/heldout`` (``--limit-mib`` checks their total; PN
 is 32.3 MiB, lossless WebP ``--train-format webp`` 25.5 MiB). Use them as
 ``scripts/train.py --hr-dir OUT/train --val-dir OUT/heldout`` (train.py lists .webp too).
 
-    python scripts/get_training_photos.py --out DATA     # 32 train + 12 held-out
-    python scripts/get_training_photos.py --out DATA --shipped-set    # the shipped model's 28 + 12
+    python scripts/get_training_photos.py --out DATA     # 32 train + 12 held-out (the shipped model's)
+    python scripts/get_training_photos.py --out DATA28 --stages-1-2   # 28 train (its stages 1 and 2) + 12
     python scripts/get_training_photos.py --out DATA_FULL --train-format source   # full resolution
 """
 from __future__ import annotations
@@ -136,14 +136,14 @@ IMAGES: dict[str, tuple[str, str, str, str]] = {
     "sk_moon": (SKIMAGE, _SK.format("moon.png"), "train", "no licence stated (scikit-image package: BSD-3-Clause)"),
     "sk_motorcycle_left": (SKIMAGE, _SK.format("motorcycle_left.png"), "train", "Middlebury 2014 stereo (Scharstein et al.)"),
     "sk_motorcycle_right": (SKIMAGE, _SK.format("motorcycle_right.png"), "train", "Middlebury 2014 stereo (Scharstein et al.)"),
-    # -- train: GNOME 3.38 photographs (added after the shipped model: --shipped-set leaves them out)
+    # -- train: GNOME 3.38 photographs (the shipped model's stage 3 only: --stages-1-2 leaves them out)
     "gnome_ColdWarm": (_GB, _GNOME.format("ColdWarm"), "train", f"CC0 ({_GL}); \"invisiblepower\" (Pexels)"),
     "gnome_Dark_Ivy": (_GB, _GNOME.format("Dark_Ivy"), "train", f"CC-BY-SA-3.0 ({_GL}); Garrett LeSage"),
     "gnome_Road": (_GB, _GNOME.format("Road"), "train", f"CC0 ({_GL}); Joshua Welch (Pexels)"),
     "gnome_SeaSunset": (_GB, _GNOME.format("SeaSunset"), "train", f"CC0 ({_GL}); Sebastian Voortman (Pexels)"),
 }
-#: The training photos added after the shipped default model was trained.
-ADDED_AFTER_SHIPPED = {"gnome_ColdWarm", "gnome_Dark_Ivy", "gnome_Road", "gnome_SeaSunset"}
+#: The training photos that only the shipped model's stage 3 used (its stages 1 and 2 had the other 28).
+STAGE_3_ONLY = {"gnome_ColdWarm", "gnome_Dark_Ivy", "gnome_Road", "gnome_SeaSunset"}
 
 COPYRIGHT = "usr/share/doc/{}/copyright"
 HELDOUT_MAX_SIDE, HELDOUT_CROP, SCALE = 1280, 512, 4
@@ -240,15 +240,15 @@ def main(argv=None) -> int:
                     help="train images as PNG or lossless WebP shrunk to --max-side, or 'source': the "
                          "package's own file, byte for byte, at full resolution (held-out: always PNG)")
     ap.add_argument("--limit-mib", type=float, default=45.0, help="fail if train/ + heldout/ exceed this")
-    ap.add_argument("--shipped-set", action="store_true",
-                    help="only the training photos of the shipped default model (leaves out ADDED_AFTER_SHIPPED)")
+    ap.add_argument("--stages-1-2", action="store_true",
+                    help="only the 28 training photos of the shipped model's stages 1 and 2 (leaves out STAGE_3_ONLY)")
     ap.add_argument("--mirror", default=MIRROR, help=f"Debian mirror to download the pinned .deb files from (default {MIRROR})")
     args = ap.parse_args(argv)
     check_list()
     out = args.out
     work = args.work or out / "_sources"
 
-    images = {n: v for n, v in IMAGES.items() if not (args.shipped_set and n in ADDED_AFTER_SHIPPED)}
+    images = {n: v for n, v in IMAGES.items() if not (args.stages_1_2 and n in STAGE_3_ONLY)}
     roots = fetch_debs(work, {v[0] for v in images.values() if v[0] in DEBS}, args.mirror)
     roots[SKIMAGE] = fetch_skimage(work)
 
