@@ -142,8 +142,9 @@ IMAGES: dict[str, tuple[str, str, str, str]] = {
     "gnome_Road": (_GB, _GNOME.format("Road"), "train", f"CC0 ({_GL}); Joshua Welch (Pexels)"),
     "gnome_SeaSunset": (_GB, _GNOME.format("SeaSunset"), "train", f"CC0 ({_GL}); Sebastian Voortman (Pexels)"),
 }
-#: The training photos that only the shipped model's stage 3 used (its stages 1 and 2 had the other 28).
-STAGE_3_ONLY = {"gnome_ColdWarm", "gnome_Dark_Ivy", "gnome_Road", "gnome_SeaSunset"}
+#: The training photos that only the shipped model's stage 3 used (its stages 1 and 2 had the other 28):
+#: all of gnome-backgrounds 3.38's.
+STAGE_3_ONLY = {name for name, (source, *_) in IMAGES.items() if source == _GB}
 
 COPYRIGHT = "usr/share/doc/{}/copyright"
 HELDOUT_MAX_SIDE, HELDOUT_CROP, SCALE = 1280, 512, 4
