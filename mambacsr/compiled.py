@@ -49,7 +49,8 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
                    scan_weights: bool = True, token_rows: bool = True,
                    small_products: bool = True, token_inputs: bool = True,
                    one_pass_pool: bool = True, depthwise_kernel: bool = True,
-                   column_tail: bool = True, masked_prefix_norm: bool = True) -> nn.Module:
+                   column_tail: bool = True, masked_prefix_norm: bool = True,
+                   outer_convs_nhwc: bool = True, wide_body: bool = True) -> nn.Module:
     """Compile every residual block and cross-scale fusion of `model` in place; returns it.
 
     pad: zero-pad the channel-attention convolutions first (`pad_channels`; exact). H100, Final
@@ -93,7 +94,7 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
     kernel; CUDA only) instead of Inductor's two. H100, interleaved rounds: fp16 batch 1 8.44 ->
     8.36 ms, batch 8 33.18 -> 32.39 ms; fp32 + TF32 batch 8 46.62 -> 45.31 ms.
 
-    depthwise_kernel (with tap_convs): each local-window scan's SiLU(depthwise convolution) as
+    depthwise_kernel (with tap_convs): each scan's SiLU(depthwise convolution) as
     one tiled Triton kernel (`ops.depthwise`; CUDA only) that writes u in the order the scan
     reads, instead of Inductor's flat pointwise taps (52 -> 33 us per batch-8 fp16 call). H100,
     interleaved rounds: fp16 batch 1 8.45 -> 8.38 ms, batch 8 32.70 -> 32.24 ms; fp32 + TF32
@@ -106,6 +107,20 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
     with the extra channels masked (`PrefixLayerNorm`): one row kernel instead of two. The two
     together, H100, fp32 + TF32 batch 8, interleaved rounds: 45.03 -> 43.22 ms (1624 -> 1475
     kernels); fp16 batch 8 30.57 ms with them (not interleaved; 32.24 ms without, earlier job).
+
+    outer_convs_nhwc: the convolutions outside the blocks (the first and last, each group's
+    residual convolution, the upsampler) get channels-last weights (`outer_convs_channels_last`;
+    same arithmetic), so cuDNN convolves the groups' (B, L, C) tokens, which are channels-last
+    (B, C, H, W) data, as they are: with NCHW weights it copied every weight to channels-last in
+    every call and converted layouts around several convolutions. The upsampler's pixel shuffles
+    then write channels-last too (`ChannelsLastPixelShuffle`).
+
+    wide_body (with wide_stream): the stream between the blocks is widened too (`widen_body`:
+    from the first convolution to the one before the upsampler; exact; its three LayerNorms
+    compiled like the blocks), so the groups' residual
+    convolutions and adds work on 16-byte channel rows and the blocks neither pad their input
+    nor cut their output (which made each group's convolution input a strided view that was
+    copied before cuDNN read it).
 
     Inference only (the compiled code is traced under no_grad). Safe to capture in a CUDA graph
     after a warm-up call per input shape. Weights are laid out once here (`scan_weights`,
@@ -121,10 +136,14 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
                                                         _RECOMPILE_LIMIT * 4)
     if wide_stream:
         widen_streams(model)
+        if wide_body:
+            widen_body(model)
     elif pad:
         pad_channels(model)
     if tap_convs:
         channels_last_convs(model)
+    if outer_convs_nhwc:
+        outer_convs_channels_last(model)
     options = {"freezing": freeze, "layout_optimization": layout_opt}
     dtype = next(model.parameters()).dtype
     for module in model.modules():
@@ -141,13 +160,61 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
             # Column-first blocks read rows of the transposed grid; compiled, the transposes fuse.
             module.transpose_column_scans = True
             module.column_tail = column_tail
-            if isinstance(module.conv2d, TapConv2d):
-                module.conv2d.use_silu_kernel(depthwise_kernel)
+        if isinstance(module, (LW_SS2D, Cross_SS2D)):
+            for conv in (module.conv2d, getattr(module, "conv2d2", None)):
+                if isinstance(conv, TapConv2d):
+                    conv.use_silu_kernel(depthwise_kernel)
         if isinstance(module, PrefixLayerNorm):
             module.masked = masked_prefix_norm
         if isinstance(module, (RLMBlock, Cross_SS2D)):
             module.compile(dynamic=False, options=options)
+    for norm in _outside_blocks(model, PrefixLayerNorm):  # widen_body's: one kernel each
+        norm.compile(dynamic=False, options=options)
     return model
+
+
+def outer_convs_channels_last(model: nn.Module) -> nn.Module:
+    """Give every Conv2d of `model` outside its residual blocks and cross-scale fusions
+    channels-last weights, in place; returns it. The groups hold their tokens as (B, L, C), so
+    the (B, C, H, W) view a group's residual convolution reads is channels-last already, and
+    with channels-last weights cuDNN runs NHWC kernels on it and writes channels-last outputs,
+    whose token view the residual add reads without a copy. Same arithmetic; the model's
+    output is still returned contiguous (`MambaCSR.forward`)."""
+    for conv in _outside_blocks(model, nn.Conv2d):
+        conv.to(memory_format=torch.channels_last)
+    for upsample in _outside_blocks(model, nn.Sequential):
+        for i, layer in enumerate(upsample):
+            if type(layer) is nn.PixelShuffle:
+                upsample[i] = ChannelsLastPixelShuffle(layer.upscale_factor)
+    return model
+
+
+class ChannelsLastPixelShuffle(nn.Module):
+    """nn.PixelShuffle that writes its output channels-last: out[b, c, h*r + i, w*r + j] =
+    in[b, c*r*r + i*r + j, h, w], one permuting copy into (B, rH, rW, C) storage, returned as a
+    (B, C, rH, rW) view. nn.PixelShuffle writes NCHW, which the next channels-last convolution
+    then copied again (H100, Final x4 fp16 batch 8: the upsampler's two shuffles made four copies
+    of up to 67 MB)."""
+
+    def __init__(self, upscale_factor: int):
+        super().__init__()
+        self.upscale_factor = upscale_factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        r = self.upscale_factor
+        tokens = x.permute(0, 2, 3, 1).reshape(b, h, w, c // (r * r), r, r)  # a view of channels-last x
+        return tokens.permute(0, 1, 4, 2, 5, 3).reshape(b, h * r, w * r, c // (r * r)).permute(0, 3, 1, 2)
+
+
+def _outside_blocks(model: nn.Module, kind: type) -> list[nn.Module]:
+    """The modules of type `kind` in `model` that are not part of a block or cross-scale fusion
+    (the parts compile_blocks does not compile as blocks)."""
+    from .model import RLMBlock, Cross_SS2D
+
+    inside = {id(m) for block in model.modules() if isinstance(block, (RLMBlock, Cross_SS2D))
+              for m in block.modules()}
+    return [m for m in model.modules() if isinstance(m, kind) and id(m) not in inside]
 
 
 def pad_channels(model: nn.Module, multiple: int = CHANNEL_MULTIPLE) -> nn.Module:
@@ -199,6 +266,41 @@ def widen_streams(model: nn.Module, multiple: int = CHANNEL_MULTIPLE) -> nn.Modu
         block.mlp.fc1 = _zero_padded(block.mlp.fc1, wide, block.mlp.fc1.out_features)
         block.mlp.fc2 = _zero_padded(block.mlp.fc2, block.mlp.fc2.in_features, wide)
     return model
+
+
+def widen_body(model: nn.Module, multiple: int = CHANNEL_MULTIPLE) -> nn.Module:
+    """Carry the whole body of `model` (a pixelshuffle MambaCSR whose blocks `widen_streams`
+    widened) at the blocks' stream width, in place; returns it. Exact: the first convolution gets
+    zero output filters, the patch embeddings' and the final LayerNorm normalise the real channels
+    only (`PrefixLayerNorm`), and the groups' residual convolutions, the convolution after the
+    body and the one before the upsampler get zero weights for the extra channels, so those stay
+    zero from the first convolution to the upsampler. Other models are returned unchanged."""
+    channels = model.config["embed_dim"] if hasattr(model, "config") else 0
+    wide = _round_up(channels, multiple)
+    if not channels or wide == channels or getattr(model, "upsampler", "") != "pixelshuffle":
+        return model
+    model.conv_first = _zero_padded(model.conv_first, model.conv_first.in_channels, wide)
+    for embed in (getattr(model, "patch_embed", None), getattr(model, "patch_embed2", None)):
+        if embed is not None and embed.norm is not None:
+            embed.norm = PrefixLayerNorm(embed.norm, wide)
+    groups = list(model.layers) + list(getattr(model, "layers2", []))
+    for holder, name in [(g, "conv") for g in groups] + [(model, "conv_after_body")]:
+        setattr(holder, name, _widened_resi_conv(getattr(holder, name), wide))
+    model.norm = PrefixLayerNorm(model.norm, wide)
+    head = model.conv_before_upsample[0]
+    model.conv_before_upsample[0] = _zero_padded(head, wide, head.out_channels)
+    return model
+
+
+def _widened_resi_conv(conv: nn.Module, wide: int) -> nn.Module:
+    """A residual convolution ('1conv': one Conv2d; '3conv': a Sequential whose first convolution
+    reads and last writes the stream) taking and giving `wide` channels, the extra ones zero."""
+    if isinstance(conv, nn.Conv2d):
+        return _zero_padded(conv, wide, wide)
+    first, last = conv[0], conv[len(conv) - 1]
+    conv[0] = _zero_padded(first, wide, first.out_channels)
+    conv[len(conv) - 1] = _zero_padded(conv[len(conv) - 1], last.in_channels, wide)
+    return conv
 
 
 class PrefixLayerNorm(nn.Module):

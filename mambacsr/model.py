@@ -399,12 +399,13 @@ class Cross_SS2D(SS2D):
         b, _, c = x.shape
         h, w = x_size
         inp = _widen(x.reshape(b, h, w, c), self.stream_channels)
-        x, z = self.project_in(self.ln_1(inp), self.in_proj, self.conv2d, self.act)
+        storage = (self._token_inputs(inp), False)  # what the compiled depthwise kernels write
+        x, z = self.project_in(self.ln_1(inp), self.in_proj, self.conv2d, self.act, storage)
         # not normalised: as in the official code
         x_down = _widen(x_down.reshape(b, h // 2, w // 2, c), self.stream_channels)
-        x_down, _ = self.project_in(x_down, self.in_proj_down, self.conv2d2, self.act_down)
+        x_down, _ = self.project_in(x_down, self.in_proj_down, self.conv2d2, self.act_down, storage)
         # Storage for the cross-scale order: [half-resolution tokens ; full-resolution tokens].
-        if self._token_inputs(x):
+        if storage[0]:
             u = torch.cat((token_rows(x_down).transpose(1, 2), token_rows(x).transpose(1, 2)), dim=1).transpose(1, 2)
         else:
             u = torch.cat((x_down.flatten(2), x.flatten(2)), dim=-1)
@@ -601,4 +602,5 @@ class MambaCSR(nn.Module):
             x = self.conv_after_body(self.forward_features(x)) + x
             x = self.conv_before_upsample(x)
             x = self.conv_last(self.upsample(x))
-        return x / self.img_range + mean
+        # contiguous: channels-last convolutions (mambacsr.compiled) leave x channels-last
+        return (x / self.img_range + mean).contiguous()

@@ -206,7 +206,8 @@ def compile_options(mode: str) -> tuple[dict, bool]:
         return {}, False
     chosen = set(mode.split(":", 1)[1].split("+")) - {"none"}
     known = {"pad", "freeze", "wide_stream", "tap_convs", "scan_weights", "token_rows", "small_products",
-             "token_inputs", "one_pass_pool", "depthwise_kernel", "column_tail", "masked_prefix_norm"}
+             "token_inputs", "one_pass_pool", "depthwise_kernel", "column_tail", "masked_prefix_norm",
+             "outer_convs_nhwc", "wide_body"}
     extra = {"tf32", "no_layout_opt"}
     if chosen - known - extra:
         raise SystemExit(f"unknown compile option(s) {sorted(chosen - known - extra)} in mode {mode!r}; "

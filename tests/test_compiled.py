@@ -46,7 +46,8 @@ def mattering_model(cfg: dict, device: str, scan: bool = True, cab: bool = True)
             block.cab[2].weight.mul_(20 if cab else 0)
             if not cab:
                 block.cab[2].bias.zero_()
-        model.conv_after_body.weight.mul_(100)
+        body = model.conv_after_body  # '1conv': a Conv2d; '3conv': a Sequential ending in one
+        (body if isinstance(body, torch.nn.Conv2d) else body[-1]).weight.mul_(100)
     return model.to(device)
 
 
@@ -124,6 +125,31 @@ def test_widened_streams_are_exact(cfg, monkeypatch):
             return F.layer_norm(x, (w,), F.pad(self.norm.weight, (0, w - c)), F.pad(self.norm.bias, (0, w - c)))
         monkeypatch.setattr(PrefixLayerNorm, "forward", whole_width)
         assert rel(model(x), want) > 100 * EXACT  # measured 6-8e-4
+
+
+@pytest.mark.parametrize("resi", ["1conv", "3conv"])
+def test_widened_body_is_exact(resi):
+    """widen_body carries the stream between the blocks at 32 channels too (first convolution to
+    the upsampler); the image must not change and every block then gets a 32-channel input.
+    Negative control: a non-zero weight in a padded input column of the convolution before the
+    upsampler reads the extra channels, which must be zero."""
+    from mambacsr.compiled import widen_body
+    cfg = dict(FINAL_SMALL, embed_dim=30, resi_connection=resi)
+    x = torch.rand(1, 3, 32, 48)
+    with torch.no_grad():
+        want = mattering_model(cfg, "cpu")(x)
+        model = widen_body(widen_streams(mattering_model(cfg, "cpu")))
+        assert model.conv_first.out_channels == 32 and isinstance(model.norm, PrefixLayerNorm)
+        widths = []
+        hooks = [m.register_forward_pre_hook(lambda m, a: widths.append(a[0].shape[-1]))
+                 for m in model.modules() if getattr(m, "stream_channels", 0)]
+        assert rel(model(x), want) < EXACT
+        assert widths and set(widths) == {32}
+        for h in hooks:
+            h.remove()
+        model.conv_before_upsample[0].weight[:, 31].fill_(1.0)
+        model.conv_first.bias[31] = 1.0
+        assert rel(model(x), want) > 100 * EXACT
 
 
 def test_frozen_scan_weights_are_exact_and_used():
@@ -246,6 +272,44 @@ def test_channels_last_convs_are_exact(pad):
             if tap.depthwise:
                 tap.weight.copy_(tap.weight.flip(-1, -2))
         assert rel(model(x), want) > 100 * EXACT
+
+
+def test_outer_convs_channels_last_are_exact():
+    """outer_convs_channels_last gives the convolutions outside the blocks (first, last, the
+    groups' residual convolutions, the upsampler) channels-last weights and leaves the blocks'
+    own alone; the image must not change and comes back contiguous. Negative control: one group's
+    residual convolution mirrored must change it."""
+    from mambacsr.compiled import outer_convs_channels_last
+    cfg = dict(FINAL_SMALL, embed_dim=30)
+    x = torch.rand(1, 3, 32, 48)
+    cl = torch.channels_last
+    with torch.no_grad():
+        want = mattering_model(cfg, "cpu")(x)
+        model = outer_convs_channels_last(mattering_model(cfg, "cpu"))
+        outer = [model.conv_first, model.conv_after_body, model.conv_last] + [g.conv for g in model.layers]
+        assert not any(type(m) is torch.nn.PixelShuffle for m in model.modules())
+        assert all(c.weight.is_contiguous(memory_format=cl) and not c.weight.is_contiguous() for c in outer)
+        inner = model.layers[0].residual_group.blocks[0].conv_block.cab[0].weight  # dense 3x3
+        assert inner.is_contiguous() and not inner.is_contiguous(memory_format=cl)
+        got = model(x)
+        assert got.is_contiguous() and rel(got, want) < 10 * EXACT  # another summation order (1.1e-6)
+        model.layers[0].conv.weight.copy_(model.layers[0].conv.weight.flip(-1))
+        assert rel(model(x), want) > 100 * EXACT
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_channels_last_pixel_shuffle_is_pixel_shuffle(layout):
+    """ChannelsLastPixelShuffle moves every value where nn.PixelShuffle does, for either input
+    layout, and its output is channels-last. Negative control: the two sub-pixel axes swapped."""
+    from mambacsr.compiled import ChannelsLastPixelShuffle
+    x = torch.randn(2, 3 * 4, 5, 7)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    got, want = ChannelsLastPixelShuffle(2)(x), torch.nn.PixelShuffle(2)(x)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got, want)
+    swapped = torch.nn.PixelShuffle(2)(x.view(2, 3, 2, 2, 5, 7).transpose(2, 3).reshape(2, 12, 5, 7))
+    assert not torch.equal(got, swapped)
 
 
 @pytest.mark.parametrize("rows", [(1,), (2, 3, 1)], ids=["1row", "batched"])
