@@ -113,14 +113,18 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
     same arithmetic), so cuDNN convolves the groups' (B, L, C) tokens, which are channels-last
     (B, C, H, W) data, as they are: with NCHW weights it copied every weight to channels-last in
     every call and converted layouts around several convolutions. The upsampler's pixel shuffles
-    then write channels-last too (`ChannelsLastPixelShuffle`).
+    then write channels-last too (`ChannelsLastPixelShuffle`). H100, interleaved rounds: fp16
+    batch 1 8.23 -> 7.95 ms, batch 8 30.79 -> 30.49 ms.
 
     wide_body (with wide_stream): the stream between the blocks is widened too (`widen_body`:
     from the first convolution to the one before the upsampler; exact; its three LayerNorms
     compiled like the blocks), so the groups' residual
     convolutions and adds work on 16-byte channel rows and the blocks neither pad their input
     nor cut their output (which made each group's convolution input a strided view that was
-    copied before cuDNN read it).
+    copied before cuDNN read it). fp16 batch 8 30.31 -> 29.76 ms. All of this release's changes
+    outside the blocks together (these two, the pixel shuffles, the cross-scale depthwise
+    kernel): fp16 batch 8 30.59 -> 29.38 ms, batch 1 8.07 -> 7.63 ms, fp32 + TF32 batch 8 43.22
+    -> 42.19 ms (COMPILED_NOTES.md, "Outside the blocks").
 
     Inference only (the compiled code is traced under no_grad). Safe to capture in a CUDA graph
     after a warm-up call per input shape. Weights are laid out once here (`scan_weights`,

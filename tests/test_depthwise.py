@@ -103,6 +103,28 @@ MODULE_CHECK = textwrap.dedent("""
             got = half(x.half())
             assert calls == [(True, column_first)], calls
             assert rel(got, want) < 5e-3, (directions, "fp16", rel(got, want))
+    # the cross-scale fusion: its full- and half-resolution depthwise convolutions, whose outputs
+    # are concatenated into the scan's storage (channel rows, or token rows at fp16 batch 2)
+    from mambacsr.model import Cross_SS2D
+    plain = Cross_SS2D(16, ["w16", "w16_flip", "c_w16", "c_w16_flip"], d_state=8).eval().to(device)
+    with torch.no_grad():
+        for conv in (plain.conv2d, plain.conv2d2):
+            conv.weight.normal_(); conv.bias.normal_()
+    x, x_down = torch.randn(2, 32 * 32, 16, device=device), torch.randn(2, 16 * 16, 16, device=device)
+    with torch.no_grad():
+        want = plain(x, x_down, (32, 32))
+        fused = channels_last_convs(plain)
+        fused.conv2d.use_silu_kernel(); fused.conv2d2.use_silu_kernel()
+        calls.clear()
+        got = fused(x, x_down, (32, 32))
+        assert calls == [(False, False)] * 2, calls
+        assert rel(got, want) < 1e-5, ("cross", rel(got, want))
+        half = fused.half()
+        half.scan_token_rows = half.scan_token_inputs = True
+        calls.clear()
+        got = half(x.half(), x_down.half(), (32, 32))
+        assert calls == [(True, False)] * 2, calls
+        assert rel(got, want) < 5e-3, ("cross", "fp16", rel(got, want))
     print("ok")
 """)
 
@@ -112,9 +134,10 @@ def test_kernel_matches_conv_silu_in_every_storage_order():
 
 
 def test_scan_block_with_the_kernel_matches_the_plain_block():
-    """LW_SS2D with the compiled path's kernel (eager here) gives the plain module's output,
-    for row-first and transposed column-first scans: float32 (channel-row storage) and a float16
-    batch of 2 (token-row storage read in place, column_tail)."""
+    """LW_SS2D and the cross-scale fusion (Cross_SS2D) with the compiled path's kernel (eager
+    here) give the plain modules' outputs, for row-first and transposed column-first scans:
+    float32 (channel-row storage) and a float16 batch of 2 (token-row storage read in place,
+    column_tail)."""
     run_triton_check(MODULE_CHECK)
 
 
