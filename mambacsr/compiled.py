@@ -24,6 +24,12 @@ The blocks' convolutions (each scan's depthwise 3x3, the channel-attention branc
 channels-last as shifted taps (`channels_last_convs`): cuDNN needed an NCHW copy of the
 (B, H, W, C) tokens and converted it to NHWC and back around every convolution.
 
+Outside the blocks nothing is compiled but the three LayerNorms of the widened body: the model's
+own convolutions run channels-last on the groups' token layout (`outer_convs_channels_last`)
+and the stream keeps the blocks' width from the first convolution to the upsampler
+(`widen_body`), so the few eager kernels between the blocks are the convolutions and the
+residual adds.
+
 H100, Final x4, fp16, batch 8 of 64x64 tiles, scripts/bench_gpu.py: padded only 45.23 ms;
 padded, layout optimisation off 41.73 ms; widened, layout optimisation off 39.28 ms (one run);
 39.63 -> 36.97 ms with the tap convolutions (the defaults; another run).
@@ -118,10 +124,9 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
 
     wide_body (with wide_stream): the stream between the blocks is widened too (`widen_body`:
     from the first convolution to the one before the upsampler; exact; its three LayerNorms
-    compiled like the blocks), so the groups' residual
-    convolutions and adds work on 16-byte channel rows and the blocks neither pad their input
-    nor cut their output (which made each group's convolution input a strided view that was
-    copied before cuDNN read it). fp16 batch 8 30.31 -> 29.76 ms. All of this release's changes
+    compiled like the blocks), so the groups' residual convolutions and adds work on 16-byte
+    channel rows and the blocks neither pad their input nor cut their output (which made each
+    group's convolution input a strided view that was copied before cuDNN read it). fp16 batch 8 30.31 -> 29.76 ms. All of this release's changes
     outside the blocks together (these two, the pixel shuffles, the cross-scale depthwise
     kernel): fp16 batch 8 30.59 -> 29.38 ms, batch 1 8.07 -> 7.63 ms, fp32 + TF32 batch 8 43.22
     -> 42.19 ms (COMPILED_NOTES.md, "Outside the blocks").
@@ -301,9 +306,8 @@ def _widened_resi_conv(conv: nn.Module, wide: int) -> nn.Module:
     reads and last writes the stream) taking and giving `wide` channels, the extra ones zero."""
     if isinstance(conv, nn.Conv2d):
         return _zero_padded(conv, wide, wide)
-    first, last = conv[0], conv[len(conv) - 1]
-    conv[0] = _zero_padded(first, wide, first.out_channels)
-    conv[len(conv) - 1] = _zero_padded(conv[len(conv) - 1], last.in_channels, wide)
+    conv[0] = _zero_padded(conv[0], wide, conv[0].out_channels)
+    conv[-1] = _zero_padded(conv[-1], conv[-1].in_channels, wide)
     return conv
 
 
