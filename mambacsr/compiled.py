@@ -119,8 +119,8 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
     same arithmetic), so cuDNN convolves the groups' (B, L, C) tokens, which are channels-last
     (B, C, H, W) data, as they are: with NCHW weights it copied every weight to channels-last in
     every call and converted layouts around several convolutions. The upsampler's pixel shuffles
-    then write channels-last too (`ChannelsLastPixelShuffle`). H100, interleaved rounds: fp16
-    batch 1 8.23 -> 7.95 ms, batch 8 30.79 -> 30.49 ms.
+    then write channels-last too (`ChannelsLastPixelShuffle`). H100, interleaved rounds, before
+    the pixel shuffles were added: fp16 batch 1 8.23 -> 7.95 ms, batch 8 30.79 -> 30.49 ms.
 
     wide_body (with wide_stream): the stream between the blocks is widened too (`widen_body`:
     from the first convolution to the one before the upsampler; exact; its three LayerNorms
