@@ -13,7 +13,9 @@
 //    contiguous (ascending or descending) aligned elements, element by element otherwise, and
 //    prefetched into registers one tile ahead, untouched until used; softplus(delta + bias),
 //    dt * u and D * u are computed once per (channel, token) into shared memory; Bs/Cs are
-//    staged once and shared by the block's CB channels. The W partial sums of a token are
+//    staged once and shared by the block's CB channels. The inner loop reads each block of W
+//    tokens' dt, dt * u, B and C from shared memory while the block before it is scanned
+//    (software-pipelined: NOTES.md part 9). The W partial sums of a token are
 //    combined by a transpose-reduce (W - 1 shuffles per W tokens) and y is scattered like the
 //    inputs were gathered.
 //  * Small batches do not fill the GPU with one block per channel group (batch 1: 11,520
@@ -543,13 +545,28 @@ scan_kernel(const Params p) {
     const int rem = (int)min(seq - t_begin, (int64_t)SEG * clen);
     // Token-row inputs: each vector's VEC channels (states) go to VEC rows of shared memory at
     // its token's column.
+    // The thread's VEC channels are the same in every tile (THREADS is a multiple of VPT), so
+    // their delta_bias and D are read once; tok_in guarantees whole vectors (C and N multiples
+    // of VEC), so a vector past the block's channels loaded zeros and only needs dt masked.
+    // Branch-free per element: the per-channel tests and loads were a third of the batch-8
+    // kernel's instructions (NOTES.md part 9).
+    static_assert(THREADS % VPT == 0, "a thread's token-row channels are the same in every tile");
+    const int tok_c0 = (tid % VPT) * VEC;
+    float tok_bias[VEC], tok_D[VEC];
+    if (STRIDED && p.tok_in) {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+            const int c = c_first + min(tok_c0 + e, nch - 1);
+            tok_bias[e] = p.bias ? __ldg(p.bias + c) : 0.f;
+            tok_D[e] = p.D ? __ldg(p.D + c) : 0.f;
+        }
+    }
     auto prep_tokens = [&](int tile) {
 #pragma unroll
         for (int q = 0; q < IT_U; ++q) {
             const int vi = tid + q * THREADS;
             if (vi >= NV_U) continue;
             const int i = vi / VPT;
-            const int c0 = (vi % VPT) * VEC;
             const int off = tile * QT + (SEG == 1 ? i : i / SEG);
             const bool ok = off < clen32 && (SEG == 1 ? off : (i % SEG) * clen32 + off) < rem;
             float uf[VEC], df[VEC];
@@ -558,17 +575,12 @@ scan_kernel(const Params p) {
             const int pos = spos(i);
 #pragma unroll
             for (int e = 0; e < VEC; ++e) {
-                const int c = c0 + e;
-                float dt = 0.f, dtu = 0.f, du = 0.f;
-                if (c < nch) {
-                    const float x = df[e] + (p.bias ? __ldg(p.bias + c_first + c) : 0.f);
-                    dt = ok ? (p.softplus ? softplus(x) : x) : 0.f;
-                    dtu = dt * uf[e];
-                    du = (p.D ? __ldg(p.D + c_first + c) : 0.f) * uf[e];
-                }
+                const int c = tok_c0 + e;
+                const float x = df[e] + tok_bias[e];
+                const float dt = ok && c < nch ? (p.softplus ? softplus(x) : x) : 0.f;
                 sDt[c * PA + pos] = dt;
-                sDtu[c * PA + pos] = dtu;
-                if (OUT) sY[(tile & 1) * SY + c * PA + pos] = du;
+                sDtu[c * PA + pos] = dt * uf[e];
+                if (OUT) sY[(tile & 1) * SY + c * PA + pos] = tok_D[e] * uf[e];
             }
         }
 #pragma unroll
@@ -582,7 +594,6 @@ scan_kernel(const Params p) {
             if (OUT) E::unpack(rc[OUT ? q : 0], cf);
 #pragma unroll
             for (int e = 0; e < VEC; ++e) {
-                if (n0 + e >= N) continue;
                 sB[(n0 + e) * PB + pos] = bf[e];
                 if (OUT) sC[(n0 + e) * PB + pos] = cf[e];
             }
@@ -708,69 +719,98 @@ scan_kernel(const Params p) {
 #pragma unroll
     for (int r = 0; r < R; ++r) dsum[r] = 0.f;
     const int sbase = seg * QT;  // the segment's columns in the scan layout
-    auto scan_tile = [&](int tile) {
-        float* const sYt = sY + (OUT ? (tile & 1) * SY : 0);
-#pragma unroll 2
-        for (int j0 = 0; j0 < QT; j0 += W) {
-            float dt[R][W], dtu[R][W], part[R][W];
+    // One block of W tokens (j0 .. j0 + W - 1 of the segment) from shared memory into registers:
+    // dt and dt * u of the thread's R channels, B and C of its S states.
+    struct Block {
+        float dt[R][W], dtu[R][W], b[S][W], c[OUT ? S : 1][W];
+    };
+    auto load_block = [&](int j0, Block& k) {
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const float* dtRow = sDt + (cg * R + r) * PA + sbase + j0;
+            const float* dtuRow = sDtu + (cg * R + r) * PA + sbase + j0;
+#pragma unroll
+            for (int q = 0; q < W; q += 4) {
+                const float4 a = *reinterpret_cast<const float4*>(dtRow + q);
+                const float4 c = *reinterpret_cast<const float4*>(dtuRow + q);
+                k.dt[r][q] = a.x; k.dt[r][q + 1] = a.y; k.dt[r][q + 2] = a.z; k.dt[r][q + 3] = a.w;
+                k.dtu[r][q] = c.x; k.dtu[r][q + 1] = c.y; k.dtu[r][q + 2] = c.z; k.dtu[r][q + 3] = c.w;
+            }
+        }
+#pragma unroll
+        for (int s = 0; s < S; ++s) {
+            const float* bRow = sB + (s * W + w) * PB + sbase + j0;
+            const float* cRow = sC + (OUT ? (s * W + w) * PB + sbase + j0 : 0);
+#pragma unroll
+            for (int q = 0; q < W; q += 4) {
+                const float4 x = *reinterpret_cast<const float4*>(bRow + q);
+                k.b[s][q] = x.x; k.b[s][q + 1] = x.y; k.b[s][q + 2] = x.z; k.b[s][q + 3] = x.w;
+                if (OUT) {
+                    const float4 z = *reinterpret_cast<const float4*>(cRow + q);
+                    k.c[OUT ? s : 0][q] = z.x; k.c[OUT ? s : 0][q + 1] = z.y;
+                    k.c[OUT ? s : 0][q + 2] = z.z; k.c[OUT ? s : 0][q + 3] = z.w;
+                }
+            }
+        }
+    };
+    // The recurrence over one block; part[r][j]: this lane's share of y (its S states) per token.
+    auto scan_block = [&](const Block& k, float (&part)[R][W]) {
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+            for (int j = 0; j < W; ++j) part[r][j] = 0.f;
+#pragma unroll
+        for (int s = 0; s < S; ++s) {
+#pragma unroll
+            for (int j = 0; j < W; ++j) {
+#pragma unroll
+                for (int r = 0; r < R; ++r) {
+                    const float a = exp2_approx(k.dt[r][j] * A2[r][s]);
+                    h[r][s] = fmaf(a, h[r][s], k.dtu[r][j] * k.b[s][j]);
+                    if (OUT) part[r][j] = fmaf(k.c[OUT ? s : 0][j], h[r][s], part[r][j]);
+                }
+            }
+        }
+    };
+    // Transpose-reduce over the W lanes of the channel group: afterwards lane w holds the sum
+    // over all N states for token j0 + w of each of its R channels, added to the staged D * u.
+    auto reduce_block = [&](float* sYt, int j0, float (&part)[R][W]) {
+#pragma unroll
+        for (int off = W / 2; off >= 1; off /= 2) {
+            const bool hi = (w & off) != 0;
 #pragma unroll
             for (int r = 0; r < R; ++r) {
-                const float* dtRow = sDt + (cg * R + r) * PA + sbase + j0;
-                const float* dtuRow = sDtu + (cg * R + r) * PA + sbase + j0;
 #pragma unroll
-                for (int q = 0; q < W; q += 4) {
-                    const float4 a = *reinterpret_cast<const float4*>(dtRow + q);
-                    const float4 c = *reinterpret_cast<const float4*>(dtuRow + q);
-                    dt[r][q] = a.x; dt[r][q + 1] = a.y; dt[r][q + 2] = a.z; dt[r][q + 3] = a.w;
-                    dtu[r][q] = c.x; dtu[r][q + 1] = c.y; dtu[r][q + 2] = c.z; dtu[r][q + 3] = c.w;
-                }
-                if (!OUT) dsum[r] += dtRow[w];
-#pragma unroll
-                for (int j = 0; j < W; ++j) part[r][j] = 0.f;
-            }
-#pragma unroll
-            for (int s = 0; s < S; ++s) {
-                const float* bRow = sB + (s * W + w) * PB + sbase + j0;
-                const float* cRow = sC + (OUT ? (s * W + w) * PB + sbase + j0 : 0);
-                float bb[W], cc[W];
-#pragma unroll
-                for (int q = 0; q < W; q += 4) {
-                    const float4 x = *reinterpret_cast<const float4*>(bRow + q);
-                    bb[q] = x.x; bb[q + 1] = x.y; bb[q + 2] = x.z; bb[q + 3] = x.w;
-                    if (OUT) {
-                        const float4 z = *reinterpret_cast<const float4*>(cRow + q);
-                        cc[q] = z.x; cc[q + 1] = z.y; cc[q + 2] = z.z; cc[q + 3] = z.w;
-                    }
-                }
-#pragma unroll
-                for (int j = 0; j < W; ++j) {
-#pragma unroll
-                    for (int r = 0; r < R; ++r) {
-                        const float a = exp2_approx(dt[r][j] * A2[r][s]);
-                        h[r][s] = fmaf(a, h[r][s], dtu[r][j] * bb[j]);
-                        if (OUT) part[r][j] = fmaf(cc[j], h[r][s], part[r][j]);
-                    }
+                for (int i = 0; i < off; ++i) {
+                    const float send = hi ? part[r][i] : part[r][i + off];
+                    const float keep = hi ? part[r][i + off] : part[r][i];
+                    part[r][i] = keep + __shfl_xor_sync(kFullMask, send, off);
                 }
             }
-            if constexpr (OUT) {
-                // Transpose-reduce over the W lanes of the channel group: afterwards lane w
-                // holds the sum over all N states for token j0 + w of each of its R channels.
+        }
 #pragma unroll
-                for (int off = W / 2; off >= 1; off /= 2) {
-                    const bool hi = (w & off) != 0;
+        for (int r = 0; r < R; ++r) sYt[(cg * R + r) * PA + sbase + j0 + w] += part[r][0];
+    };
+    auto scan_tile = [&](int tile) {
+        float* const sYt = sY + (OUT ? (tile & 1) * SY : 0);
+        if (!OUT) {
 #pragma unroll
-                    for (int r = 0; r < R; ++r) {
+            for (int r = 0; r < R; ++r)
 #pragma unroll
-                        for (int i = 0; i < off; ++i) {
-                            const float send = hi ? part[r][i] : part[r][i + off];
-                            const float keep = hi ? part[r][i + off] : part[r][i];
-                            part[r][i] = keep + __shfl_xor_sync(kFullMask, send, off);
-                        }
-                    }
-                }
-#pragma unroll
-                for (int r = 0; r < R; ++r) sYt[(cg * R + r) * PA + sbase + j0 + w] += part[r][0];
-            }
+                for (int j0 = 0; j0 < QT; j0 += W) dsum[r] += sDt[(cg * R + r) * PA + sbase + j0 + w];
+        }
+        // Software-pipelined: the next block's shared-memory reads are issued before this
+        // block's recurrence (waiting on them was the largest stall, NOTES.md part 9). The last
+        // block re-reads block 0, harmlessly, so that no read leaves the tile.
+        Block cur, nxt;
+        load_block(0, cur);
+#pragma unroll 2
+        for (int j0 = 0; j0 < QT; j0 += W) {
+            load_block(j0 + W < QT ? j0 + W : 0, nxt);
+            float part[R][W];
+            scan_block(cur, part);
+            if constexpr (OUT) reduce_block(sYt, j0, part);
+            cur = nxt;
         }
     };
 
@@ -872,7 +912,7 @@ struct Variant {
 };
 
 #define MAMBACSR_VARIANTS(X)      \
-    X(1, 1, 2, 8, 16, 64, 1, 4)   \
+    X(1, 1, 2, 8, 16, 64, 1, 3)   \
     X(2, 2, 4, 4, 32, 32, 1, 1)   \
     X(3, 1, 4, 4, 32, 64, 1, 3)   \
     X(4, 1, 4, 8, 16, 64, 1, 1)   \
