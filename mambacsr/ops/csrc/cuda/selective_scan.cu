@@ -802,7 +802,7 @@ scan_kernel(const Params p) {
         // Software-pipelined: the next block's shared-memory reads are issued before this
         // block's recurrence (waiting on them was the largest stall, NOTES.md part 9). The last
         // block re-reads block 0, harmlessly, so that no read leaves the tile. Unrolled over the
-        // whole tile (8-16 blocks): with a loop back-edge the compiler sank the reads of the
+        // whole tile (2-16 blocks): with a loop back-edge the compiler sank the reads of the
         // block after it down to the branch.
         Block cur, nxt;
         load_block(0, cur);
