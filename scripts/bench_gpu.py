@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import re
 import statistics
 import subprocess
@@ -204,10 +205,11 @@ def compile_options(mode: str) -> tuple[dict, bool]:
     that row (`torch.backends.cuda.matmul.allow_tf32`; cuDNN's convolutions already do)."""
     if ":" not in mode:
         return {}, False
+    from mambacsr.compiled import compile_blocks
+
     chosen = set(mode.split(":", 1)[1].split("+")) - {"none"}
-    known = {"pad", "freeze", "wide_stream", "tap_convs", "scan_weights", "token_rows", "small_products",
-             "token_inputs", "one_pass_pool", "depthwise_kernel", "column_tail", "masked_prefix_norm",
-             "outer_convs_nhwc", "wide_body"}
+    # compile_blocks' own switches (layout_opt is set through no_layout_opt below)
+    known = set(inspect.signature(compile_blocks).parameters) - {"model", "layout_opt"}
     extra = {"tf32", "no_layout_opt"}
     if chosen - known - extra:
         raise SystemExit(f"unknown compile option(s) {sorted(chosen - known - extra)} in mode {mode!r}; "
