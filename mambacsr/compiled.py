@@ -126,10 +126,11 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
     from the first convolution to the one before the upsampler; exact; its three LayerNorms
     compiled like the blocks), so the groups' residual convolutions and adds work on 16-byte
     channel rows and the blocks neither pad their input nor cut their output (which made each
-    group's convolution input a strided view that was copied before cuDNN read it). fp16 batch 8 30.31 -> 29.76 ms. All of this release's changes
-    outside the blocks together (these two, the pixel shuffles, the cross-scale depthwise
-    kernel): fp16 batch 8 30.59 -> 29.38 ms, batch 1 8.07 -> 7.63 ms, fp32 + TF32 batch 8 43.22
-    -> 42.19 ms (COMPILED_NOTES.md, "Outside the blocks").
+    group's convolution input a strided view that was copied before cuDNN read it). H100,
+    interleaved rounds: fp16 batch 8 30.31 -> 29.76 ms. All of the changes outside the blocks
+    together (these two, the pixel shuffles, the cross-scale depthwise kernel), same card: fp16
+    batch 8 30.59 -> 29.38 ms, batch 1 8.07 -> 7.63 ms, fp32 + TF32 batch 8 43.22 -> 42.19 ms
+    (COMPILED_NOTES.md, "Outside the blocks").
 
     Inference only (the compiled code is traced under no_grad). Safe to capture in a CUDA graph
     after a warm-up call per input shape. Weights are laid out once here (`scan_weights`,

@@ -543,13 +543,8 @@ scan_kernel(const Params p) {
     // from the block's first token below `rem` (32-bit: both are below the sequence length).
     const int clen32 = (int)clen;
     const int rem = (int)min(seq - t_begin, (int64_t)SEG * clen);
-    // Token-row inputs: each vector's VEC channels (states) go to VEC rows of shared memory at
-    // its token's column.
-    // The thread's VEC channels are the same in every tile (THREADS is a multiple of VPT), so
-    // their delta_bias and D are read once; tok_in guarantees whole vectors (C and N multiples
-    // of VEC), so a vector past the block's channels loaded zeros and only needs dt masked.
-    // Branch-free per element: the per-channel tests and loads were a third of the batch-8
-    // kernel's instructions (NOTES.md part 9).
+    // Token-row inputs: a thread's VEC channels are the same in every tile (THREADS is a multiple
+    // of VPT), so their delta_bias and D are read once.
     static_assert(THREADS % VPT == 0, "a thread's token-row channels are the same in every tile");
     const int tok_c0 = (tid % VPT) * VEC;
     float tok_bias[VEC], tok_D[VEC];
@@ -561,6 +556,11 @@ scan_kernel(const Params p) {
             tok_D[e] = p.D ? __ldg(p.D + c) : 0.f;
         }
     }
+    // Token-row inputs: each vector's VEC channels (states) go to VEC rows of shared memory at
+    // its token's column. tok_in guarantees whole vectors (C and N multiples of VEC), so a vector
+    // past the block's channels loaded zeros and only needs dt masked. Branch-free per element:
+    // the per-channel tests and loads were a third of the batch-8 kernel's instructions
+    // (NOTES.md part 9).
     auto prep_tokens = [&](int tile) {
 #pragma unroll
         for (int q = 0; q < IT_U; ++q) {
