@@ -119,6 +119,10 @@ MODULE_CHECK = textwrap.dedent("""
         got = fused(x, x_down, (32, 32))
         assert calls == [(False, False)] * 2, calls
         assert rel(got, want) < 1e-5, ("cross", rel(got, want))
+        # negative control: the half-resolution tokens in column-first order must fail the check
+        x_cols = x_down.view(2, 16, 16, 16).transpose(1, 2).reshape(2, 16 * 16, 16)
+        off = rel(fused(x, x_cols, (32, 32)), want)
+        assert off > 20 * 1e-5, ("cross", "control", off)
         half = fused.half()
         half.scan_token_rows = half.scan_token_inputs = True
         calls.clear()
