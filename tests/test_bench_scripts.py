@@ -35,7 +35,9 @@ def test_compile_options_turn_on_exactly_the_named_options():
 def test_scan_sass_counts_the_scan_loop_not_the_load_loop():
     """scan_sass.py: the loop it counts is the smallest one of >= 8 exponentials that reads shared
     memory only. The tile-load loop (global loads, softplus exponentials) and an outer loop around
-    both must not be taken; a kernel without such a loop reports none rather than a wrong loop."""
+    both must not be taken. Where the scan has no loop of its own (unrolled over the tile) it
+    counts the tile loop, the one with the most exponentials, and says so; a kernel without a
+    loop of >= 8 exponentials reports none rather than a wrong loop."""
     from scan_sass import KERNEL, hot_loop
 
     def sass(body):  # (mnemonic, branch target index or None) -> (address, opcode, operands)
@@ -44,8 +46,12 @@ def test_scan_sass_counts_the_scan_loop_not_the_load_loop():
     load = [("LDG.E.128", None)] + [("MUFU.EX2", None)] * 8 + [("BRA", 0)]  # 0..9
     scan = [("LDS.128", None)] + [("FMUL", None), ("MUFU.EX2", None), ("FFMA", None)] * 8 + [("BRA", 10)]
     outer = [("BRA", 0)]
-    loop = hot_loop(sass(load + scan + outer))
+    loop, kind = hot_loop(sass(load + scan + outer))
+    assert kind == "scan"
     assert loop["MUFU.EX2"] == 8 and loop["LDS.128"] == 1 and "LDG.E.128" not in loop and sum(loop.values()) == 26
-    assert hot_loop(sass(load + outer)) is None
+    unrolled = [("LDS.128", None)] + [("FMUL", None), ("MUFU.EX2", None), ("FFMA", None)] * 16 + [("BRA", 0)]
+    loop, kind = hot_loop(sass(load + unrolled))  # the load loop inside the tile loop
+    assert kind == "tile" and loop["MUFU.EX2"] == 24 and loop["LDG.E.128"] == 1
+    assert hot_loop(sass([("LDG.E.128", None)] + [("MUFU.EX2", None)] * 7 + [("BRA", 0)])) is None
     name = "_ZN..11scan_kernelI6__halfLi1ELi2ELi8ELi16ELi64ELi1ELi4ELi0ELb0EEEvNS_6ParamsE"
     assert KERNEL.search(name).groups() == ("6__half", "1", "2", "8", "16", "64", "1", "4", "0", "0")

@@ -1010,13 +1010,34 @@ int64_t variant_warps(int id, int64_t batch, int64_t k, int64_t ch_per_group) {
     return batch * k * ((ch_per_group + v.cb - 1) / v.cb) * (v.w * v.cb / v.r) / 32;
 }
 
-// Single pass. Measured on H100 (NOTES.md): one channel, 2 states per thread (most warps) wins
-// until there are ~2 warps of the 2-channel x 4-state variant per SM sub-partition.
+// Single pass, first choice (it also decides single pass against chunked, by its warps): one
+// channel, 2 states per thread, the most warps. N > 32: the 2-channel x 8-state variant from
+// ~2 of its warps per SM sub-partition.
 int choose_single_variant(int64_t batch, int64_t k, int64_t ch_per_group, int64_t n) {
     const int64_t sms = sm_count();
-    if (n <= 16) return variant_warps(2, batch, k, ch_per_group) >= 8 * sms ? 2 : 1;
+    if (n <= 16) return 1;
     if (n <= 32) return 4;
     return variant_warps(6, batch, k, ch_per_group) >= 8 * sms ? 6 : 5;
+}
+
+int64_t variant_blocks(int id, int64_t batch, int64_t k, int64_t ch_per_group) {
+    return batch * k * ((ch_per_group + kVariants[id].cb - 1) / kVariants[id].cb);
+}
+
+// Single pass with N <= 16 and the GPU more than full: R1_S2_W8 (id 1) or R1_S4_W4 (id 3),
+// whichever takes fewer waves at its cost per wave. A block of id 3 scans twice the channels
+// with fewer instructions per state-token, and a full wave of it takes about 1.7x as long
+// (16-bit I/O; float32 1.9-2.4x): H100, fp16, 0.448 against 0.265 ms. So id 3 wins where id 1
+// needs a second wave and id 3 does not (Final x4 fp16: batches 9-16, 1.14-1.38x), or 4 against 2
+// (batch 32); measured per batch in NOTES.md, part 10.
+int refine_single_variant(int id, int64_t batch, int64_t k, int64_t ch_per_group, int dtype) {
+    if (id != 1) return id;
+    const int64_t sms = sm_count();
+    const int64_t slots1 = occupancy(1, dtype) * sms, slots3 = occupancy(3, dtype) * sms;
+    const int64_t waves1 = (variant_blocks(1, batch, k, ch_per_group) + slots1 - 1) / slots1;
+    const int64_t waves3 = (variant_blocks(3, batch, k, ch_per_group) + slots3 - 1) / slots3;
+    const int64_t wave3_cost_x10 = dtype == MAMBACSR_FLOAT32 ? 20 : 17;  // one id-1 wave = 10
+    return waves3 * wave3_cost_x10 < waves1 * 10 ? 3 : 1;
 }
 
 // Chunked passes: the parallelism comes from the chunks, so the fewest lanes per channel.
@@ -1105,6 +1126,7 @@ int make_plan(int64_t batch, int64_t kc, int64_t k, int64_t n, int64_t length,
             }
         }
     }
+    if (!id_req && chunks == 1) id = refine_single_variant(id, batch, k, ch_per_group, dtype);
     const Variant& v = kVariants[id];
     if (n > v.s * v.w) return MAMBACSR_ERR_UNSUPPORTED;
     const int64_t unit = v.nt / v.seg;  // chunk lengths are whole tiles of one segment
