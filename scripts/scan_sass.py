@@ -42,8 +42,8 @@ def hot_loop(instrs: list[tuple[int, str, str]]) -> tuple[collections.Counter, s
     reads shared memory only (the loads of the next tile, whose softplus also takes MUFU.EX2,
     read global memory), and "scan". Where the scan is unrolled over the whole tile (the
     single-pass kernels since the pipelined loop) or shares its loop with the global loads (SEG
-    kernels) there is no such loop: then the smallest loop around the exponentials, the tile
-    loop (prep, scan and output of one tile; its MUFU.EX2 include the softplus), and "tile"."""
+    kernels) there is no such loop: then the loop with the most exponentials, the tile loop
+    (prep, scan and output of one tile; its MUFU.EX2 include the softplus), and "tile"."""
     best = {}
     for addr, op, args in instrs:
         target = re.search(r"0x([0-9a-f]+)", args) if op.startswith("BRA") else None
@@ -51,9 +51,9 @@ def hot_loop(instrs: list[tuple[int, str, str]]) -> tuple[collections.Counter, s
             continue
         lo = int(target.group(1), 16)
         body = collections.Counter(o for a, o, _ in instrs if lo <= a <= addr)
-        kind = "tile" if any(op.startswith("LDG") for op in body) else "scan"
         if body["MUFU.EX2"] < 8:
             continue
+        kind = "tile" if any(op.startswith("LDG") for op in body) else "scan"
         # scan: the innermost such loop; tile: the one with the most exponentials (smaller loops
         # with global reads are the scalar fallbacks of odd shapes).
         key = (sum(body.values()),) if kind == "scan" else (-body["MUFU.EX2"], sum(body.values()))

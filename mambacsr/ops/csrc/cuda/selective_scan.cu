@@ -1005,9 +1005,13 @@ int occupancy(int variant, int dtype) {
     return c;
 }
 
+int64_t variant_blocks(int id, int64_t batch, int64_t k, int64_t ch_per_group) {
+    return batch * k * ((ch_per_group + kVariants[id].cb - 1) / kVariants[id].cb);
+}
+
 int64_t variant_warps(int id, int64_t batch, int64_t k, int64_t ch_per_group) {
     const Variant& v = kVariants[id];
-    return batch * k * ((ch_per_group + v.cb - 1) / v.cb) * (v.w * v.cb / v.r) / 32;
+    return variant_blocks(id, batch, k, ch_per_group) * (v.w * v.cb / v.r) / 32;
 }
 
 // Single pass, first choice (it also decides single pass against chunked, by its warps): one
@@ -1018,10 +1022,6 @@ int choose_single_variant(int64_t batch, int64_t k, int64_t ch_per_group, int64_
     if (n <= 16) return 1;
     if (n <= 32) return 4;
     return variant_warps(6, batch, k, ch_per_group) >= 8 * sms ? 6 : 5;
-}
-
-int64_t variant_blocks(int id, int64_t batch, int64_t k, int64_t ch_per_group) {
-    return batch * k * ((ch_per_group + kVariants[id].cb - 1) / kVariants[id].cb);
 }
 
 // Single pass with N <= 16 and the GPU more than full: R1_S2_W8 (id 1) or R1_S4_W4 (id 3),
@@ -1117,7 +1117,7 @@ int make_plan(int64_t batch, int64_t kc, int64_t k, int64_t n, int64_t length,
             // length saves).
             const int cid = id_req ? id_req : choose_chunked_variant(n);
             const Variant& cv = kVariants[cid];
-            const int64_t per_chunk = batch * k * ((ch_per_group + cv.cb - 1) / cv.cb);
+            const int64_t per_chunk = variant_blocks(cid, batch, k, ch_per_group);
             const int64_t want = occupancy(cid, dtype) * sms * cv.seg / per_chunk;
             const int64_t most = seq_max / (2 * (cv.nt / cv.seg));  // chunks of >= 2 tiles
             if (want > 1 && most > 1) {
