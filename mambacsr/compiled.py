@@ -12,9 +12,10 @@ on-disk cache. The scan itself is the opaque custom op (its fake kernel gives In
 Before compiling, the channel-attention convolutions are zero-padded to tensor-core channel
 multiples (`pad_channels`): 180 -> 7 -> 180 channels in Final x4 make cuDNN pad every input and
 fall back to slow kernels; 184 -> 8 -> 184 with zero weights computes the same numbers.
-`widen_streams` (on by default) goes further: each block carries its residual stream at 184
-channels, so that the projections in and out of it (180-channel rows: 360 bytes, which miss the
-16-byte alignment of Hopper's GEMM kernels) become aligned matrix products.
+`widen_streams` (on by default) goes further: each block carries its residual stream at 192
+channels (`stream_width`), so that the projections in and out of it (180-channel rows: 360 bytes,
+which miss the 16-byte alignment of Hopper's GEMM kernels) become aligned matrix products whose
+K is a multiple of cuBLAS's 64-channel step.
 
 Inductor's layout optimisation is turned off: in a graph with convolutions it gives every 4-D
 intermediate channels-last strides, which for the blocks' (B, H, W, C) LayerNorm outputs means
@@ -48,6 +49,10 @@ from .ops import depthwise
 _RECOMPILE_LIMIT = 256
 #: Tensor cores take 16-byte rows: 8 fp16 channels.
 CHANNEL_MULTIPLE = 8
+#: cuBLAS's Hopper GEMMs step through K 64 at a time: a stream of 192 channels instead of 184
+#: made in_proj 31.6 -> 26.9 us and fc1 20.9 -> 17.3 us (H100, fp16, batch 8 of 64x64 tiles,
+#: scripts/bench_projections.py); see `stream_width`.
+STREAM_MULTIPLE = 64
 
 
 def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
@@ -56,7 +61,8 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
                    small_products: bool = True, token_inputs: bool = True,
                    one_pass_pool: bool = True, depthwise_kernel: bool = True,
                    column_tail: bool = True, masked_prefix_norm: bool = True,
-                   outer_convs_nhwc: bool = True, wide_body: bool = True) -> nn.Module:
+                   outer_convs_nhwc: bool = True, wide_body: bool = True,
+                   stream_multiple: int = STREAM_MULTIPLE, low_rank_dt: bool = True) -> nn.Module:
     """Compile every residual block and cross-scale fusion of `model` in place; returns it.
 
     pad: zero-pad the channel-attention convolutions first (`pad_channels`; exact). H100, Final
@@ -132,6 +138,16 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
     batch 8 30.59 -> 29.38 ms, batch 1 8.07 -> 7.63 ms, fp32 + TF32 batch 8 43.22 -> 42.19 ms
     (COMPILED_NOTES.md, "Outside the blocks").
 
+    stream_multiple (with wide_stream): the widened stream's width is `stream_width(channels,
+    stream_multiple)`: Final x4 180 -> 192 at 64 (the default), 184 at 8 (the previous default).
+    H100, fp16 batch 8, interleaved rounds: 27.34 -> 26.51 ms and 27.42 -> 26.57 ms (two jobs);
+    batch 1 7.85 -> 7.83 ms; fp32 + TF32 batch 8 41.16 -> 40.84 ms.
+    low_rank_dt (with token_inputs): delta from the scan's two low-rank factors (x_proj's dt
+    rows in the GEMM with B and C, then dt_proj; `SS2D.scan_low_rank_dt`) instead of the
+    folded (K*D, D) weight: 12.6 + 23.6 us against 44 us per batch-8 fp16 call of Final x4, as
+    accurate against float32 (tests/test_compiled.py). H100, fp16 batch 8, interleaved rounds:
+    27.42 -> 27.03 ms alone, 26.57 -> 26.31 ms with the 192-channel stream.
+
     Inference only (the compiled code is traced under no_grad). Safe to capture in a CUDA graph
     after a warm-up call per input shape. Weights are laid out once here (`scan_weights`,
     `depthwise_kernel`): after changing them, call `SS2D.freeze_scan_weights` and
@@ -145,9 +161,9 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
         dynamo_config.accumulated_cache_size_limit = max(dynamo_config.accumulated_cache_size_limit,
                                                         _RECOMPILE_LIMIT * 4)
     if wide_stream:
-        widen_streams(model)
+        widen_streams(model, stream_multiple)
         if wide_body:
-            widen_body(model)
+            widen_body(model, stream_multiple)
     elif pad:
         pad_channels(model)
     if tap_convs:
@@ -162,6 +178,7 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
                 module.freeze_scan_weights(dtype)
             module.scan_token_rows = token_rows
             module.scan_token_inputs = token_inputs
+            module.scan_low_rank_dt = low_rank_dt
         if isinstance(module, (BiAttn, ChannelsLastCAB)):
             module.small_products = small_products
         if isinstance(module, BiAttn):
@@ -227,16 +244,19 @@ def _outside_blocks(model: nn.Module, kind: type) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, kind) and id(m) not in inside]
 
 
-def pad_channels(model: nn.Module, multiple: int = CHANNEL_MULTIPLE) -> nn.Module:
+def pad_channels(model: nn.Module, multiple: int = CHANNEL_MULTIPLE,
+                 stream_multiple: int | None = None) -> nn.Module:
     """Zero-pad every channel-attention branch (CAB) of `model` in place to channel counts that
-    are multiples of `multiple`; returns it. Exact: the extra input channels are zeros, the
+    are multiples of `multiple` (its input and output: to the `stream_width` of `stream_multiple`
+    if given, the width of a widened stream); returns it. Exact: the extra input channels are zeros, the
     extra filters have zero weights and bias (GELU(0) = 0; their attention gate multiplies
     zeros), and CAB.forward cuts the output back to its own channels."""
     from .model import CAB
 
     for cab in (m for m in model.modules() if isinstance(m, CAB)):
         conv1, _, conv2, attention = cab.cab
-        channels = _round_up(cab.num_feat, multiple)
+        channels = (stream_width(cab.num_feat, stream_multiple) if stream_multiple
+                    else _round_up(cab.num_feat, multiple))
         inner = _round_up(conv1.out_channels, multiple)
         squeeze, excite = attention.attention[1], attention.attention[3]
         cab.cab[0] = _zero_padded(conv1, channels, inner)
@@ -246,9 +266,9 @@ def pad_channels(model: nn.Module, multiple: int = CHANNEL_MULTIPLE) -> nn.Modul
     return model
 
 
-def widen_streams(model: nn.Module, multiple: int = CHANNEL_MULTIPLE) -> nn.Module:
+def widen_streams(model: nn.Module, multiple: int = STREAM_MULTIPLE) -> nn.Module:
     """Widen the residual stream inside every block and cross-scale fusion of `model` in place
-    to a multiple of `multiple` channels (Final x4: 180 -> 184); returns it. Exact: the blocks
+    to `stream_width(channels, multiple)` (Final x4: 180 -> 192); returns it. Exact: the blocks
     append zero channels on entry and cut them off on exit (RLMBlock.stream_channels); inside,
     the LayerNorms normalise the real channels only and keep the extra ones zero, the
     projections into the block's branches get zero input columns, the projections back into
@@ -256,10 +276,10 @@ def widen_streams(model: nn.Module, multiple: int = CHANNEL_MULTIPLE) -> nn.Modu
     `pad_channels`, so every extra channel stays exactly zero."""
     from .model import RLMBlock, Cross_SS2D
 
-    pad_channels(model, multiple)
+    pad_channels(model, stream_multiple=multiple)
     for block in (m for m in model.modules() if isinstance(m, (RLMBlock, Cross_SS2D))):
         channels = block.skip_scale.numel()
-        wide = _round_up(channels, multiple)
+        wide = stream_width(channels, multiple)
         if wide == channels:
             continue
         block.stream_channels = wide
@@ -278,7 +298,7 @@ def widen_streams(model: nn.Module, multiple: int = CHANNEL_MULTIPLE) -> nn.Modu
     return model
 
 
-def widen_body(model: nn.Module, multiple: int = CHANNEL_MULTIPLE) -> nn.Module:
+def widen_body(model: nn.Module, multiple: int = STREAM_MULTIPLE) -> nn.Module:
     """Carry the whole body of `model` (a pixelshuffle MambaCSR whose blocks `widen_streams`
     widened) at the blocks' stream width, in place; returns it. Exact: the first convolution gets
     zero output filters, the patch embeddings' and the final LayerNorm normalise the real channels
@@ -286,7 +306,7 @@ def widen_body(model: nn.Module, multiple: int = CHANNEL_MULTIPLE) -> nn.Module:
     body and the one before the upsampler get zero weights for the extra channels, so those stay
     zero from the first convolution to the upsampler. Other models are returned unchanged."""
     channels = model.config["embed_dim"] if hasattr(model, "config") else 0
-    wide = _round_up(channels, multiple)
+    wide = stream_width(channels, multiple)
     if not channels or wide == channels or getattr(model, "upsampler", "") != "pixelshuffle":
         return model
     model.conv_first = _zero_padded(model.conv_first, model.conv_first.in_channels, wide)
@@ -457,6 +477,14 @@ class ChannelsLastCAB(nn.Module):
             s = relu(nn.functional.linear(y.mean((1, 2)), squeeze.weight.flatten(1), squeeze.bias))
             s = gate(nn.functional.linear(s, excite.weight.flatten(1), excite.bias))
         return (y * s[:, None, None, :])[..., :x.shape[-1]]
+
+
+def stream_width(channels: int, multiple: int = STREAM_MULTIPLE) -> int:
+    """The width a residual stream of `channels` is carried at: the next multiple of `multiple`
+    where that adds at most 1/8 (Final x4: 180 -> 192), else of CHANNEL_MULTIPLE (30 -> 32, not
+    64: the extra channels cost every pass over the stream)."""
+    wide = _round_up(channels, multiple)
+    return wide if wide * 8 <= channels * 9 else _round_up(channels, CHANNEL_MULTIPLE)
 
 
 def _round_up(n: int, multiple: int) -> int:

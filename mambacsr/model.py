@@ -161,6 +161,10 @@ class SS2D(nn.Module):
     #: Set by mambacsr.compiled (with scan_token_rows): u goes to the scan as a view of token rows
     #: and its projections as views of one token-row GEMM (the kernel reads any strides).
     scan_token_inputs: bool = False
+    #: Set by mambacsr.compiled (with scan_token_inputs): delta from the two low-rank factors
+    #: (x_proj's dt rows with B and C in one GEMM, then dt_proj) instead of the folded (K*D, D)
+    #: weight, whose GEMM did 9x the arithmetic of the two (`scan_inputs`).
+    scan_low_rank_dt: bool = False
 
     def _token_inputs(self, x: torch.Tensor) -> bool:
         """Token-row scan inputs for 16-bit batches of 2 or more, where they were faster. At
@@ -197,10 +201,17 @@ class SS2D(nn.Module):
         frozen = self._frozen_for(u.dtype)
         if w_dt is not None and frozen is not None and u.stride(1) == 1 and u.stride(2) == d:
             # u is token rows (B, L, D): one GEMM for all three, whose (B, L, K*D + 2*K*N) token
-            # rows the scan reads as views (no copies: the op takes any strides).
-            out = torch.matmul(u.transpose(1, 2), frozen["stacked"].t())
-            dts = out[..., :k * d].transpose(1, 2)
-            Bs, Cs = (out[..., k * d + i * k * n:k * d + (i + 1) * k * n].unflatten(-1, (k, n)).permute(0, 2, 3, 1)
+            # rows the scan reads as views (no copies: the op takes any strides). Low rank: one
+            # GEMM for dt's factor, B and C (B, L, rows + 2*K*N), then delta from the factor.
+            if self.scan_low_rank_dt:
+                out = torch.matmul(u.transpose(1, 2), frozen["low"].t())
+                first = frozen["dt_up"].shape[1]
+                dts = torch.matmul(out[..., :first], frozen["dt_up"].t()).transpose(1, 2)
+            else:
+                out = torch.matmul(u.transpose(1, 2), frozen["stacked"].t())
+                first = k * d
+                dts = out[..., :first].transpose(1, 2)
+            Bs, Cs = (out[..., first + i * k * n:first + (i + 1) * k * n].unflatten(-1, (k, n)).permute(0, 2, 3, 1)
                       for i in (0, 1))
             return dts, Bs, Cs, A
         if b == 1 and w_dt is not None and frozen is not None:
@@ -253,9 +264,16 @@ class SS2D(nn.Module):
         other dtypes still compute them per call."""
         self.frozen_scan_weights = None
         w_B, w_C, w_dt, A = self.scan_weights(dtype, fold_dt=True)
+        k, r, d = self.K, self.dt_rank, self.x_proj_weight.shape[-1]
+        rows = -(-k * r // 8) * 8  # B and C start 16 bytes into a row: the kernel's vector loads
+        w_low = torch.zeros(rows, d, dtype=dtype, device=w_B.device)
+        w_low[:k * r] = self.x_proj_weight[:, :r].reshape(k * r, d)
+        dt_up = torch.zeros(k * d, rows, dtype=dtype, device=w_B.device)
+        dt_up[:, :k * r] = torch.block_diag(*self.dt_projs_weight)  # direction i: rows i*D.., cols i*R..
         self.frozen_scan_weights = {"dtype": dtype, "B": w_B.contiguous(), "C": w_C.contiguous(),
                                     "dt": w_dt.contiguous(), "A": A.contiguous(),
-                                    "stacked": torch.cat((w_dt, w_B, w_C)).contiguous()}
+                                    "stacked": torch.cat((w_dt, w_B, w_C)).contiguous(),
+                                    "low": torch.cat((w_low, w_B, w_C)).contiguous(), "dt_up": dt_up}
 
     def merge(self, ys: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """(B, K, HW, D) per-direction token rows -> gated sum -> out_norm -> (B, H, W, D).

@@ -209,12 +209,15 @@ def compile_options(mode: str) -> tuple[dict, bool]:
 
     chosen = set(mode.split(":", 1)[1].split("+")) - {"none"}
     # compile_blocks' own switches (layout_opt is set through no_layout_opt below)
-    known = set(inspect.signature(compile_blocks).parameters) - {"model", "layout_opt"}
-    extra = {"tf32", "no_layout_opt"}
+    known = set(inspect.signature(compile_blocks).parameters) - {"model", "layout_opt", "stream_multiple"}
+    extra = {"tf32", "no_layout_opt", "stream64"}
     if chosen - known - extra:
         raise SystemExit(f"unknown compile option(s) {sorted(chosen - known - extra)} in mode {mode!r}; "
                          f"known: {sorted(known | extra)}")
-    return {**{k: k in chosen for k in known}, "layout_opt": "no_layout_opt" not in chosen}, "tf32" in chosen
+    options = {**{k: k in chosen for k in known}, "layout_opt": "no_layout_opt" not in chosen}
+    # the widened stream at a multiple of 64 channels (Final x4: 192), else of 8 (184)
+    options["stream_multiple"] = 64 if "stream64" in chosen else 8
+    return options, "tf32" in chosen
 
 
 def run_rows(args) -> list:

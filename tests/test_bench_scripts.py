@@ -29,6 +29,8 @@ def test_compile_options_turn_on_exactly_the_named_options():
     options, tf32 = compile_options("compiled:pad+scan_weights+no_layout_opt+tf32")
     assert tf32 and options["pad"] and options["scan_weights"] and not options["layout_opt"]
     assert not options["wide_stream"] and not options["tap_convs"] and not options["freeze"]
+    assert not options["low_rank_dt"] and options["stream_multiple"] == 8  # the stream at 184
+    assert compile_options("compiled:wide_stream+stream64")[0]["stream_multiple"] == 64
     assert compile_options("compiled") == ({}, False)  # compile_blocks' own defaults
 
 

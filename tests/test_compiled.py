@@ -127,28 +127,35 @@ def test_widened_streams_are_exact(cfg, monkeypatch):
         assert rel(model(x), want) > 100 * EXACT  # measured 6-8e-4
 
 
-@pytest.mark.parametrize("resi", ["1conv", "3conv"])
-def test_widened_body_is_exact(resi):
-    """widen_body carries the stream between the blocks at 32 channels too (first convolution to
-    the upsampler); the image must not change and every block then gets a 32-channel input.
-    Negative control: a non-zero weight in a padded input column of the convolution before the
-    upsampler reads the extra channels, which must be zero."""
-    from mambacsr.compiled import widen_body
-    cfg = dict(FINAL_SMALL, embed_dim=30, resi_connection=resi)
+@pytest.mark.parametrize("resi,channels,multiple,wide", [("1conv", 30, 8, 32), ("3conv", 30, 8, 32),
+                                                          ("1conv", 30, 64, 32), ("1conv", 60, 64, 64)])
+def test_widened_body_is_exact(resi, channels, multiple, wide):
+    """widen_body carries the stream between the blocks at the blocks' width too (first
+    convolution to the upsampler), `stream_width` channels: a multiple of 64 where that adds at
+    most 1/8 (60 -> 64, as Final x4's 180 -> 192), else of 8 (30 -> 32); the channel attention's
+    inner width stays at 8. The image must not change and every block then gets an input that
+    wide. Negative control: a non-zero weight in a padded input column of the convolution before
+    the upsampler reads the extra channels, which must be zero."""
+    from mambacsr.compiled import stream_width, widen_body
+    from mambacsr.model import CAB
+    assert stream_width(channels, multiple) == wide and stream_width(180) == 192 and stream_width(96) == 96
+    cfg = dict(FINAL_SMALL, embed_dim=channels, resi_connection=resi)
     x = torch.rand(1, 3, 32, 48)
     with torch.no_grad():
         want = mattering_model(cfg, "cpu")(x)
-        model = widen_body(widen_streams(mattering_model(cfg, "cpu")))
-        assert model.conv_first.out_channels == 32 and isinstance(model.norm, PrefixLayerNorm)
+        model = widen_body(widen_streams(mattering_model(cfg, "cpu"), multiple), multiple)
+        assert model.conv_first.out_channels == wide and isinstance(model.norm, PrefixLayerNorm)
+        assert {(m.cab[0].in_channels, m.cab[0].out_channels) for m in model.modules()
+                if isinstance(m, CAB)} == {(wide, 8)}
         widths = []
         hooks = [m.register_forward_pre_hook(lambda m, a: widths.append(a[0].shape[-1]))
                  for m in model.modules() if getattr(m, "stream_channels", 0)]
         assert rel(model(x), want) < EXACT
-        assert widths and set(widths) == {32}
+        assert widths and set(widths) == {wide}
         for h in hooks:
             h.remove()
-        model.conv_before_upsample[0].weight[:, 31].fill_(1.0)
-        model.conv_first.bias[31] = 1.0
+        model.conv_before_upsample[0].weight[:, wide - 1].fill_(1.0)
+        model.conv_first.bias[wide - 1] = 1.0
         assert rel(model(x), want) > 100 * EXACT
 
 
@@ -227,6 +234,38 @@ def test_token_inputs_from_batch_2(monkeypatch):
                 m.scan_token_rows = m.scan_token_inputs = True
         model32(x2.float())
         assert not calls
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("embed_dim", [32, 40], ids=["rank-4", "rank-3-padded"])
+def test_low_rank_dt_is_as_accurate_as_folded(embed_dim, device):
+    """compile_blocks(low_rank_dt=True): with token inputs, delta comes from x_proj's dt rows
+    (one GEMM with B and C) and then dt_proj, not from the folded weight; on a GPU the kernel
+    reads B and C as views of rows 88 values apart (embed_dim 32). In fp16 the two round
+    differently, so each is held to the float32 eager model: the low-rank image must be as close
+    to it as the folded one (measured 1.05e-3 and 1.10e-3 for both). embed_dim 40 gives dt_rank
+    3, so K*R = 6 factor rows padded to 8 (B and C then start on the kernel's 16-byte boundary).
+    Negative control: zeroing dt_proj's weight, which only this path reads, must move the image
+    far from the float32 one."""
+    from mambacsr import model as model_module
+    x = torch.rand(2, 3, 32, 48, device=device)
+    cfg = dict(FINAL_SMALL, embed_dim=embed_dim)
+    with torch.no_grad():
+        truth = mattering_model(cfg, device)(x)
+        errors = {}
+        for low_rank in (False, True):
+            model = mattering_model(cfg, device).half()
+            scans = [m for m in model.modules() if isinstance(m, model_module.SS2D)]
+            for m in scans:
+                m.freeze_scan_weights(torch.float16)
+                m.scan_token_rows = m.scan_token_inputs = True
+                m.scan_low_rank_dt = low_rank
+            errors[low_rank] = rel(model(x.half()).float(), truth)
+        assert scans[0].frozen_scan_weights["dt_up"].shape[1] % 8 == 0
+        assert errors[True] < 1.1 * errors[False] < 2e-3
+        for m in scans:
+            m.frozen_scan_weights["dt_up"].zero_()
+        assert rel(model(x.half()).float(), truth) > 4 * errors[False]  # measured 8-9x
 
 
 @pytest.mark.parametrize("shape", [(30, 30, 30), (32, 8, 1), (8, 32, 1), (6, 5, 1)],
