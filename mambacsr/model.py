@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from . import scan_order
 from .ops import as_token_rows, gate_pool, selective_scan, selective_scan_token_rows
+from .ops.residual_gemm import mlp_residual
 
 
 class DropPath(nn.Module):
@@ -373,6 +374,8 @@ class RLMBlock(nn.Module):
     #: Width of the residual stream inside the block: 0 = the model's own; set by
     #: mambacsr.compiled.widen_streams (zero channels up to a tensor-core multiple).
     stream_channels: int = 0
+    #: Set by mambacsr.compiled: fc2 accumulates into the scaled stream (`ops.residual_gemm`).
+    fused_mlp_residual: bool = False
 
     def __init__(self, hidden_dim: int, drop_path: float, d_state: int, mlp_ratio: float,
                  directions: Sequence[str]):
@@ -392,7 +395,10 @@ class RLMBlock(nn.Module):
         x = self.ln_1(inp)
         conv_x = conv_from_nhwc(self.conv_block, x).permute(0, 2, 3, 1)
         x = inp * self.skip_scale + self.drop_path(self.self_attention(x)) + conv_x * 0.01
-        x = x * self.skip_scale2 + self.drop_path(self.mlp(self.ln_2(x)))
+        if self.training:
+            x = x * self.skip_scale2 + self.drop_path(self.mlp(self.ln_2(x)))
+        else:
+            x = mlp_residual(x, self.skip_scale2, self.mlp, self.ln_2, self.fused_mlp_residual)
         return _narrow(x, c).reshape(b, -1, c)
 
 
@@ -400,6 +406,7 @@ class Cross_SS2D(SS2D):
     """Position-aligned cross-scale fusion of the full- and half-resolution branches."""
 
     stream_channels: int = 0  # as RLMBlock.stream_channels
+    fused_mlp_residual: bool = False  # as RLMBlock.fused_mlp_residual
 
     def __init__(self, d_model: int, directions: Sequence[str], d_state: int = 16):
         super().__init__(d_model, d_state, directions)
@@ -431,7 +438,7 @@ class Cross_SS2D(SS2D):
         ys = ys[:, :, (h // 2) * (w // 2):]
         y = self.merge(ys, h, w).to(x.dtype)
         out = inp * self.skip_scale + self.out_proj(y * z)
-        out = out * self.skip_scale2 + self.mlp(self.ln_2(out))
+        out = mlp_residual(out, self.skip_scale2, self.mlp, self.ln_2, self.fused_mlp_residual and not self.training)
         return _narrow(out, c).reshape(b, -1, c)
 
 

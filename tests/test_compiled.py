@@ -268,6 +268,46 @@ def test_low_rank_dt_is_as_accurate_as_folded(embed_dim, device):
         assert rel(model(x.half()).float(), truth) > 4 * errors[False]  # measured 8-9x
 
 
+@pytest.mark.parametrize("cfg", [dict(WO_SMALL, embed_dim=30), dict(FINAL_SMALL, embed_dim=30)], ids=["wo", "final"])
+def test_mlp_residual_gemm_matches_the_plain_mlp(cfg):
+    """compile_blocks(mlp_residual_gemm=True): each block's fc2 accumulates into the scaled
+    stream in place (`ops.residual_gemm.addmm_into`). The image must match the plain blocks'.
+    Negative control: zeroing fc2's weight (what the in-place GEMM adds) must change it, so a
+    lost accumulation would be seen."""
+    from mambacsr.model import Cross_SS2D, RLMBlock
+    x = torch.rand(1, 3, 32, 48)
+    with torch.no_grad():
+        want = mattering_model(cfg, "cpu")(x)
+        model = mattering_model(cfg, "cpu")
+        blocks = [m for m in model.modules() if isinstance(m, (RLMBlock, Cross_SS2D))]
+        for m in blocks:
+            m.fused_mlp_residual = True
+        assert rel(model(x), want) < TOL
+        for m in blocks:
+            m.mlp.fc2.weight.zero_()
+        assert rel(model(x), want) > CONTROL
+
+
+def test_addmm_into_accumulates_in_place_when_compiled():
+    """The op under torch.compile (CPU Inductor): Inductor must keep the mutation of the buffer it
+    hands the op (re-inplaced, or copied back), so the compiled MLP branch equals the plain one.
+    Negative control: the plain branch without fc2 must differ."""
+    from mambacsr.model import Mlp
+    from mambacsr.ops.residual_gemm import mlp_residual, reference
+    torch.manual_seed(0)
+    mlp, norm, scale = Mlp(16, 32).eval(), torch.nn.LayerNorm(16), torch.rand(16)
+    x = torch.randn(2, 4, 4, 16)
+    acc, h, w = torch.randn(5, 3), torch.randn(5, 7), torch.randn(3, 7)
+    want_acc = reference(acc, h, w)
+    torch.ops.mambacsr.addmm_into(acc, h, w)
+    assert torch.allclose(acc, want_acc, atol=1e-5)
+    with torch.no_grad():
+        want = mlp_residual(x, scale, mlp, norm, fused=False) * 2
+        got = torch.compile(lambda t: mlp_residual(t, scale, mlp, norm, fused=True) * 2)(x)
+        assert rel(got, want) < TOL
+        assert rel(x * scale * 2, want) > CONTROL
+
+
 @pytest.mark.parametrize("shape", [(30, 30, 30), (32, 8, 1), (8, 32, 1), (6, 5, 1)],
                          ids=["depthwise", "few-outputs", "few-inputs", "square"])
 def test_tap_convolution_matches_conv2d(shape):
