@@ -254,9 +254,9 @@ def pad_channels(model: nn.Module, multiple: int = CHANNEL_MULTIPLE,
                  stream_multiple: int | None = None) -> nn.Module:
     """Zero-pad every channel-attention branch (CAB) of `model` in place to channel counts that
     are multiples of `multiple` (its input and output: to the `stream_width` of `stream_multiple`
-    if given, the width of a widened stream); returns it. Exact: the extra input channels are zeros, the
-    extra filters have zero weights and bias (GELU(0) = 0; their attention gate multiplies
-    zeros), and CAB.forward cuts the output back to its own channels."""
+    if given, the width of a widened stream); returns it. Exact: the extra input channels are
+    zeros, the extra filters have zero weights and bias (GELU(0) = 0; their attention gate
+    multiplies zeros), and CAB.forward cuts the output back to its own channels."""
     from .model import CAB
 
     for cab in (m for m in model.modules() if isinstance(m, CAB)):

@@ -266,7 +266,7 @@ class SS2D(nn.Module):
         self.frozen_scan_weights = None
         w_B, w_C, w_dt, A = self.scan_weights(dtype, fold_dt=True)
         k, r, d = self.K, self.dt_rank, self.x_proj_weight.shape[-1]
-        rows = -(-k * r // 8) * 8  # B and C start 16 bytes into a row: the kernel's vector loads
+        rows = -(-k * r // 8) * 8  # a multiple of 8, so B and C start on the kernel's 16-byte vectors
         w_low = torch.zeros(rows, d, dtype=dtype, device=w_B.device)
         w_low[:k * r] = self.x_proj_weight[:, :r].reshape(k * r, d)
         dt_up = torch.zeros(k * d, rows, dtype=dtype, device=w_B.device)
