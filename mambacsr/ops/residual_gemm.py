@@ -31,8 +31,9 @@ def reference(acc: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch
 def mlp_residual(x: torch.Tensor, skip_scale: torch.Tensor, mlp: torch.nn.Module, norm: torch.nn.Module,
                  fused: bool) -> torch.Tensor:
     """x * skip_scale + mlp(norm(x)) for a block's MLP branch (mlp: fc1, act, fc2 with a bias);
-    fused: fc2 accumulates into the scaled stream (module docstring)."""
-    if not fused:
+    fused: fc2 accumulates into the scaled stream (module docstring; inference only: the op
+    has no backward)."""
+    if not fused or mlp.fc2.bias is None:
         return x * skip_scale + mlp(norm(x))
     hidden = mlp.act(mlp.fc1(norm(x)))
     acc = (x * skip_scale + mlp.fc2.bias).reshape(-1, x.shape[-1])
