@@ -395,10 +395,7 @@ class RLMBlock(nn.Module):
         x = self.ln_1(inp)
         conv_x = conv_from_nhwc(self.conv_block, x).permute(0, 2, 3, 1)
         x = inp * self.skip_scale + self.drop_path(self.self_attention(x)) + conv_x * 0.01
-        if self.training:
-            x = x * self.skip_scale2 + self.drop_path(self.mlp(self.ln_2(x)))
-        else:
-            x = mlp_residual(x, self.skip_scale2, self.mlp, self.ln_2, self.fused_mlp_residual)
+        x = mlp_residual(x, self.skip_scale2, self.mlp, self.ln_2, self.fused_mlp_residual, self.drop_path)
         return _narrow(x, c).reshape(b, -1, c)
 
 
@@ -438,7 +435,7 @@ class Cross_SS2D(SS2D):
         ys = ys[:, :, (h // 2) * (w // 2):]
         y = self.merge(ys, h, w).to(x.dtype)
         out = inp * self.skip_scale + self.out_proj(y * z)
-        out = mlp_residual(out, self.skip_scale2, self.mlp, self.ln_2, self.fused_mlp_residual and not self.training)
+        out = mlp_residual(out, self.skip_scale2, self.mlp, self.ln_2, self.fused_mlp_residual)
         return _narrow(out, c).reshape(b, -1, c)
 
 

@@ -205,7 +205,7 @@ def compile_options(mode: str) -> tuple[dict, bool]:
     that row (`torch.backends.cuda.matmul.allow_tf32`; cuDNN's convolutions already do)."""
     if ":" not in mode:
         return {}, False
-    from mambacsr.compiled import compile_blocks
+    from mambacsr.compiled import CHANNEL_MULTIPLE, STREAM_MULTIPLE, compile_blocks
 
     chosen = set(mode.split(":", 1)[1].split("+")) - {"none"}
     # compile_blocks' own switches (layout_opt is set through no_layout_opt below)
@@ -216,7 +216,7 @@ def compile_options(mode: str) -> tuple[dict, bool]:
                          f"known: {sorted(known | extra)}")
     options = {**{k: k in chosen for k in known}, "layout_opt": "no_layout_opt" not in chosen}
     # the widened stream at a multiple of 64 channels (Final x4: 192), else of 8 (184)
-    options["stream_multiple"] = 64 if "stream64" in chosen else 8
+    options["stream_multiple"] = STREAM_MULTIPLE if "stream64" in chosen else CHANNEL_MULTIPLE
     return options, "tf32" in chosen
 
 

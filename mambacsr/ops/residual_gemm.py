@@ -29,12 +29,13 @@ def reference(acc: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch
 
 
 def mlp_residual(x: torch.Tensor, skip_scale: torch.Tensor, mlp: torch.nn.Module, norm: torch.nn.Module,
-                 fused: bool) -> torch.Tensor:
-    """x * skip_scale + mlp(norm(x)) for a block's MLP branch (mlp: fc1, act, fc2 with a bias);
-    fused: fc2 accumulates into the scaled stream (module docstring; inference only: the op
-    has no backward)."""
-    if not fused or mlp.fc2.bias is None:
-        return x * skip_scale + mlp(norm(x))
+                 fused: bool, drop_path: torch.nn.Module | None = None) -> torch.Tensor:
+    """x * skip_scale + drop_path(mlp(norm(x))) for a block's MLP branch (mlp: fc1, act, fc2).
+    fused: fc2 accumulates into the scaled stream (module docstring); in eval mode only (the op
+    has no backward, and drop_path is the identity there) and where fc2 has a bias."""
+    if not fused or mlp.training or mlp.fc2.bias is None:
+        branch = mlp(norm(x))
+        return x * skip_scale + (branch if drop_path is None else drop_path(branch))
     hidden = mlp.act(mlp.fc1(norm(x)))
     acc = (x * skip_scale + mlp.fc2.bias).reshape(-1, x.shape[-1])
     torch.ops.mambacsr.addmm_into(acc, hidden.reshape(-1, hidden.shape[-1]), mlp.fc2.weight)
