@@ -2,7 +2,9 @@
 """The matrix products of a Final x4 block alone, at the stream widths the compiled model could
 carry: cuBLAS through `F.linear` (the module's (N, K) weight), the weight stored (K, N) as a
 second layout, each at the model's widths (stream 180, inner 360, MLP hidden 360, cross-scale
-MLP 720) and padded ones (184 = the shipped `widen_streams`, 192 = a multiple of 64). Prints the
+MLP 720) and padded ones (184 = `widen_streams` at a multiple of 8, its previous default; 192 =
+a multiple of 64, the default). Products that do not depend on the width are timed again under
+each width: the repeats show the spread between measurements. Prints the
 card, the command, and per product and width: us per call (median of 15 replays of a CUDA graph
 of 20 calls, inputs rotating over 4 sets), TFLOP/s, and the time to read A and W and write the
 output once at 3.35 TB/s.
@@ -47,8 +49,8 @@ def products(stream: int, hidden: int, cross_hidden: int) -> list[tuple[str, int
 
 WIDTHS = {  # label: (stream, MLP hidden, cross-scale MLP hidden)
     "model (180)": (180, 360, 720),
-    "shipped (184)": (184, 360, 720),
-    "stream 192": (192, 360, 720),
+    "previous default (184)": (184, 360, 720),
+    "stream 192 (default)": (192, 360, 720),
     "stream 192, hidden 384/768": (192, 384, 768),
 }
 
