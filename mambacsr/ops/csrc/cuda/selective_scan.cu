@@ -198,6 +198,56 @@ __device__ __forceinline__ void unpack_group(const uint4& v, bool reversed, floa
     for (int e = 0; e < VEC; ++e) out[e] = reversed ? f[VEC - 1 - e] : f[e];
 }
 
+// B and C as staged in shared memory: 16-bit I/O keeps its 16-bit values (exact, and half the
+// shared-memory reads of the scan loop's largest operands: NOTES.md part 11), float32 its floats.
+// The scan loop reads them as 32-bit words (two 16-bit values each) and converts at use.
+template <typename T> struct Staged { using type = T; static constexpr int PER_WORD = 2; };
+template <> struct Staged<float> { using type = float; static constexpr int PER_WORD = 1; };
+
+// Raw bits of element e of a 16-byte vector.
+template <typename T>
+__device__ __forceinline__ uint32_t elem_bits(const uint4& v, int e) {
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+    return sizeof(T) == 4 ? w[e] : (w[e / 2] >> (16 * (e % 2))) & 0xffffu;
+}
+
+template <typename T>
+__device__ __forceinline__ void store_staged(T* p, uint32_t bits) {
+    if constexpr (sizeof(T) == 4) *reinterpret_cast<uint32_t*>(p) = bits;
+    else *reinterpret_cast<unsigned short*>(p) = (unsigned short)bits;
+}
+
+// Value j of a run of staged values held as 32-bit words.
+template <typename T>
+__device__ __forceinline__ float staged_value(const uint32_t* words, int j);
+template <>
+__device__ __forceinline__ float staged_value<float>(const uint32_t* words, int j) { return __uint_as_float(words[j]); }
+template <>
+__device__ __forceinline__ float staged_value<__half>(const uint32_t* words, int j) {
+    const __half2 h = *reinterpret_cast<const __half2*>(&words[j / 2]);
+    return j % 2 ? __high2float(h) : __low2float(h);
+}
+template <>
+__device__ __forceinline__ float staged_value<__nv_bfloat16>(const uint32_t* words, int j) {
+    return __uint_as_float(j % 2 ? (words[j / 2] & 0xffff0000u) : (words[j / 2] << 16));
+}
+
+// NW consecutive 32-bit words from shared memory (16-byte aligned runs of 4, or 8-byte pairs).
+template <int NW>
+__device__ __forceinline__ void load_words(const void* p, uint32_t (&out)[NW]) {
+    static_assert(NW % 4 == 0 || NW == 2, "whole 8- or 16-byte loads");
+    if constexpr (NW == 2) {
+        const uint2 v = *reinterpret_cast<const uint2*>(p);
+        out[0] = v.x; out[1] = v.y;
+    } else {
+#pragma unroll
+        for (int q = 0; q < NW; q += 4) {
+            const uint4 v = reinterpret_cast<const uint4*>(p)[q / 4];
+            out[q] = v.x; out[q + 1] = v.y; out[q + 2] = v.z; out[q + 3] = v.w;
+        }
+    }
+}
+
 template <typename T, int VEC>
 __device__ __forceinline__ void scatter(T* row, const int (&s)[VEC], int kind, const uint4& v) {
     if (kind == RUN_ASC) { st_stream(row + s[0], v); return; }
@@ -273,7 +323,11 @@ scan_kernel(const Params p) {
     constexpr int NMAX = S * W;
     constexpr int VEC = 16 / int(sizeof(T));
     constexpr int PA = NT + 8;  // pitch of the per-channel arrays (bank spread for the y writes)
-    constexpr int PB = NT + 4;  // pitch of the B/C arrays (16-byte rows, conflict-free float4 reads)
+    using BCT = typename Staged<T>::type;
+    // Pitch of the B/C arrays in elements: 16-byte rows, conflict-free 16-byte reads by the W
+    // lanes of a channel (rows 4 banks apart).
+    constexpr int PB = sizeof(BCT) == 4 ? NT + 4 : NT + 8;
+    constexpr int BW = W / Staged<T>::PER_WORD;  // 32-bit words of one block's B (C) per state
     constexpr int VPR = NT / VEC;
     constexpr int NV_U = CB * VPR;
     constexpr int IT_U = (NV_U + THREADS - 1) / THREADS;
@@ -292,8 +346,8 @@ scan_kernel(const Params p) {
     // values, which the next tile's prep would otherwise overwrite before they are read.
     constexpr int SY = CB * PA;
     __shared__ __align__(16) float sY[OUT ? 2 * SY : 4];
-    __shared__ __align__(16) float sB[NMAX * PB];
-    __shared__ __align__(16) float sC[OUT ? NMAX * PB : 4];
+    __shared__ __align__(16) BCT sB[NMAX * PB];
+    __shared__ __align__(16) BCT sC[OUT ? NMAX * PB : 8];
     __shared__ __align__(16) int sIdx[3][2][NT];  // [tile % 3][source, target][token]
 
     const int tid = threadIdx.x;
@@ -410,8 +464,8 @@ scan_kernel(const Params p) {
     }
     // Padding states (n >= N) read B = C = 0 forever.
     for (int i = tid; i < (NMAX - N) * PB; i += THREADS) {
-        sB[N * PB + i] = 0.f;
-        if (OUT) sC[N * PB + i] = 0.f;
+        store_staged(sB + N * PB + i, 0u);
+        if (OUT) store_staged(sC + N * PB + i, 0u);
     }
 
     // Token positions. Positions past a chunk's end read as virtual (-1) and are never
@@ -539,6 +593,15 @@ scan_kernel(const Params p) {
             for (int e = 0; e < VEC; ++e) base[spos(col + e)] = v[e];
         }
     };
+    // The raw VEC elements of a B or C row at tile positions col .. col + VEC - 1, in scan layout.
+    auto put_staged = [&](BCT* base, const uint4& v) {
+        if constexpr (SEG == 1) {
+            *reinterpret_cast<uint4*>(base + col) = v;
+        } else {
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) store_staged(base + spos(col + e), elem_bits<T>(v, e));
+        }
+    };
     // Position col + e holds a token iff its offset in its chunk is below clen and its offset
     // from the block's first token below `rem` (32-bit: both are below the sequence length).
     const int clen32 = (int)clen;
@@ -589,13 +652,10 @@ scan_kernel(const Params p) {
             const int n0 = (vi % VPS) * VEC;
             if (vi >= NT * VPS || n0 >= N) continue;
             const int pos = spos(vi / VPS);
-            float bf[VEC], cf[VEC];
-            E::unpack(rb[q], bf);
-            if (OUT) E::unpack(rc[OUT ? q : 0], cf);
 #pragma unroll
             for (int e = 0; e < VEC; ++e) {
-                sB[(n0 + e) * PB + pos] = bf[e];
-                if (OUT) sC[(n0 + e) * PB + pos] = cf[e];
+                store_staged(sB + (n0 + e) * PB + pos, elem_bits<T>(rb[q], e));
+                if (OUT) store_staged(sC + (n0 + e) * PB + pos, elem_bits<T>(rc[OUT ? q : 0], e));
             }
         }
     };
@@ -644,13 +704,8 @@ scan_kernel(const Params p) {
             const int vi = tid + i * THREADS;
             const int row = vi / VPR;
             if (vi < N * VPR) {
-                float bf[VEC], cf[VEC];
-                unpack_group<T, VEC>(rb[i], ld_rev, bf);
-                put(sB + row * PB, bf);
-                if (OUT) {
-                    unpack_group<T, VEC>(rc[OUT ? i : 0], ld_rev, cf);
-                    put(sC + row * PB, cf);
-                }
+                put_staged(sB + row * PB, ld_rev ? reverse16<T>(rb[i]) : rb[i]);
+                if (OUT) put_staged(sC + row * PB, ld_rev ? reverse16<T>(rc[OUT ? i : 0]) : rc[OUT ? i : 0]);
             }
         }
     };
@@ -722,7 +777,8 @@ scan_kernel(const Params p) {
     // One block of W tokens (j0 .. j0 + W - 1 of the segment) from shared memory into registers:
     // dt and dt * u of the thread's R channels, B and C of its S states.
     struct Block {
-        float dt[R][W], dtu[R][W], b[S][W], c[OUT ? S : 1][W];
+        float dt[R][W], dtu[R][W];
+        uint32_t b[S][BW], c[OUT ? S : 1][BW];  // staged values (staged_value)
     };
     auto load_block = [&](int j0, Block& k) {
 #pragma unroll
@@ -739,18 +795,8 @@ scan_kernel(const Params p) {
         }
 #pragma unroll
         for (int s = 0; s < S; ++s) {
-            const float* bRow = sB + (s * W + w) * PB + sbase + j0;
-            const float* cRow = sC + (OUT ? (s * W + w) * PB + sbase + j0 : 0);
-#pragma unroll
-            for (int q = 0; q < W; q += 4) {
-                const float4 x = *reinterpret_cast<const float4*>(bRow + q);
-                k.b[s][q] = x.x; k.b[s][q + 1] = x.y; k.b[s][q + 2] = x.z; k.b[s][q + 3] = x.w;
-                if (OUT) {
-                    const float4 z = *reinterpret_cast<const float4*>(cRow + q);
-                    k.c[OUT ? s : 0][q] = z.x; k.c[OUT ? s : 0][q + 1] = z.y;
-                    k.c[OUT ? s : 0][q + 2] = z.z; k.c[OUT ? s : 0][q + 3] = z.w;
-                }
-            }
+            load_words<BW>(sB + (s * W + w) * PB + sbase + j0, k.b[s]);
+            if (OUT) load_words<BW>(sC + (s * W + w) * PB + sbase + j0, k.c[OUT ? s : 0]);
         }
     };
     // The recurrence over one block; part[r][j]: this lane's share of y (its S states) per token.
@@ -766,8 +812,8 @@ scan_kernel(const Params p) {
 #pragma unroll
                 for (int r = 0; r < R; ++r) {
                     const float a = exp2_approx(k.dt[r][j] * A2[r][s]);
-                    h[r][s] = fmaf(a, h[r][s], k.dtu[r][j] * k.b[s][j]);
-                    if (OUT) part[r][j] = fmaf(k.c[OUT ? s : 0][j], h[r][s], part[r][j]);
+                    h[r][s] = fmaf(a, h[r][s], k.dtu[r][j] * staged_value<T>(k.b[s], j));
+                    if (OUT) part[r][j] = fmaf(staged_value<T>(k.c[OUT ? s : 0], j), h[r][s], part[r][j]);
                 }
             }
         }
