@@ -198,12 +198,6 @@ __device__ __forceinline__ void unpack_group(const uint4& v, bool reversed, floa
     for (int e = 0; e < VEC; ++e) out[e] = reversed ? f[VEC - 1 - e] : f[e];
 }
 
-// B and C as staged in shared memory: 16-bit I/O keeps its 16-bit values (exact, and half the
-// shared-memory reads of the scan loop's largest operands: NOTES.md part 11), float32 its floats.
-// The scan loop reads them as 32-bit words (two 16-bit values each) and converts at use.
-template <typename T> struct Staged { using type = T; static constexpr int PER_WORD = 2; };
-template <> struct Staged<float> { using type = float; static constexpr int PER_WORD = 1; };
-
 // Raw bits of element e of a 16-byte vector.
 template <typename T>
 __device__ __forceinline__ uint32_t elem_bits(const uint4& v, int e) {
@@ -323,11 +317,10 @@ scan_kernel(const Params p) {
     constexpr int NMAX = S * W;
     constexpr int VEC = 16 / int(sizeof(T));
     constexpr int PA = NT + 8;  // pitch of the per-channel arrays (bank spread for the y writes)
-    using BCT = typename Staged<T>::type;
     // Pitch of the B/C arrays in elements: 16-byte rows, conflict-free 16-byte reads by the W
     // lanes of a channel (rows 4 banks apart).
-    constexpr int PB = sizeof(BCT) == 4 ? NT + 4 : NT + 8;
-    constexpr int BW = W / Staged<T>::PER_WORD;  // 32-bit words of one block's B (C) per state
+    constexpr int PB = sizeof(T) == 4 ? NT + 4 : NT + 8;
+    constexpr int BW = W * int(sizeof(T)) / 4;  // 32-bit words of one block's B (C) per state
     constexpr int VPR = NT / VEC;
     constexpr int NV_U = CB * VPR;
     constexpr int IT_U = (NV_U + THREADS - 1) / THREADS;
@@ -346,8 +339,11 @@ scan_kernel(const Params p) {
     // values, which the next tile's prep would otherwise overwrite before they are read.
     constexpr int SY = CB * PA;
     __shared__ __align__(16) float sY[OUT ? 2 * SY : 4];
-    __shared__ __align__(16) BCT sB[NMAX * PB];
-    __shared__ __align__(16) BCT sC[OUT ? NMAX * PB : 8];
+    // B and C are staged in the I/O type, as loaded: exact, and for 16-bit I/O half the
+    // shared-memory reads of the scan loop's largest operands (NOTES.md part 11). The loop reads
+    // them as 32-bit words (staged_value converts at use).
+    __shared__ __align__(16) T sB[NMAX * PB];
+    __shared__ __align__(16) T sC[OUT ? NMAX * PB : 8];
     __shared__ __align__(16) int sIdx[3][2][NT];  // [tile % 3][source, target][token]
 
     const int tid = threadIdx.x;
@@ -594,7 +590,7 @@ scan_kernel(const Params p) {
         }
     };
     // The raw VEC elements of a B or C row at tile positions col .. col + VEC - 1, in scan layout.
-    auto put_staged = [&](BCT* base, const uint4& v) {
+    auto put_staged = [&](T* base, const uint4& v) {
         if constexpr (SEG == 1) {
             *reinterpret_cast<uint4*>(base + col) = v;
         } else {
