@@ -246,12 +246,10 @@ template <typename T, int VEC>
 __device__ __forceinline__ void scatter(T* row, const int (&s)[VEC], int kind, const uint4& v) {
     if (kind == RUN_ASC) { st_stream(row + s[0], v); return; }
     if (kind == RUN_DESC) { st_stream(row + s[VEC - 1], reverse16<T>(v)); return; }
-    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
     for (int e = 0; e < VEC; ++e) {
         if (s[e] < 0) continue;
-        const uint32_t x = sizeof(T) == 4 ? w[e] : (w[e / 2] >> (16 * (e % 2))) & 0xffffu;
-        Elem<T>::store_bits(row + s[e], x);
+        Elem<T>::store_bits(row + s[e], elem_bits<T>(v, e));
     }
 }
 
@@ -757,11 +755,10 @@ scan_kernel(const Params p) {
             if (p.y_vec && c0 + VEC <= nch) {
                 st_stream(dst, packed);
             } else {
-                const uint32_t wv[4] = {packed.x, packed.y, packed.z, packed.w};
 #pragma unroll
                 for (int e = 0; e < VEC; ++e) {
                     if (c0 + e >= nch) continue;
-                    E::store_bits(dst + e, sizeof(T) == 4 ? wv[e] : (wv[e / 2] >> (16 * (e % 2))) & 0xffffu);
+                    E::store_bits(dst + e, elem_bits<T>(packed, e));
                 }
             }
         }
