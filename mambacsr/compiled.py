@@ -63,7 +63,7 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
                    column_tail: bool = True, masked_prefix_norm: bool = True,
                    outer_convs_nhwc: bool = True, wide_body: bool = True,
                    stream_multiple: int = STREAM_MULTIPLE, low_rank_dt: bool = True,
-                   mlp_residual_gemm: bool = True) -> nn.Module:
+                   mlp_residual_gemm: bool = True, tap_matrices: bool = True) -> nn.Module:
     """Compile every residual block and cross-scale fusion of `model` in place; returns it.
 
     pad: zero-pad the channel-attention convolutions first (`pad_channels`; exact). H100, Final
@@ -153,10 +153,16 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
     instead of x), so the residual add after the MLP is no kernel of its own. H100, fp16,
     interleaved rounds: batch 8 26.13 -> 25.86 ms (1406 -> 1363 kernels), batch 1 7.62 -> 7.44 ms.
 
+    tap_matrices (with tap_convs): the channel attention's dense tap convolutions take their
+    filter matrices laid out once (`TapConv2d.freeze_matrix`) instead of per call; with
+    `scan_weights`, each scan's D and delta_bias are frozen in float32 too. Compiled, each was a
+    copy kernel per block per forward (4 per block; COMPILED_NOTES.md, "Weight copies").
+
     Inference only (the compiled code is traced under no_grad). Safe to capture in a CUDA graph
     after a warm-up call per input shape. Weights are laid out once here (`scan_weights`,
-    `depthwise_kernel`): after changing them, call `SS2D.freeze_scan_weights` and
-    `TapConv2d.use_silu_kernel` again, or compile a freshly loaded model."""
+    `depthwise_kernel`, `tap_matrices`): after changing them, call `SS2D.freeze_scan_weights`,
+    `TapConv2d.use_silu_kernel` and `TapConv2d.freeze_matrix` again, or compile a freshly loaded
+    model."""
     from .model import LW_SS2D, SS2D, BiAttn, Cross_SS2D, RLMBlock
 
     import torch._dynamo.config as dynamo_config
@@ -196,6 +202,8 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
             for conv in (module.conv2d, getattr(module, "conv2d2", None)):
                 if isinstance(conv, TapConv2d):
                     conv.use_silu_kernel(depthwise_kernel)
+        if isinstance(module, TapConv2d):
+            module.freeze_matrix(tap_matrices)
         if isinstance(module, PrefixLayerNorm):
             module.masked = masked_prefix_norm
         if isinstance(module, (RLMBlock, Cross_SS2D)):
@@ -417,6 +425,9 @@ class TapConv2d(nn.Module):
         # Set by `use_silu_kernel`: the filter as ops.depthwise's kernel reads it; None: off. A
         # buffer (follows .to()), not saved (the state dict stays the Conv2d's).
         self.register_buffer("silu_taps", None, persistent=False)
+        # Set by `freeze_matrix`: a dense filter as forward_nhwc's one matrix product reads it,
+        # laid out once; None: laid out per call. A buffer, not saved, like silu_taps.
+        self.register_buffer("tap_matrix", None, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # NCHW in and out, like the Conv2d it replaces
         return self.forward_nhwc(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
@@ -426,6 +437,26 @@ class TapConv2d(nn.Module):
         """Turn `conv_silu` on (depthwise only) with the filter laid out for the kernel once
         (inference: call again after changing the weights) or off."""
         self.silu_taps = depthwise.taps_of(self.weight) if on and self.depthwise else None
+
+    @torch.no_grad()
+    def freeze_matrix(self, on: bool = True) -> None:
+        """Lay out a dense filter's matrix once (inference: call again after changing the
+        weights) or per call again (off); depthwise filters have none. Compiled, laying it out
+        per call was a copy kernel of its own in every forward (two per residual block)."""
+        self.tap_matrix = None
+        if on and not self.depthwise:
+            self.tap_matrix = self._matrix(self.weight.shape[1]).contiguous()
+
+    def _matrix(self, c: int) -> torch.Tensor:
+        """The dense filter's matrix for c input channels (the leading c of the weights): (c,
+        taps x outputs) with few outputs, (taps x c, outputs) with few inputs (forward_nhwc);
+        the frozen one where it is for c."""
+        if self.tap_matrix is not None and c == self.weight.shape[1]:
+            return self.tap_matrix
+        k, outputs = self.k, self.weight.shape[0]
+        if outputs <= c:
+            return self.weight[:, :c].permute(1, 2, 3, 0).reshape(c, k * k * outputs)
+        return self.weight[:, :c].permute(2, 3, 1, 0).reshape(k * k * c, outputs)
 
     def conv_silu(self, x: torch.Tensor, token_rows: bool, transposed: bool) -> torch.Tensor | None:
         """SiLU of this depthwise convolution of x (B, H, W, C), as (B, C, H, W) stored in the
@@ -445,13 +476,12 @@ class TapConv2d(nn.Module):
             out = sum(xp[:, i:i + h, j:j + w] * self.weight[:, 0, i, j] for i, j in taps)
         elif self.weight.shape[0] <= c:  # few outputs: multiply by every tap's weights, then shift
             outputs = self.weight.shape[0]
-            wt = self.weight[:, :c].permute(1, 2, 3, 0).reshape(c, k * k * outputs)
-            prod = nn.functional.pad((x @ wt).view(*x.shape[:3], k * k, outputs), (0, 0, 0, 0, p, p, p, p))
+            prod = nn.functional.pad((x @ self._matrix(c)).view(*x.shape[:3], k * k, outputs), (0, 0, 0, 0, p, p, p, p))
             out = sum(prod[:, i:i + h, j:j + w, i * k + j] for i, j in taps)
         else:  # few inputs: gather the shifted inputs, multiply once
             xp = nn.functional.pad(x, (0, 0, p, p, p, p))
             cols = torch.cat([xp[:, i:i + h, j:j + w] for i, j in taps], dim=-1)
-            out = cols @ self.weight[:, :c].permute(2, 3, 1, 0).reshape(k * k * c, -1)
+            out = cols @ self._matrix(c)
         return out if self.bias is None else out + self.bias
 
 

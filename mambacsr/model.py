@@ -188,7 +188,8 @@ class SS2D(nn.Module):
             # u is contiguous already, a no-op).
             u = u.contiguous()
         dts, Bs, Cs, A = self.scan_inputs(u)
-        args = (u, dts, A, Bs, Cs, self.Ds.float(), self.dt_projs_bias.reshape(-1).float(), True, order)
+        skip, delta_bias = self.skip_and_delta_bias(u.dtype)
+        args = (u, dts, A, Bs, Cs, skip, delta_bias, True, order)
         if self.scan_token_rows:
             return selective_scan_token_rows(*args)
         return as_token_rows(selective_scan(*args), self.K)
@@ -227,6 +228,14 @@ class SS2D(nn.Module):
                 dts = torch.matmul(self.dt_projs_weight, dt_low).view(b, k * d, length)
         return dts, Bs.view(b, k, n, length), Cs.view(b, k, n, length), A
 
+    def skip_and_delta_bias(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """D (K*D,) and delta_bias (K*D,) in float32, as the op takes them: frozen for inputs of
+        `dtype` (else two conversions per call, which compiled were two launches per block)."""
+        frozen = self._frozen_for(dtype)
+        if frozen is not None:
+            return frozen["D"], frozen["delta_bias"]
+        return self.Ds.float(), self.dt_projs_bias.reshape(-1).float()
+
     # Set by freeze_scan_weights (inference): scan_weights' results, computed once.
     frozen_scan_weights: dict | None = None
 
@@ -259,10 +268,10 @@ class SS2D(nn.Module):
 
     @torch.no_grad()
     def freeze_scan_weights(self, dtype: torch.dtype) -> None:
-        """Compute scan_weights once for inputs of `dtype` (inference): per forward they were
-        about 7 small kernels per scan (the dt fold is a float32 GEMM). Also stacks the three
-        projections for scan_inputs' single GEMM at batch 1. Re-run after changing the weights;
-        other dtypes still compute them per call."""
+        """Compute scan_weights and skip_and_delta_bias once for inputs of `dtype` (inference):
+        per forward they were about 9 small kernels per scan (the dt fold is a float32 GEMM).
+        Also stacks the three projections for scan_inputs' single GEMM at batch 1. Re-run after
+        changing the weights; other dtypes still compute them per call."""
         self.frozen_scan_weights = None
         w_B, w_C, w_dt, A = self.scan_weights(dtype, fold_dt=True)
         k, r, d = self.K, self.dt_rank, self.x_proj_weight.shape[-1]
@@ -274,7 +283,9 @@ class SS2D(nn.Module):
         self.frozen_scan_weights = {"dtype": dtype, "B": w_B.contiguous(), "C": w_C.contiguous(),
                                     "dt": w_dt.contiguous(), "A": A.contiguous(),
                                     "stacked": torch.cat((w_dt, w_B, w_C)).contiguous(),
-                                    "low": torch.cat((w_low, w_B, w_C)).contiguous(), "dt_up": dt_up}
+                                    "low": torch.cat((w_low, w_B, w_C)).contiguous(), "dt_up": dt_up,
+                                    "D": self.Ds.float().contiguous(),
+                                    "delta_bias": self.dt_projs_bias.reshape(-1).float().contiguous()}
 
     def merge(self, ys: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """(B, K, HW, D) per-direction token rows -> gated sum -> out_norm -> (B, H, W, D).

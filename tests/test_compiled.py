@@ -161,8 +161,9 @@ def test_widened_body_is_exact(resi, channels, multiple, wide):
 
 def test_frozen_scan_weights_are_exact_and_used():
     """SS2D.freeze_scan_weights (compile_blocks(scan_weights=True)) computes each scan's
-    weight-only inputs once; the image must not change. Negative control: zeroing the frozen B
-    weights must change it (so the frozen copies are what the forward reads)."""
+    weight-only inputs once; the image must not change. Negative controls: zeroing the frozen B
+    weights, or shifting the frozen delta_bias, must change it (so the frozen copies are what
+    the forward reads)."""
     from mambacsr.model import SS2D
     x = torch.rand(1, 3, 32, 48)
     with torch.no_grad():
@@ -174,6 +175,10 @@ def test_frozen_scan_weights_are_exact_and_used():
         assert rel(model(x), want) < EXACT
         for m in scans:
             m.frozen_scan_weights["B"].zero_()
+        assert rel(model(x), want) > CONTROL
+        for m in scans:  # D and delta_bias come frozen together (SS2D.skip_and_delta_bias)
+            m.freeze_scan_weights(torch.float32)
+            m.frozen_scan_weights["delta_bias"].add_(2.0)
         assert rel(model(x), want) > CONTROL
 
 
@@ -312,8 +317,10 @@ def test_addmm_into_accumulates_in_place_when_compiled():
                          ids=["depthwise", "few-outputs", "few-inputs", "square"])
 def test_tap_convolution_matches_conv2d(shape):
     """TapConv2d on (B, H, W, C) against F.conv2d on NCHW, for each of its three ways (depthwise,
-    multiply-then-shift, shift-then-multiply), with odd sizes so the zero border matters.
-    Negative control: the kernel mirrored (a tap offset read the wrong way) must fail."""
+    multiply-then-shift, shift-then-multiply), with odd sizes so the zero border matters, laying
+    out a dense filter's matrix per call and frozen (`freeze_matrix`). Negative control: the
+    kernel mirrored (a tap offset read the wrong way) must fail, once a frozen matrix is laid
+    out again (until then the frozen one is what a dense product reads)."""
     cin, cout, groups = shape
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(cin, cout, 3, padding=1, groups=groups)
@@ -323,7 +330,13 @@ def test_tap_convolution_matches_conv2d(shape):
     with torch.no_grad():
         assert rel(tap.forward_nhwc(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2), want) < EXACT
         assert rel(tap(x), want) < EXACT
+        tap.freeze_matrix()
+        assert (tap.tap_matrix is None) == (groups > 1)
+        assert rel(tap(x), want) < EXACT
         tap.weight.copy_(conv.weight.flip(-1))
+        if groups == 1:
+            assert rel(tap(x), want) < EXACT
+            tap.freeze_matrix()
         assert rel(tap(x), want) > 0.1
 
 

@@ -123,23 +123,22 @@ __device__ __forceinline__ float exp2_approx(float x) {
     return y;
 }
 
-__device__ __forceinline__ float log2_approx(float x) {
-    float y;
-    asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-
-// softplus as mamba-ssm (x > 20 -> x, else log1p(exp(x))), written as
-// max(x, 0) + log1p(e), e = exp(-|x|) in (0, 1]: log1p by its series (7 terms, < 1e-8 relative)
-// where e < 1/16, else by lg2(1 + e) (1 + e is exact to 2^-24 / e <= 1e-6 relative there).
-// Two special-function ops and ~14 others, against ~40 for log1pf(expf(x)).
+// softplus as mamba-ssm (x > 20 -> x, else log1p(exp(x))), written as max(x, 0) + log1p(e),
+// e = exp(-|x|) in (0, 1]: log1p(e) = e * P(e), P of degree 8 fitted to log1p(e) / e for relative
+// error (2.0e-7 evaluated in float32 over (0, 1]). One special-function op and 11 others, where a
+// series or lg2(1 + e) by the size of e took two and 14 (NOTES.md part 12).
 __device__ __forceinline__ float softplus(float x) {
     const float e = exp2_approx(-fabsf(x) * kLog2e);
-    const float series =
-        e * fmaf(e, fmaf(e, fmaf(e, fmaf(e, fmaf(e, fmaf(e, 1.f / 7.f, -1.f / 6.f), 0.2f), -0.25f),
-                                 1.f / 3.f), -0.5f), 1.f);
-    const float lg = log2_approx(1.f + e) * 0.6931471805599453f;
-    return fmaxf(x, 0.f) + (e < 0.0625f ? series : lg);
+    float q = 0.00543441623f;
+    q = fmaf(q, e, -0.0303755235f);
+    q = fmaf(q, e, 0.07976491f);
+    q = fmaf(q, e, -0.138066739f);
+    q = fmaf(q, e, 0.191813454f);
+    q = fmaf(q, e, -0.248650447f);
+    q = fmaf(q, e, 0.333224148f);
+    q = fmaf(q, e, -0.49999702f);
+    q = fmaf(q, e, 1.f);
+    return fmaf(e, q, fmaxf(x, 0.f));
 }
 
 // ---- gathers and scatters of VEC consecutive tokens --------------------------------------------
@@ -622,19 +621,25 @@ scan_kernel(const Params p) {
 #pragma unroll
         for (int q = 0; q < IT_U; ++q) {
             const int vi = tid + q * THREADS;
-            if (vi >= NV_U) continue;
+            if (NV_U % THREADS != 0 && vi >= NV_U) continue;
             const int i = vi / VPT;
             const int off = tile * QT + (SEG == 1 ? i : i / SEG);
             const bool ok = off < clen32 && (SEG == 1 ? off : (i % SEG) * clen32 + off) < rem;
+            bool live[VEC];  // a token of the chunk and a channel of the block
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) live[e] = ok & (tok_c0 + e < nch);
             float uf[VEC], df[VEC];
             E::unpack(ru[q], uf);
             E::unpack(rd[q], df);
             const int pos = spos(i);
 #pragma unroll
             for (int e = 0; e < VEC; ++e) {
+                // Branch-free: softplus always evaluated, then selected (per-element branches
+                // kept the elements' dependent chains from overlapping: NOTES.md part 12).
                 const int c = tok_c0 + e;
                 const float x = df[e] + tok_bias[e];
-                const float dt = ok && c < nch ? (p.softplus ? softplus(x) : x) : 0.f;
+                const float sp = softplus(x);
+                const float dt = live[e] ? (p.softplus ? sp : x) : 0.f;
                 sDt[c * PA + pos] = dt;
                 sDtu[c * PA + pos] = dt * uf[e];
                 if (OUT) sY[(tile & 1) * SY + c * PA + pos] = tok_D[e] * uf[e];
@@ -644,7 +649,8 @@ scan_kernel(const Params p) {
         for (int q = 0; q < IT_B; ++q) {
             const int vi = tid + q * THREADS;
             const int n0 = (vi % VPS) * VEC;
-            if (vi >= NT * VPS || n0 >= N) continue;
+            // States from N on loaded zeros (load_tokens), which their rows hold already.
+            if ((NT * VPS) % THREADS != 0 && vi >= NT * VPS) continue;
             const int pos = spos(vi / VPS);
 #pragma unroll
             for (int e = 0; e < VEC; ++e) {
@@ -679,7 +685,8 @@ scan_kernel(const Params p) {
 #pragma unroll
                     for (int e = 0; e < VEC; ++e) {
                         const float x = df[e] + bias;
-                        const float d = ok[e] ? (p.softplus ? softplus(x) : x) : 0.f;
+                        const float sp = softplus(x);  // branch-free, as in prep_tokens
+                        const float d = ok[e] ? (p.softplus ? sp : x) : 0.f;
                         dt[e] = d;
                         dtu[e] = d * uf[e];
                         du[e] = dskip * uf[e];
