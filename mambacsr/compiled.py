@@ -154,9 +154,11 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
     interleaved rounds: batch 8 26.13 -> 25.86 ms (1406 -> 1363 kernels), batch 1 7.62 -> 7.44 ms.
 
     tap_matrices (with tap_convs): the channel attention's dense tap convolutions take their
-    filter matrices laid out once (`TapConv2d.freeze_matrix`) instead of per call; with
-    `scan_weights`, each scan's D and delta_bias are frozen in float32 too. Compiled, each was a
-    copy kernel per block per forward (4 per block; COMPILED_NOTES.md, "Weight copies").
+    filter matrices laid out once (`TapConv2d.freeze_matrix`) instead of per call, a copy kernel
+    each per block per forward. With `scan_weights` now also freezing each scan's D and
+    delta_bias in float32 (two more), H100, fp16 batch 8, the previous tree and this one in
+    alternating processes: 24.45 -> 24.05 ms, 1363 -> 1193 kernels (COMPILED_NOTES.md, "Weight
+    copies").
 
     Inference only (the compiled code is traced under no_grad). Safe to capture in a CUDA graph
     after a warm-up call per input shape. Weights are laid out once here (`scan_weights`,
@@ -476,7 +478,8 @@ class TapConv2d(nn.Module):
             out = sum(xp[:, i:i + h, j:j + w] * self.weight[:, 0, i, j] for i, j in taps)
         elif self.weight.shape[0] <= c:  # few outputs: multiply by every tap's weights, then shift
             outputs = self.weight.shape[0]
-            prod = nn.functional.pad((x @ self._matrix(c)).view(*x.shape[:3], k * k, outputs), (0, 0, 0, 0, p, p, p, p))
+            prod = (x @ self._matrix(c)).view(*x.shape[:3], k * k, outputs)
+            prod = nn.functional.pad(prod, (0, 0, 0, 0, p, p, p, p))
             out = sum(prod[:, i:i + h, j:j + w, i * k + j] for i, j in taps)
         else:  # few inputs: gather the shifted inputs, multiply once
             xp = nn.functional.pad(x, (0, 0, p, p, p, p))
