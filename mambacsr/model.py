@@ -274,6 +274,7 @@ class SS2D(nn.Module):
         changing the weights; other dtypes still compute them per call."""
         self.frozen_scan_weights = None
         w_B, w_C, w_dt, A = self.scan_weights(dtype, fold_dt=True)
+        skip, delta_bias = self.skip_and_delta_bias(dtype)
         k, r, d = self.K, self.dt_rank, self.x_proj_weight.shape[-1]
         rows = -(-k * r // 8) * 8  # a multiple of 8, so B and C start on the kernel's 16-byte vectors
         w_low = torch.zeros(rows, d, dtype=dtype, device=w_B.device)
@@ -284,8 +285,7 @@ class SS2D(nn.Module):
                                     "dt": w_dt.contiguous(), "A": A.contiguous(),
                                     "stacked": torch.cat((w_dt, w_B, w_C)).contiguous(),
                                     "low": torch.cat((w_low, w_B, w_C)).contiguous(), "dt_up": dt_up,
-                                    "D": self.Ds.float().contiguous(),
-                                    "delta_bias": self.dt_projs_bias.reshape(-1).float().contiguous()}
+                                    "D": skip.contiguous(), "delta_bias": delta_bias.contiguous()}
 
     def merge(self, ys: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """(B, K, HW, D) per-direction token rows -> gated sum -> out_norm -> (B, H, W, D).
