@@ -63,7 +63,8 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
                    column_tail: bool = True, masked_prefix_norm: bool = True,
                    outer_convs_nhwc: bool = True, wide_body: bool = True,
                    stream_multiple: int = STREAM_MULTIPLE, low_rank_dt: bool = True,
-                   mlp_residual_gemm: bool = True, tap_matrices: bool = True) -> nn.Module:
+                   mlp_residual_gemm: bool = True, tap_matrices: bool = True,
+                   gelu_epilogue: bool = True) -> nn.Module:
     """Compile every residual block and cross-scale fusion of `model` in place; returns it.
 
     pad: zero-pad the channel-attention convolutions first (`pad_channels`; exact). H100, Final
@@ -160,6 +161,12 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
     alternating processes: 24.45 -> 24.05 ms, 1363 -> 1193 kernels (COMPILED_NOTES.md, "Weight
     copies").
 
+    gelu_epilogue: in 16-bit, each MLP's fc1 applies its bias and GELU in the GEMM's epilogue
+    (`ops.residual_gemm.fc1_gelu`: cuBLASLt's GELU_BIAS, GELU's tanh form, at most 4.7e-4 from
+    erf, below fp16's rounding; float32 keeps erf), so the GELU is no kernel of its own. H100,
+    fp16, interleaved rounds: batch 8 23.89 -> 23.21 ms (1193 -> 1150 kernels), batch 1 7.02 ->
+    6.90 ms (COMPILED_NOTES.md, "fc1's GELU in its GEMM").
+
     Inference only (the compiled code is traced under no_grad). Safe to capture in a CUDA graph
     after a warm-up call per input shape. Weights are laid out once here (`scan_weights`,
     `depthwise_kernel`, `tap_matrices`): after changing them, call `SS2D.freeze_scan_weights`,
@@ -210,6 +217,7 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
             module.masked = masked_prefix_norm
         if isinstance(module, (RLMBlock, Cross_SS2D)):
             module.fused_mlp_residual = mlp_residual_gemm
+            module.mlp_gelu_epilogue = gelu_epilogue
             module.compile(dynamic=False, options=options)
     for norm in _outside_blocks(model, PrefixLayerNorm):  # widen_body's: one kernel each
         norm.compile(dynamic=False, options=options)

@@ -387,6 +387,8 @@ class RLMBlock(nn.Module):
     stream_channels: int = 0
     #: Set by mambacsr.compiled: fc2 accumulates into the scaled stream (`ops.residual_gemm`).
     fused_mlp_residual: bool = False
+    #: Set by mambacsr.compiled: fc1's GEMM applies GELU for 16-bit inputs (`ops.residual_gemm`).
+    mlp_gelu_epilogue: bool = False
 
     def __init__(self, hidden_dim: int, drop_path: float, d_state: int, mlp_ratio: float,
                  directions: Sequence[str]):
@@ -406,7 +408,8 @@ class RLMBlock(nn.Module):
         x = self.ln_1(inp)
         conv_x = conv_from_nhwc(self.conv_block, x).permute(0, 2, 3, 1)
         x = inp * self.skip_scale + self.drop_path(self.self_attention(x)) + conv_x * 0.01
-        x = mlp_residual(x, self.skip_scale2, self.mlp, self.ln_2, self.fused_mlp_residual, self.drop_path)
+        x = mlp_residual(x, self.skip_scale2, self.mlp, self.ln_2, self.fused_mlp_residual, self.drop_path,
+                         self.mlp_gelu_epilogue)
         return _narrow(x, c).reshape(b, -1, c)
 
 
@@ -415,6 +418,7 @@ class Cross_SS2D(SS2D):
 
     stream_channels: int = 0  # as RLMBlock.stream_channels
     fused_mlp_residual: bool = False  # as RLMBlock.fused_mlp_residual
+    mlp_gelu_epilogue: bool = False  # as RLMBlock.mlp_gelu_epilogue
 
     def __init__(self, d_model: int, directions: Sequence[str], d_state: int = 16):
         super().__init__(d_model, d_state, directions)
@@ -446,7 +450,8 @@ class Cross_SS2D(SS2D):
         ys = ys[:, :, (h // 2) * (w // 2):]
         y = self.merge(ys, h, w).to(x.dtype)
         out = inp * self.skip_scale + self.out_proj(y * z)
-        out = mlp_residual(out, self.skip_scale2, self.mlp, self.ln_2, self.fused_mlp_residual)
+        out = mlp_residual(out, self.skip_scale2, self.mlp, self.ln_2, self.fused_mlp_residual,
+                           gelu_epilogue=self.mlp_gelu_epilogue)
         return _narrow(out, c).reshape(b, -1, c)
 
 

@@ -314,6 +314,49 @@ def test_addmm_into_accumulates_in_place_when_compiled():
         assert rel(x * scale * 2, want) > CONTROL
 
 
+def test_gelu_epilogue_applies_only_to_16_bit_exact_gelu_inference():
+    """`fc1_gelu` takes GELU from the GEMM (tanh form) only where that is below the rounding:
+    16-bit activations, an exact-GELU MLP with fc1's bias, eval mode. float32 keeps erf."""
+    from mambacsr.model import Mlp
+    from mambacsr.ops.residual_gemm import gelu_epilogue_applies
+    mlp = Mlp(16, 24).eval()
+    half, single = torch.zeros(2, 16, dtype=torch.float16), torch.zeros(2, 16)
+    assert gelu_epilogue_applies(mlp, half) and gelu_epilogue_applies(mlp, half.bfloat16())
+    assert not gelu_epilogue_applies(mlp, single)
+    mlp.act = torch.nn.GELU(approximate="tanh")
+    assert not gelu_epilogue_applies(mlp, half)
+    mlp.act = torch.nn.GELU()
+    assert not gelu_epilogue_applies(mlp.train(), half)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gelu_epilogue_matches_exact_gelu_to_16_bit_rounding(device):
+    """fc1 + GELU as one GEMM (`fc1_gelu`, what compile_blocks' gelu_epilogue runs in 16-bit)
+    against float64 exact GELU of fc1, on rows that are not square (a transposed weight would
+    fail) and inputs that reach GELU's curved part. On CUDA this is cuBLASLt's GELU_BIAS
+    epilogue (tanh form), on the CPU an addmm and GELU. Measured on an H100, fp16: 1.4e-3 largest
+    error, below the separate kernels' 2.0e-3 (one rounding less). Negative control: the same
+    GEMM without fc1's bias must fail."""
+    from mambacsr.model import Mlp
+    from mambacsr.ops.residual_gemm import fc1_gelu
+    dtype = torch.float16 if device == "cuda" else torch.bfloat16
+    torch.manual_seed(0)
+    mlp = Mlp(48, 40).eval()
+    x = torch.randn(3, 37, 48)
+    with torch.no_grad():
+        want = F.gelu(x.double() @ mlp.fc1.weight.double().t() + mlp.fc1.bias.double())
+        mlp = mlp.to(device, dtype)
+        xd = x.to(device, dtype)
+        got = fc1_gelu(xd, mlp, epilogue=True).double().cpu()
+        plain = fc1_gelu(xd, mlp, epilogue=False).double().cpu()
+        step = torch.finfo(dtype).eps  # one rounding step relative to the value
+        assert got.shape == want.shape
+        assert ((got - want).abs() <= 2 * step * want.abs().clamp(min=1) + 5e-4).all()
+        assert rel(got, want) < 2 * rel(plain, want) + 1e-4
+        mlp.fc1.bias.zero_()
+        assert rel(fc1_gelu(xd, mlp, epilogue=True).double().cpu(), want) > 10 * rel(plain, want)
+
+
 @pytest.mark.parametrize("shape", [(30, 30, 30), (32, 8, 1), (8, 32, 1), (6, 5, 1)],
                          ids=["depthwise", "few-outputs", "few-inputs", "square"])
 def test_tap_convolution_matches_conv2d(shape):
