@@ -26,7 +26,8 @@ HBM_BYTES_PER_US = 3.35e6  # H100 SXM peak
 CHANNELS, SIDE, K = 360, 64, 2
 DEPTHWISE_CONFIGS = [(64, 64, 4), (32, 64, 4), (64, 32, 4), (64, 128, 4), (64, 64, 8), (32, 128, 4),
                      (16, 128, 4), (64, 128, 8), (32, 64, 2), (32, 32, 2)]  # (BLOCK_W, BLOCK_C, warps)
-POOL_CONFIGS = list(itertools.product((4, 8, 16), (2, 4, 8), (512, 1024, 2048)))  # (BLOCK_T, warps, programs)
+# (BLOCK_T, warps, programs, pipeline stages of the token loop)
+POOL_CONFIGS = list(itertools.product((4, 8, 16), (2, 4), (1024, 2048), (1, 2, 3, 4)))
 
 
 def us_per_call(call) -> float:
@@ -60,19 +61,19 @@ def bench_depthwise(dtype: torch.dtype, batch: int) -> None:
 
 
 def bench_gate_pool(dtype: torch.dtype, batch: int) -> None:
-    shipped = (gate_pool.BLOCK_T, gate_pool.NUM_WARPS, gate_pool.TARGET_PROGRAMS)
+    shipped = (gate_pool.BLOCK_T, gate_pool.NUM_WARPS, gate_pool.TARGET_PROGRAMS, gate_pool.NUM_STAGES)
     x = torch.randn(batch, K, SIDE * SIDE, CHANNELS, device="cuda", dtype=dtype)
     ones, zeros = torch.ones(CHANNELS, device="cuda"), torch.zeros(CHANNELS, device="cuda")
     want = gate_pool.pooled_reference(x.float(), ones, zeros, 1e-5)
     floor = x.numel() * x.element_size() / HBM_BYTES_PER_US
     row = []
     for config in POOL_CONFIGS:
-        gate_pool.BLOCK_T, gate_pool.NUM_WARPS, gate_pool.TARGET_PROGRAMS = config
+        gate_pool.BLOCK_T, gate_pool.NUM_WARPS, gate_pool.TARGET_PROGRAMS, gate_pool.NUM_STAGES = config
         call = lambda: torch.ops.mambacsr.layer_norm_token_sums(x, 1e-5)  # noqa: E731
         got = call().sum(-2, keepdim=True) / x.shape[2]
         row.append((us_per_call(call), config, rel(got, want)))
     print_rows(f"gate_pool {str(dtype)[6:]} batch {batch}", row, shipped, floor)
-    gate_pool.BLOCK_T, gate_pool.NUM_WARPS, gate_pool.TARGET_PROGRAMS = shipped
+    gate_pool.BLOCK_T, gate_pool.NUM_WARPS, gate_pool.TARGET_PROGRAMS, gate_pool.NUM_STAGES = shipped
 
 
 def print_rows(title: str, row: list, shipped: tuple, floor: float) -> None:

@@ -25,6 +25,10 @@ from .triton_support import tl, triton
 BLOCK_T = 4             # tokens normalised together (a (BLOCK_T, D) tile in registers)
 TARGET_PROGRAMS = 1024  # programs per call, about 8 per SM of a 132-SM GPU
 NUM_WARPS = 2           # the fastest of 48 launch configurations measured on an H100 (COMPILED_NOTES.md)
+#: The token loop software-pipelined 3 deep (the next steps' loads issued before this step's
+#: sums): H100, fp16, batch 8 of Final x4: 25.6 -> 22.2 us per call
+#: (`scripts/bench_glue_kernels.py --kernels gate_pool`; COMPILED_NOTES.md, "Two more epilogues").
+NUM_STAGES = 3
 
 
 def pooled_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
@@ -49,7 +53,8 @@ def pooled(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
 if triton is not None:
     @triton.jit
     def _token_sums_kernel(x, out, length, stride_b, stride_k, n_k, eps, tokens_per_program,
-                           D: tl.constexpr, CP: tl.constexpr, STRIDE_L: tl.constexpr, BLOCK_T: tl.constexpr):
+                           D: tl.constexpr, CP: tl.constexpr, STRIDE_L: tl.constexpr, BLOCK_T: tl.constexpr,
+                           NUM_STAGES: tl.constexpr):
         """One (token range, batch * direction): the sum over the range's tokens of each
         token's LayerNorm-normalised row (no affine), float32, BLOCK_T tokens at a time. D and
         the token stride are compile-time constants, so rows load as 16-byte vectors."""
@@ -61,7 +66,7 @@ if triton is not None:
         acc = tl.zeros((BLOCK_T, CP), dtype=tl.float32)
         first = p * tokens_per_program
         end = tl.minimum(first + tokens_per_program, length)
-        for t0 in range(first, end, BLOCK_T):
+        for t0 in tl.range(first, end, BLOCK_T, num_stages=NUM_STAGES):
             tok = t0 + tl.arange(0, BLOCK_T)
             tok_ok = tok < end
             valid = tok_ok[:, None] & ch_ok[None, :]
@@ -98,7 +103,7 @@ def layer_norm_token_sums(x: torch.Tensor, eps: float) -> torch.Tensor:
     out = torch.empty(b, k, ranges, d, device=x.device, dtype=torch.float32)
     _token_sums_kernel[(ranges, b * k)](x, out, length, x.stride(0), x.stride(1), k, eps, per,
                                         D=d, CP=triton.next_power_of_2(d), STRIDE_L=x.stride(2),
-                                        BLOCK_T=BLOCK_T, num_warps=NUM_WARPS)
+                                        BLOCK_T=BLOCK_T, NUM_STAGES=NUM_STAGES, num_warps=NUM_WARPS)
     return out
 
 
