@@ -165,7 +165,7 @@ def compile_blocks(model: nn.Module, pad: bool = True, freeze: bool = False,
     (`ops.residual_gemm.fc1_gelu`: cuBLASLt's GELU_BIAS, GELU's tanh form, at most 4.7e-4 from
     erf, below fp16's rounding; float32 keeps erf), so the GELU is no kernel of its own. H100,
     fp16, interleaved rounds: batch 8 23.89 -> 23.21 ms (1193 -> 1150 kernels), batch 1 7.02 ->
-    6.90 ms (COMPILED_NOTES.md, "fc1's GELU in its GEMM").
+    6.90 ms (COMPILED_NOTES.md, "fc1's GELU in its GEMM, the gate's pooled sums pipelined").
 
     Inference only (the compiled code is traced under no_grad). Safe to capture in a CUDA graph
     after a warm-up call per input shape. Weights are laid out once here (`scan_weights`,

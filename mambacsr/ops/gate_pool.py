@@ -25,9 +25,10 @@ from .triton_support import tl, triton
 BLOCK_T = 4             # tokens normalised together (a (BLOCK_T, D) tile in registers)
 TARGET_PROGRAMS = 1024  # programs per call, about 8 per SM of a 132-SM GPU
 NUM_WARPS = 2           # the fastest of 48 launch configurations measured on an H100 (COMPILED_NOTES.md)
-#: The token loop software-pipelined 3 deep (the next steps' loads issued before this step's
-#: sums): H100, fp16, batch 8 of Final x4: 25.6 -> 22.2 us per call
-#: (`scripts/bench_glue_kernels.py --kernels gate_pool`; COMPILED_NOTES.md, "Two more epilogues").
+#: The token loop software-pipelined 3 deep (the next steps' loads in flight during this step's
+#: sums): H100, fp16, batch 8 of Final x4: 25.6 -> 22.4 us per call, the best of 48 configurations
+#: (`scripts/bench_glue_kernels.py --kernels gate_pool`; COMPILED_NOTES.md, "fc1's GELU in its
+#: GEMM, the gate's pooled sums pipelined").
 NUM_STAGES = 3
 
 

@@ -1,5 +1,7 @@
-"""The MLP's second projection with the residual added by the GEMM itself: acc += x @ weight.T in
-place, where acc already holds the scaled residual stream and the bias (cuBLAS's beta = 1).
+"""The MLP's two projections with their neighbours done by the GEMMs' epilogues.
+
+fc2 adds the residual itself: acc += x @ weight.T in place, where acc already holds the scaled
+residual stream and the bias (cuBLAS's beta = 1).
 
 Written as `x * skip_scale + fc2(h)`, the compiled blocks ran fc2 as a GEMM and then a kernel of
 its own that read the stream and fc2's output and wrote their sum (three passes over the
@@ -9,8 +11,8 @@ The op mutates `acc`, so that Inductor hands it a buffer nothing else reads and 
 
 fc1's GELU can be applied by its GEMM too (`fc1_gelu`): cuBLASLt's GELU_BIAS epilogue, which
 computes GELU's tanh form. Exact GELU (erf) is what the model defines; the two differ by at most
-4.7e-4 (at x = 2.70, where a 16-bit float's step is 2.0e-3 in fp16), so the epilogue is used for
-16-bit activations only, where it is below their rounding, and float32 keeps erf.
+4.7e-4 (at x = 2.70, where fp16's step is 2.0e-3), so the epilogue is used for 16-bit
+activations only, where it is below their rounding, and float32 keeps erf.
 """
 from __future__ import annotations
 
