@@ -66,7 +66,8 @@ def mlp_residual(x: torch.Tensor, skip_scale: torch.Tensor, mlp: torch.nn.Module
     has no backward, and drop_path is the identity there) and where fc2 has a bias.
     gelu_epilogue: fc1 and GELU as one GEMM (`fc1_gelu`) where that applies."""
     if not fused or mlp.training or mlp.fc2.bias is None:
-        branch = mlp.fc2(fc1_gelu(norm(x), mlp, gelu_epilogue))
+        xn = norm(x)
+        branch = mlp.fc2(fc1_gelu(xn, mlp, True)) if gelu_epilogue and gelu_epilogue_applies(mlp, xn) else mlp(xn)
         return x * skip_scale + (branch if drop_path is None else drop_path(branch))
     hidden = fc1_gelu(norm(x), mlp, gelu_epilogue)
     acc = (x * skip_scale + mlp.fc2.bias).reshape(-1, x.shape[-1])
