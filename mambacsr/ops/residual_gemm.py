@@ -65,11 +65,11 @@ def mlp_residual(x: torch.Tensor, skip_scale: torch.Tensor, mlp: torch.nn.Module
     fused: fc2 accumulates into the scaled stream (module docstring); in eval mode only (the op
     has no backward, and drop_path is the identity there) and where fc2 has a bias.
     gelu_epilogue: fc1 and GELU as one GEMM (`fc1_gelu`) where that applies."""
+    xn = norm(x)
     if not fused or mlp.training or mlp.fc2.bias is None:
-        xn = norm(x)
-        branch = mlp.fc2(fc1_gelu(xn, mlp, True)) if gelu_epilogue and gelu_epilogue_applies(mlp, xn) else mlp(xn)
+        branch = mlp.fc2(fc1_gelu(xn, mlp, epilogue=True)) if gelu_epilogue else mlp(xn)
         return x * skip_scale + (branch if drop_path is None else drop_path(branch))
-    hidden = fc1_gelu(norm(x), mlp, gelu_epilogue)
+    hidden = fc1_gelu(xn, mlp, gelu_epilogue)
     acc = (x * skip_scale + mlp.fc2.bias).reshape(-1, x.shape[-1])
     torch.ops.mambacsr.addmm_into(acc, hidden.reshape(-1, hidden.shape[-1]), mlp.fc2.weight)
     return acc.view(x.shape)
